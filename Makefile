@@ -1,0 +1,56 @@
+# dwf-lab: two commands do all set-up on a fresh machine.
+#   make run    the course, headlessly (papermill), at PROFILE (default: laptop)
+#   make test   the whole test suite (unit, real-data, pipeline, notebooks via nbval, browser)
+# Both create (or reuse) ./.venv unless a virtual environment is already active.
+
+PYTHON  ?= python3
+PROFILE ?= laptop
+RUN     ?=
+ifdef VIRTUAL_ENV
+VENV := $(VIRTUAL_ENV)
+else
+VENV := .venv
+endif
+PY    := $(VENV)/bin/python
+STAMP := $(VENV)/.dwf-lab-installed
+
+# The real CIFAR-10 subset, when the shared folder sits beside the checkout.
+# A setting of this Makefile (never of the package): override DWF_CIFAR10_SUBSET=... or leave empty.
+SUBSET_FILE := $(firstword $(wildcard ../shared/data/cifar10-subset.npz))
+ifneq ($(SUBSET_FILE),)
+export DWF_CIFAR10_SUBSET ?= $(abspath $(SUBSET_FILE))
+endif
+
+.PHONY: run test setup browser-deps clean-venv bench help
+
+help:
+	@sed -n '1,5p' Makefile
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[notebooks,attacks,test]"
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+run: setup
+	$(PY) -m dwf_lab course --profile $(PROFILE) $(if $(RUN),--run $(RUN))
+
+# Chromium for the browser test (Debian's package; Playwright never downloads a browser).
+browser-deps:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	      || echo "browser-deps: could not install chromium; the browser test will skip"; \
+	  else echo "browser-deps: chromium not found and cannot be installed here; the browser test will skip"; fi; }
+
+test: setup browser-deps
+	DWF_PROFILE=smoke DWF_RUNS_DIR=$$(mktemp -d) $(PY) -m pytest tests notebooks \
+	  --nbval-lax --sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider --durations=15
+
+bench: setup
+	$(PY) -m dwf_lab.bench
+
+clean-venv:
+	rm -rf .venv
