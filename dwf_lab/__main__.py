@@ -1,0 +1,101 @@
+"""Command line: ``python -m dwf_lab <command> [--profile P] [--run NAME] [--set key=value ...]``.
+
+    course     run the numbered notebooks headlessly with papermill (the main job)
+    run        train every stage, evaluate and report, without Jupyter
+    train      train stages (--stage all|experts|baselines|mixture|<kind>|<name>)
+    evaluate   evaluate finished stages (Tables 2-4 protocol)
+    report     write Tables 2-3 and Figures 6-7 beside the paper's numbers
+    profiles   list the profiles and their settings
+    inspect    print a checkpoint's metadata (never unpickles)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m dwf_lab", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    def common(sp, stage=False):
+        sp.add_argument("--profile", default=None, help="smoke | laptop | paper (default: $DWF_PROFILE or laptop)")
+        sp.add_argument("--run", default=None, help="run directory name under runs/ (default: the profile's name)")
+        sp.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one profile field, e.g. --set width=0.25 --set seeds=0,1")
+        sp.add_argument("--seeds", default=None, help="comma-separated seeds (overrides the profile)")
+        sp.add_argument("--quiet", action="store_true", help="no progress bars")
+        if stage:
+            sp.add_argument("--stage", default="all",
+                            help="all | experts | baselines | mixture | a kind (fgsm) | a stage (pgd-2)")
+
+    common(sub.add_parser("course", help="run the notebooks headlessly (papermill)"))
+    common(sub.add_parser("run", help="train + evaluate + report without Jupyter"), stage=True)
+    common(sub.add_parser("train", help="train stages"), stage=True)
+    common(sub.add_parser("evaluate", help="evaluate finished stages"), stage=True)
+    common(sub.add_parser("report", help="write the report"))
+    sub.add_parser("profiles", help="list profiles")
+    ins = sub.add_parser("inspect", help="print a checkpoint's metadata")
+    ins.add_argument("path")
+    return ap
+
+
+def _profile(args):
+    from dwf_lab.profiles import get_profile, parse_sets
+    sets = parse_sets(args.sets)
+    if args.seeds:
+        sets["seeds"] = args.seeds
+    return get_profile(args.profile, **sets)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        # one clear line for the user's mistakes; programming errors still show a traceback
+        print(f"dwf-lab: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args) -> int:
+    if args.command == "profiles":
+        from dwf_lab.profiles import PROFILES
+        for name, p in PROFILES.items():
+            print(f"{name:8s} {p.description}")
+        return 0
+    if args.command == "inspect":
+        from dwf_lab.checkpoints import read_metadata
+        print(json.dumps(read_metadata(args.path), indent=1))
+        return 0
+
+    from dwf_lab import pipeline
+    from dwf_lab.runs import Run
+    p = _profile(args)
+    progress = not args.quiet
+    if args.command == "course":
+        from dwf_lab.course import run_course
+        run_course(p, run_name=args.run, sets=args.sets + ([f"seeds={args.seeds}"] if args.seeds else []))
+        return 0
+    if args.command == "run":
+        run = pipeline.run_all(p, args.run, args.stage, progress)
+        print(f"report: {run.report_dir / 'report.md'}")
+        return 0
+    run = Run(args.run or p.name, p)
+    if args.command == "report":
+        paths = pipeline.report_run(run)
+        print(json.dumps({k: str(v) for k, v in paths.items()}, indent=1))
+        return 0
+    data = pipeline.load_data(p)
+    for seed in p.seeds:
+        if args.command == "train":
+            pipeline.train_run(run, seed, data, args.stage, progress)
+        elif args.command == "evaluate":
+            pipeline.evaluate_run(run, seed, data, args.stage, progress)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
