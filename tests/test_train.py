@@ -37,7 +37,7 @@ def test_cosine_schedule_runs_from_lr_to_zero():
 
 
 def test_adversarial_experts_are_more_robust_than_the_benign_one(tmp_path):
-    p = tiny_profile(n_train=1000, n_test=300, width=0.125, expert_epochs=4, expert_batch=50,
+    p = tiny_profile(n_train=800, n_test=200, width=0.125, expert_epochs=3, expert_batch=50,
                      pgd_steps_choices=(3,), pgd_alpha=3 / 255)
     data = pipeline.load_data(p)
     torch.manual_seed(0)
