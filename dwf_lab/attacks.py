@@ -164,8 +164,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float = PGD_EPS
             with torch.no_grad():
                 logits = model(x_adv)
                 wrong = (logits.argmax(1) != y).float()
-                lval = loss_fn(model, x_adv, y).float() if callable(loss) else \
-                    F.cross_entropy(logits.float(), y, reduction="none")
+                lval = loss_fn(model, x_adv, y).float()   # rank restarts by the attack's own loss
                 score = wrong * 1e6 + lval.clamp(-1e5, 1e5)
             if best_score is None:
                 best, best_score = x_adv, score
