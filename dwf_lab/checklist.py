@@ -1,0 +1,390 @@
+"""A gradient-masking checklist (after Carlini et al. 2019, "On Evaluating Adversarial Robustness").
+
+A model can look robust because the attack cannot *see* how to fool it
+(vanishing, shattered or randomised gradients) rather than because it cannot be
+fooled. Such "robustness" falls to attacks that do not need the model's
+gradients. Each check below is computed, reported as pass/fail, and comes with
+the numbers it was decided on:
+
+1. ``eps-growth``: robust accuracy falls as eps grows, to ~0 at a large eps
+   (eps = 0.3 can turn most images into another class's image);
+2. ``iterative-vs-single-step``: PGD is at least as strong as FGSM at the same eps;
+3. ``more-steps-help-attacker``: PGD with many more steps and restarts is at least
+   as strong as the short PGD ...
+4. ``pgd-converged``: ... and not *much* stronger (a large drop means the short
+   attack had not converged and the short numbers overstate robustness);
+5. ``white-box-vs-black-box``: white-box PGD beats the black-box Square attack;
+6. ``white-box-vs-transfer``: white-box PGD beats PGD transferred from a surrogate
+   (for a mixture: the uniform average of its experts);
+7. ``non-zero-gradients``: few examples have an all-zero input gradient;
+8. ``deterministic-forward``: two forward passes on the same input agree
+   (a randomised model needs EoT, and its numbers mean something else);
+9. ``batchnorm-eval``: every BatchNorm (and Dropout) layer runs in eval mode
+   during the attack (forward pre-hooks record ``.training`` at every call).
+
+Tolerances: an attack comparison allows ``tol`` percentage points plus one
+example (100/n points) of noise. A check that cannot run (no surrogate, ART
+missing) is reported as not run (``passed=None``), never as passed.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, replace
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from dwf_lab import attacks
+from dwf_lab.data import seed_from
+
+MODE_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.Dropout, nn.Dropout2d, nn.AlphaDropout)
+
+
+@dataclass
+class CheckItem:
+    name: str
+    passed: bool | None          # None: the check could not run
+    evidence: dict
+    explanation: str
+    key: str = ""
+
+    @property
+    def status(self) -> str:
+        return {True: "pass", False: "FAIL", None: "not run"}[self.passed]
+
+
+@dataclass
+class ChecklistSettings:
+    eps: float = attacks.PGD_EPS
+    alpha: float = attacks.PGD_ALPHA
+    steps: int = 20
+    long_steps: int = 100
+    long_restarts: int = 2
+    eps_grid: tuple[float, ...] = (2 / 255, 8 / 255, 16 / 255, 32 / 255, 0.3)
+    eps_grid_steps: int = 20
+    large_eps_max_acc: float = 10.0      # percent, at the largest eps of the grid
+    square_queries: int = 1000
+    tol: float = 2.0                     # percentage points (plus one example) of noise
+    convergence_tol: float = 5.0         # max drop PGD-short -> PGD-long still called converged
+    zero_grad_max_frac: float = 0.1
+    det_tol: float = 1e-5
+    n_examples: int | None = 500         # the checklist runs on the first n test images
+    batch_size: int = 500
+    name: str = "paper"
+
+    @classmethod
+    def paper(cls, **kw) -> "ChecklistSettings":
+        return replace(cls(square_queries=5000, long_steps=500, long_restarts=5, n_examples=1000), **kw)
+
+    @classmethod
+    def laptop(cls, **kw) -> "ChecklistSettings":
+        return replace(cls(name="laptop", n_examples=200, square_queries=500), **kw)
+
+    @classmethod
+    def smoke(cls, **kw) -> "ChecklistSettings":
+        return replace(cls(steps=5, long_steps=6, long_restarts=2, eps_grid=(8 / 255, 0.3),
+                           eps_grid_steps=5, square_queries=10, n_examples=32, batch_size=256,
+                           name="smoke"), **kw)
+
+    @classmethod
+    def from_profile(cls, p, **kw) -> "ChecklistSettings":
+        make = {"smoke": cls.smoke, "paper": cls.paper}.get(getattr(p, "name", ""), cls.laptop)
+        return replace(make(eps=p.pgd_eps, batch_size=p.eval_batch), **kw)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ------------------------------------------------------------- helpers --
+def _acc(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    return 100.0 * attacks.accuracy(model, x, y)
+
+
+def _batched(fn: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor], x, y, bs: int) -> torch.Tensor:
+    return torch.cat([fn(x[i:i + bs], y[i:i + bs], i // bs) for i in range(0, len(x), bs)])
+
+
+def _pgd_acc(model, x, y, eps, alpha, steps, restarts, s: ChecklistSettings, seed: int, tag: int,
+             source: nn.Module | None = None) -> float:
+    """Accuracy of ``model`` under PGD (crafted on ``source`` if given: transfer)."""
+    src = source if source is not None else model
+
+    def run(xb, yb, b):
+        g = torch.Generator(xb.device).manual_seed(seed_from(seed, b, tag))
+        return attacks.pgd(src, xb, yb, eps, alpha, steps, True, restarts, generator=g, check=False)
+    x_adv = _batched(run, x, y, s.batch_size)
+    return _acc(model, x_adv, y)
+
+
+def _slack(s: ChecklistSettings, n: int) -> float:
+    return s.tol + 100.0 / max(1, n)
+
+
+def _r(v: float) -> float:
+    return round(float(v), 2)
+
+
+# ------------------------------------------------------------- checks --
+def check_eps_growth(model, x, y, s: ChecklistSettings, seed: int = 0) -> CheckItem:
+    grid = sorted(set(s.eps_grid))
+    accs = []
+    for i, e in enumerate(grid):
+        alpha = max(e / 4, 2.5 * e / max(1, s.eps_grid_steps))
+        accs.append(_pgd_acc(model, x, y, e, alpha, s.eps_grid_steps, 1, s, seed, 300 + i))
+    slack = _slack(s, len(x))
+    monotone = all(b <= a + slack for a, b in zip(accs, accs[1:]))
+    low = accs[-1] <= s.large_eps_max_acc
+    return CheckItem(
+        "Robust accuracy falls to ~0 as eps grows", monotone and low,
+        {"eps": [_r(e * 255) for e in grid], "eps_unit": "/255", "pgd_steps": s.eps_grid_steps,
+         "pgd_acc": [_r(a) for a in accs], "max_acc_at_largest_eps": s.large_eps_max_acc,
+         "monotone": monotone},
+        "A large enough perturbation can turn any image into another class's image, so an "
+        "attack that still leaves accuracy high at a large eps (or gets weaker as eps grows) is "
+        "not finding the adversarial examples that exist: the gradients are masked.", "eps-growth")
+
+
+def run_checklist(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                  settings: ChecklistSettings | None = None, *, surrogate: nn.Module | None = None,
+                  seed: int = 0, square: bool = True) -> list[CheckItem]:
+    """Every check on ``model`` over (x, y); returns the items in the order of the module docstring.
+
+    ``surrogate``: a model to transfer PGD from (default for a mixture: the
+    uniform average of its experts; otherwise the transfer check is not run).
+    ``square=False`` skips the Square attack (ART) and reports it as not run.
+    """
+    s = settings or ChecklistSettings()
+    attacks.check_inputs(x, s.eps)
+    device = next(model.parameters()).device
+    x, y = x.to(device), y.to(device)
+    if s.n_examples:
+        x, y = x[:s.n_examples], y[:s.n_examples]
+    n = len(x)
+    slack = _slack(s, n)
+    was_training = model.training
+    model.eval()
+    items: list[CheckItem] = []
+    try:
+        clean = _acc(model, x, y)
+        fgsm_x = _batched(lambda xb, yb, b: attacks.fgsm(model, xb, yb, s.eps, check=False), x, y,
+                          s.batch_size)
+        fgsm = _acc(model, fgsm_x, y)
+        pgd = _pgd_acc(model, x, y, s.eps, s.alpha, s.steps, 1, s, seed, 1)
+        long = _pgd_acc(model, x, y, s.eps, s.alpha, s.long_steps, s.long_restarts, s, seed, 2)
+        k_short, k_long = f"pgd-{s.steps}", f"pgd-{s.long_steps}x{s.long_restarts}"
+        base = {"eps": f"{s.eps * 255:.3g}/255", "n": n, "clean": _r(clean)}
+
+        items.append(check_eps_growth(model, x, y, s, seed))
+        items.append(CheckItem(
+            "Iterative attacks beat single-step attacks", pgd <= fgsm + slack,
+            {**base, "fgsm": _r(fgsm), k_short: _r(pgd), "tolerance": _r(slack)},
+            "PGD takes many small steps along the gradient and FGSM one: PGD should never do "
+            "worse. If it does, the loss surface is not what the gradient says it is (shattered "
+            "or noisy gradients).", "iterative-vs-single-step"))
+        items.append(CheckItem(
+            "More steps and restarts do not help the defender", long <= pgd + slack,
+            {**base, k_short: _r(pgd), k_long: _r(long), "tolerance": _r(slack)},
+            "A longer attack with restarts keeps, per example, its best result: it can only be "
+            "stronger. Higher accuracy under it means the attack is erratic.",
+            "more-steps-help-attacker"))
+        drop = pgd - long
+        items.append(CheckItem(
+            f"PGD-{s.steps} has converged", drop <= s.convergence_tol + 100.0 / max(1, n),
+            {**base, k_short: _r(pgd), k_long: _r(long), "drop": _r(drop),
+             "max_drop": s.convergence_tol},
+            "If many more steps and restarts still lower the accuracy a lot, the short attack "
+            "had not converged and numbers measured with it overstate robustness (the paper's "
+            "tables use 10-100 steps).", "pgd-converged"))
+
+        # white-box vs black-box
+        sq_item = CheckItem("White-box attacks beat the black-box Square attack", None,
+                            {**base, k_short: _r(pgd)},
+                            "Square never looks at a gradient. If it beats white-box PGD, the model's "
+                            "gradients are hiding its adversarial examples (gradient masking).",
+                            "white-box-vs-black-box")
+        if square:
+            try:
+                from dwf_lab import autoattack as aa
+                sq = 100.0 * _batched(
+                    lambda xb, yb, b: aa.square(model, xb, yb, s.eps, max_iter=s.square_queries,
+                                                batch_size=s.batch_size, seed=seed_from(seed, b, 4) % 2 ** 31),
+                    x, y, s.batch_size).float().mean().item()
+                sq_item.passed = pgd <= sq + slack
+                sq_item.evidence.update(square=_r(sq), square_queries=s.square_queries, tolerance=_r(slack))
+            except ImportError as err:
+                sq_item.evidence["not_run"] = str(err)
+        else:
+            sq_item.evidence["not_run"] = "square=False"
+        items.append(sq_item)
+
+        # white-box vs transfer
+        src, src_name = surrogate, "given surrogate"
+        if src is None and hasattr(model, "experts") and isinstance(model.experts, nn.ModuleList):
+            from dwf_lab.adaptive import uniform_mixture
+            src, src_name = uniform_mixture(model), "uniform average of the experts"
+        tr_item = CheckItem("White-box attacks beat transfer attacks", None,
+                            {**base, k_short: _r(pgd)},
+                            "An attack crafted on another model never differentiates through this one. "
+                            "If it does better than attacking this model directly, this model's own "
+                            "gradients are misleading (gradient masking).", "white-box-vs-transfer")
+        if src is not None:
+            tr = _pgd_acc(model, x, y, s.eps, s.alpha, s.steps, 1, s, seed, 5, source=src)
+            tr_item.passed = pgd <= tr + slack
+            tr_item.evidence.update(transfer=_r(tr), source=src_name, tolerance=_r(slack))
+        else:
+            tr_item.evidence["not_run"] = "no surrogate model to transfer from"
+        items.append(tr_item)
+
+        items.append(check_gradients(model, x, y, s))
+        items.append(check_deterministic(model, x, s))
+        items.append(check_bn_eval(model, x[:min(n, 16)], y[:min(n, 16)], eps=s.eps, alpha=s.alpha))
+    finally:
+        model.train(was_training)
+    return items
+
+
+def check_gradients(model, x, y, s: ChecklistSettings | None = None) -> CheckItem:
+    s = s or ChecklistSettings()
+    grads = []
+    with attacks.attack_mode(model):
+        for i in range(0, len(x), s.batch_size):
+            grads.append(attacks.input_gradient(model, x[i:i + s.batch_size], y[i:i + s.batch_size]))
+    g = torch.cat(grads).flatten(1)
+    zero = (g.abs().amax(1) == 0)
+    nan = ~torch.isfinite(g).all(1)
+    frac = (zero | nan).float().mean().item()
+    l1 = g.abs().sum(1)
+    return CheckItem(
+        "Input gradients are non-zero", frac <= s.zero_grad_max_frac,
+        {"n": len(x), "fraction_zero_gradient": _r(frac), "fraction_nan": _r(nan.float().mean().item()),
+         "median_l1_norm": float(f"{l1.median().item():.3g}") if len(l1) else 0.0,
+         "max_fraction": s.zero_grad_max_frac},
+        "A gradient-based attack cannot move an image whose loss gradient is exactly zero (a "
+        "non-differentiable step such as rounding, a detached output, saturated softmax). Such "
+        "examples look robust to PGD whether they are or not.", "non-zero-gradients")
+
+
+def check_deterministic(model, x, s: ChecklistSettings | None = None) -> CheckItem:
+    s = s or ChecklistSettings()
+    with torch.no_grad(), attacks.attack_mode(model):
+        xb = x[:s.batch_size]
+        a, b = model(xb).float(), model(xb).float()
+    diff = (a - b).abs().max().item() if len(xb) else 0.0
+    same_pred = (a.argmax(1) == b.argmax(1)).float().mean().item() if len(xb) else 1.0
+    return CheckItem(
+        "The forward pass is deterministic", diff <= s.det_tol,
+        {"n": len(xb), "max_abs_logit_diff": float(f"{diff:.3g}"), "same_prediction": _r(same_pred),
+         "tolerance": s.det_tol},
+        "A randomised model gives a different answer each call; a single-sample gradient then "
+        "points nowhere in particular and robustness must be measured with EoT (averaged "
+        "gradients) and the expected prediction.", "deterministic-forward")
+
+
+def check_bn_eval(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                  attack: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                  eps: float = attacks.PGD_EPS, alpha: float = attacks.PGD_ALPHA) -> CheckItem:
+    """Hooks on every BatchNorm/Dropout layer record ``.training`` at each call during ``attack``.
+
+    ``attack(model, x, y)`` defaults to 2 steps of :func:`dwf_lab.attacks.pgd` and
+    FGSM. The model's mode must also be the same after the attack as before.
+    """
+    if attack is None:
+        def attack(m, xb, yb):
+            attacks.fgsm(m, xb, yb, eps)
+            return attacks.pgd(m, xb, yb, eps, alpha, steps=2)
+    layers = [m for m in model.modules() if isinstance(m, MODE_LAYERS)]
+    calls, train_calls = [0], [0]
+
+    def hook(mod, inp):
+        calls[0] += 1
+        train_calls[0] += int(mod.training)
+
+    handles = [m.register_forward_pre_hook(hook) for m in layers]
+    before = [m.training for m in model.modules()]
+    try:
+        attack(model, x, y)
+    finally:
+        for h in handles:
+            h.remove()
+    restored = before == [m.training for m in model.modules()]
+    passed = train_calls[0] == 0 and restored
+    return CheckItem(
+        "BatchNorm runs in eval mode during attacks", passed,
+        {"mode_layers": len(layers), "calls": calls[0], "calls_in_train_mode": train_calls[0],
+         "mode_restored": restored},
+        "In train mode BatchNorm normalises with the statistics of the attacked batch itself, so "
+        "the attack optimises against a different function from the one evaluated (and updates "
+        "the running statistics). Attacks must run the model in eval mode and give its mode back.",
+        "batchnorm-eval")
+
+
+# ------------------------------------------------------------- output --
+def items_to_json(items: list[CheckItem]) -> list[dict]:
+    return [{**asdict(it), "status": it.status} for it in items]
+
+
+def summary(items: list[CheckItem]) -> dict:
+    return {"passed": sum(it.passed is True for it in items),
+            "failed": sum(it.passed is False for it in items),
+            "not_run": sum(it.passed is None for it in items),
+            "failed_checks": [it.key or it.name for it in items if it.passed is False]}
+
+
+def all_passed(items: list[CheckItem]) -> bool:
+    """True when every check that ran passed (and at least one ran)."""
+    ran = [it for it in items if it.passed is not None]
+    return bool(ran) and all(it.passed for it in ran)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}" if (v != 0 and abs(v) < 0.01) else f"{v:.2f}".rstrip("0").rstrip(".")
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_fmt(u) for u in v) + "]"
+    return str(v)
+
+
+def checklist_markdown(items: list[CheckItem], title: str | None = "Gradient-masking checklist") -> str:
+    """A markdown table (check, result, evidence) and the reasoning behind each check."""
+    sm = summary(items)
+    lines = [f"## {title}", ""] if title else []
+    verdict = ("every check that ran passed" if sm["failed"] == 0 else
+               f"**{sm['failed']} check(s) FAILED**: the robust accuracy of this model is not "
+               "trustworthy until they are explained")
+    lines += [f"{sm['passed']} passed, {sm['failed']} failed, {sm['not_run']} not run: {verdict}.", "",
+              "| # | check | result | evidence |", "|---|---|---|---|"]
+    for i, it in enumerate(items, 1):
+        ev = "; ".join(f"{k} = {_fmt(v)}" for k, v in it.evidence.items())
+        res = {True: "✅ pass", False: "❌ **FAIL**", None: "➖ not run"}[it.passed]
+        lines.append(f"| {i} | {it.name} | {res} | {ev.replace('|', '/')} |")
+    lines += ["", "Why each check:", ""]
+    lines += [f"{i}. **{it.name}**: {it.explanation}" for i, it in enumerate(items, 1)]
+    lines += ["", "After Carlini et al. 2019, *On Evaluating Adversarial Robustness* (arXiv:1902.06705), "
+              "and Athalye, Carlini & Wagner 2018, *Obfuscated Gradients Give a False Sense of Security*."]
+    return "\n".join(lines) + "\n"
+
+
+def checklist_json(items: list[CheckItem], **extra) -> str:
+    return json.dumps({**extra, "summary": summary(items), "items": items_to_json(items)}, indent=1)
+
+
+
+def overview(named: dict) -> tuple[list[dict], list[str]]:
+    """One row per check, one column per model: ``named`` maps a model name to its items
+    (CheckItem objects, or the dicts of a saved checklist JSON). Returns (rows, columns)."""
+    mark = {True: "✅", False: "❌", None: "➖"}
+    models = list(named)
+    rows: dict[str, dict] = {}
+    for m, items in named.items():
+        for it in items:
+            name = it.name if isinstance(it, CheckItem) else it["name"]
+            passed = it.passed if isinstance(it, CheckItem) else it["passed"]
+            rows.setdefault(name, {"check": name})[m] = mark[passed]
+    return list(rows.values()), ["check"] + models
+
+
+def load_checklist(path) -> dict:
+    """A checklist written by :func:`dwf_lab.adaptive.evaluate_adaptive_run` (its JSON file)."""
+    from pathlib import Path
+    return json.loads(Path(path).read_text(encoding="utf-8"))

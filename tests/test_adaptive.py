@@ -1,0 +1,279 @@
+"""Adaptive attacks, the ART bridge, diagnostics and the run integration, on tiny models.
+
+Tiny CIFAR ResNet-18s (width 1/16) trained for a few seconds on generated data:
+clean accuracy near 100 %, so the attacks have something to take away.
+"""
+import importlib.util
+import json
+import math
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dwf_lab import adaptive, attacks, diagnostics
+from dwf_lab import autoattack as aa
+from dwf_lab.checkpoints import save_model
+from dwf_lab.data import load_dataset
+from dwf_lab.evaluate import unpack_bits
+from dwf_lab.models import build_model
+from dwf_lab.moe import MixtureOfExperts
+
+EPS, ALPHA = 4 / 255, 1 / 255
+_CACHE: dict = {}
+
+_no_art = pytest.mark.skipif(importlib.util.find_spec("art") is None,
+                             reason="adversarial-robustness-toolbox not installed")
+_art_warnings = pytest.mark.filterwarnings("ignore::DeprecationWarning")   # ART's numpy-2 shims
+
+
+def needs_art(fn):
+    return _no_art(_art_warnings(fn))
+
+
+def tiny_trained(seed: int = 0, n: int = 512, epochs: int = 4, lr: float = 0.1, bs: int = 32):
+    """(model, data): a 1/16-width ResNet-18 trained ~3 s on synthetic data (cached per seed)."""
+    if seed not in _CACHE:
+        torch.manual_seed(seed)
+        data = load_dataset("synthetic", n_train=n, n_test=200)
+        model = build_model("resnet18", width=0.0625, dataset="synthetic")
+        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+        total, k = epochs * (n // bs), 0
+        for e in range(epochs):
+            perm = torch.randperm(n, generator=torch.Generator().manual_seed(100 * seed + e))
+            for i in range(0, n - bs + 1, bs):
+                for g in opt.param_groups:
+                    g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * k / total))
+                k += 1
+                idx = perm[i:i + bs]
+                loss = F.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        _CACHE[seed] = (model.eval(), data)
+    return _CACHE[seed]
+
+
+def tiny_mixture(n_experts: int = 2, seed: int = 0) -> MixtureOfExperts:
+    """Trained experts (copies of tiny_trained models) behind an untrained gate."""
+    torch.manual_seed(seed + 10)
+    mix = build_model("dwf_mixture", n_experts=n_experts, width=0.0625, dataset="synthetic", gate_hidden=16)
+    for i, e in enumerate(mix.experts):
+        e.load_state_dict(tiny_trained(i % 2)[0].state_dict())
+    return mix.eval()
+
+
+def tiny_settings(**kw) -> adaptive.AdaptiveSettings:
+    return adaptive.AdaptiveSettings.smoke(eps=EPS, alpha=ALPHA, pgd_steps=4, long_steps=6, long_restarts=2,
+                                           aa_iter=3, aa_targets=1, aa_queries=5, square_queries=5, **kw)
+
+
+# ------------------------------------------------------------ ART bridge --
+@needs_art
+def test_our_pgd_agrees_with_art_pgd():
+    model, data = tiny_trained(0)
+    x, y = data.x_test, data.y_test           # 200 images
+    eps, alpha, steps = 2 / 255, 0.5 / 255, 10
+    ours = attacks.pgd(model, x, y, eps, alpha, steps, random_start=False)
+    with torch.no_grad():
+        acc_ours = 100 * (model(ours).argmax(1) == y).float().mean().item()
+    acc_art = 100 * aa.art_pgd(model, x, y, eps, alpha, steps, random_start=False).float().mean().item()
+    clean = 100 * attacks.accuracy(model, x, y)
+    assert acc_ours < clean - 3, "the comparison needs an attack that changes something"
+    assert abs(acc_ours - acc_art) <= 1.0, (acc_ours, acc_art)
+
+
+@needs_art
+def test_art_attacks_return_checked_per_example_correctness():
+    model, data = tiny_trained(0)
+    x, y = data.x_test[:24], data.y_test[:24]
+    clean = model(x).argmax(1) == y
+    sq = aa.square(model, x, y, EPS, max_iter=5)
+    auto, details = aa.autoattack(model, x, y, EPS, n_iter=3, n_queries=5, n_target_classes=2,
+                                  return_details=True)
+    for c in (sq, auto):
+        assert c.dtype == torch.bool and c.shape == (24,)
+    assert not (auto & ~clean).any(), "AutoAttack only counts images that are correct when clean"
+    assert details["suite"][0] == "APGD-CE" and "FAB-T" in details["omitted"]
+    assert details["after APGD-CE"] >= details["after APGD-T"] >= details["robust"]
+    pgd_rs = aa.art_pgd(model, x, y, EPS, ALPHA, 3, random_start=True, restarts=2)
+    apgd_dlr = aa.apgd(model, x, y, EPS, loss="dlr", n_iter=3)
+    assert pgd_rs.shape == apgd_dlr.shape == (24,)
+    # the threat model is enforced on whatever comes back
+    with pytest.raises(AssertionError, match="eps-ball"):
+        aa.correctness(model, (x + 2 * EPS).clamp(0, 1), x, y, EPS)
+    with pytest.raises(AssertionError, match=r"\[0, 1\]"):
+        aa.correctness(model, x - 1e-3, x, y, EPS)
+
+
+def test_missing_art_gives_one_clear_error(monkeypatch):
+    for name in ("art", "art.attacks", "art.attacks.evasion", "art.estimators",
+                 "art.estimators.classification"):
+        monkeypatch.setitem(sys.modules, name, None)
+    model, data = tiny_trained(0)
+    with pytest.raises(aa.ARTUnavailableError, match="pip install adversarial-robustness-toolbox"):
+        aa.square(model, data.x_test[:4], data.y_test[:4], EPS, max_iter=2)
+    assert not aa.available()
+
+
+# -------------------------------------------------------- mixture attacks --
+def test_routing_loss_pushes_weight_onto_the_target_expert():
+    mix = tiny_mixture(2)
+    _, data = tiny_trained(0)
+    x, y = data.x_test[:48], data.y_test[:48]
+    with torch.no_grad():
+        target = int(mix.gate_weights(x).mean(0).argmin())   # the expert the gate likes least
+    plain = attacks.pgd(mix, x, y, EPS, ALPHA, 8)
+    routed = attacks.pgd(mix, x, y, EPS, ALPHA, 8, loss=adaptive.routing_loss(target, lam=1.0))
+    with torch.no_grad():
+        w_plain = mix.gate_weights(plain)[:, target].mean().item()
+        w_routed = mix.gate_weights(routed)[:, target].mean().item()
+    assert w_routed > w_plain + 0.02, (w_plain, w_routed)
+    # the evaluation's balanced routing attack steers the gate too, and breaks images
+    last, kept = adaptive._routing_pgd(mix, x, y, target, 1.0, EPS, ALPHA, 8, True,
+                                       torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        assert mix.gate_weights(last)[:, target].mean().item() > w_plain + 0.02
+        assert kept.dtype == torch.bool and not (kept & (mix(last).argmax(1) != y)).any()
+        assert kept.float().mean() < (mix(x).argmax(1) == y).float().mean()
+    rows = adaptive.routing_sweep(mix, x, y, target, lams=(0.0, 1.0),
+                                  settings=tiny_settings(), seed=0)
+    assert [r["inputs"] for r in rows] == ["clean", "PGD-4", "PGD-4, routing lam=1"]
+    assert rows[2]["weight on target"] > rows[1]["weight on target"]
+    # a model without a gate gets plain cross-entropy
+    model = tiny_trained(0)[0]
+    assert torch.allclose(adaptive.routing_loss(0)(model, x, y), attacks.ce_loss(model, x, y))
+    with pytest.raises(ValueError, match="target_expert"):
+        adaptive.routing_loss(5)(mix, x, y)
+
+
+def test_uniform_average_shares_experts_and_leaves_the_mixture_untouched():
+    mix = tiny_mixture(3)
+    mix.set_frozen(True)
+    mix.train()
+    flags = [p.requires_grad for p in mix.parameters()]
+    modes = [m.training for m in mix.modules()]
+    uni = adaptive.uniform_mixture(mix)
+    assert [p.requires_grad for p in mix.parameters()] == flags
+    assert [m.training for m in mix.modules()] == modes
+    assert uni.experts[0] is mix.experts[0]
+    mix.eval()
+    x = tiny_trained(0)[1].x_test[:8]
+    with torch.no_grad():
+        expected = torch.stack([f(x) for f in mix.experts]).mean(0)
+        assert torch.allclose(uni(x), expected, atol=1e-5)
+
+
+def test_transfer_is_weaker_than_white_box():
+    source, data = tiny_trained(0)
+    target, _ = tiny_trained(1)
+    x, y = data.x_test[:96], data.y_test[:96]
+    g = torch.Generator().manual_seed(0)
+    transfer = adaptive.transfer_attack(source, target, x, y, EPS, ALPHA, 8, generator=g)
+    white = adaptive.transfer_attack(target, target, x, y, EPS, ALPHA, 8,
+                                     generator=torch.Generator().manual_seed(0))
+    assert transfer.float().mean() >= white.float().mean()
+    # long PGD is never weaker than its own first restart would be on average
+    long = adaptive.long_pgd(target, x, y, EPS, ALPHA, steps=8, restarts=2,
+                             generator=torch.Generator().manual_seed(0))
+    assert long.float().mean() <= white.float().mean() + 0.03
+
+
+@needs_art
+def test_worst_case_is_below_every_attack():
+    mix = tiny_mixture(2)
+    _, data = tiny_trained(0)
+    x, y = data.x_test[:32], data.y_test[:32]
+    s = tiny_settings()
+    metrics, correct = adaptive.evaluate_adaptive(mix, x, y, s, progress=False)
+    assert list(metrics) == s.metric_names(mixture=True)
+    assert {"pgd-4", "pgd-dlr", "routing", "transfer-best", "pgd-6x2", "autoattack", "square",
+            "worst-case (all)"} <= set(metrics)
+    wc = metrics[adaptive.WORST]
+    for k, v in metrics.items():
+        assert wc <= v + 1e-9, k
+        assert correct[k].shape == (32,)
+    assert torch.equal(correct[adaptive.WORST],
+                       torch.stack([correct[k] for k in metrics if k != adaptive.WORST]).all(0))
+    # a single network gets no gate-aware keys
+    single = adaptive.evaluate_adaptive(tiny_trained(0)[0], x, y, tiny_settings(autoattack=False, square=False),
+                                        progress=False)[0]
+    assert "routing" not in single and "transfer-best" not in single and adaptive.WORST in single
+
+
+def test_settings_sizes_and_keys():
+    from dwf_lab.profiles import get_profile
+    s = adaptive.AdaptiveSettings.from_profile(get_profile("smoke"))
+    assert s.name == "smoke" and s.long_key == f"pgd-{s.long_steps}x{s.long_restarts}"
+    p = adaptive.AdaptiveSettings.paper()
+    assert (p.pgd_key, p.long_key) == ("pgd-20", "pgd-500x5")
+    assert p.metric_names(True) == ["SA", "pgd-20", "pgd-dlr", "routing", "transfer-best", "pgd-500x5",
+                                    "autoattack", "square", "worst-case (all)"]
+    assert "routing" not in p.metric_names(False)
+
+
+# ------------------------------------------------------------ diagnostics --
+def test_diagnostics_of_a_mixture():
+    mix = tiny_mixture(3)
+    _, data = tiny_trained(0)
+    s = diagnostics.DiagnosticSettings.smoke(eps=EPS, alpha=ALPHA, steps=2, n_examples=16)
+    d = diagnostics.diagnose_mixture(mix, data.x_test, data.y_test, s, names=["a", "b", "c"])
+    assert [r["expert"] for r in d["experts"]] == ["a", "b", "c", "mixture"]
+    assert set(d["gate"]["inputs"]) == {"clean", "fgsm", "pgd"}
+    for st in d["gate"]["inputs"].values():
+        assert abs(sum(st["mean_weights"]) - 1) < 1e-4
+        assert 0 <= st["entropy"] <= d["gate"]["max_entropy"] + 1e-6
+    tm = torch.tensor(d["transfer"]["accuracy"])
+    assert tm.shape == (5, 5) and d["transfer"]["sources"][-2:] == ["uniform average", "mixture"]
+    assert diagnostics.transfer_heatmap(tm, d["transfer"]["sources"]).data[0].type == "heatmap"
+    assert len(diagnostics.weights_bar(d["gate"]).data) == 3
+    assert len(diagnostics.expert_accuracy_bar(d["experts"]).data) == 2
+
+
+# ------------------------------------------------------- run integration --
+def test_evaluate_adaptive_run_merges_and_is_idempotent(tmp_path, monkeypatch):
+    from dwf_lab.checklist import ChecklistSettings
+    from dwf_lab.pipeline import evaluate_run
+    from dwf_lab.profiles import get_profile
+    from dwf_lab.report import build_tables
+    from dwf_lab.runs import Run
+
+    p = get_profile("smoke", n_fgsm_experts=0, n_pgd_experts=0, baselines=False, n_test=24,
+                    eval_fgsm_eps=(0.03,), eval_pgd_steps=(2,), eval_long_steps=3, eval_restarts=1,
+                    device="cpu")
+    run = Run("adaptive-test", p, root=tmp_path / "run")
+    model, _ = tiny_trained(0)
+    data = load_dataset("synthetic", n_train=16, n_test=24)
+    save_model(run.model_path(0, "benign"), model)
+    mix = build_model("dwf_mixture", n_experts=1, width=0.0625, dataset="synthetic", gate_hidden=8)
+    mix.experts[0].load_state_dict(model.state_dict())
+    save_model(run.model_path(0, "mixture"), mix)
+    evaluate_run(run, 0, data, progress=False)
+
+    s = tiny_settings(autoattack=False, square=False)
+    cs = ChecklistSettings.smoke(eps=EPS, alpha=ALPHA, steps=2, long_steps=3, long_restarts=1,
+                                 eps_grid=(EPS, 0.3), eps_grid_steps=2, n_examples=8)
+    adaptive.evaluate_adaptive_run(run, 0, data, s, progress=False, checklist_settings=cs)
+    rec = json.loads(run.eval_path(0, "mixture").read_text())
+    for k in ["pgd-4", "pgd-dlr", "routing", "transfer-best", "pgd-6x2", adaptive.WORST]:
+        assert k in rec["metrics"] and k in rec["per_example"], k
+    assert "routing" not in json.loads(run.eval_path(0, "benign").read_text())["metrics"]
+    n = rec["n_test"]
+    wc = unpack_bits(rec["per_example"][adaptive.WORST], n)
+    for k, h in rec["per_example"].items():
+        assert not (wc & ~unpack_bits(h, n)).any(), k
+        assert rec["metrics"][adaptive.WORST] <= rec["metrics"][k] + 1e-9
+    assert rec["metrics"][adaptive.WORST] <= rec["metrics"]["worst-case"]
+    for stage in ("benign", "mixture"):
+        md = run.report_dir / f"checklist_{stage}_seed0.md"
+        assert md.exists() and "| # | check | result | evidence |" in md.read_text()
+        assert json.loads(md.with_suffix(".json").read_text())["items"]
+
+    # idempotent: nothing stored is recomputed
+    monkeypatch.setattr(adaptive, "_evaluate", lambda *a, **k: pytest.fail("recomputed"))
+    adaptive.evaluate_adaptive_run(run, 0, data, s, progress=False, checklist_settings=cs)
+    assert json.loads(run.eval_path(0, "mixture").read_text())["metrics"] == rec["metrics"]
+    # the report puts the new keys into its "Beyond the paper" table
+    beyond = build_tables([json.loads(run.eval_path(0, st).read_text()) for st in ("benign", "mixture")])["beyond"]
+    assert adaptive.WORST in beyond["columns"] and "routing" in beyond["columns"]

@@ -1,0 +1,167 @@
+"""The gradient-masking checklist: it passes an honest model and FLAGS masked ones.
+
+The second half is the point: a model whose gradients vanish (a detached output,
+a rounding step on the input) looks perfectly robust to PGD and FGSM; the
+checklist must say so, with the numbers.
+"""
+import importlib.util
+import json
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from dwf_lab import attacks
+from dwf_lab.checklist import (CheckItem, ChecklistSettings, all_passed, check_bn_eval,
+                               check_deterministic, checklist_json, checklist_markdown, run_checklist,
+                               summary)
+from dwf_lab.data import load_dataset
+from dwf_lab.models import build_model
+
+EPS, ALPHA = 8 / 255, 2 / 255
+_CACHE: dict = {}
+HAVE_ART = importlib.util.find_spec("art") is not None
+
+
+def tiny_trained(seed: int = 0, n: int = 512, epochs: int = 4, lr: float = 0.1, bs: int = 32):
+    """(model, data): a 1/16-width ResNet-18 trained ~3 s on synthetic data (cached per seed)."""
+    if seed not in _CACHE:
+        torch.manual_seed(seed)
+        data = load_dataset("synthetic", n_train=n, n_test=200)
+        model = build_model("resnet18", width=0.0625, dataset="synthetic")
+        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+        total, k = epochs * (n // bs), 0
+        for e in range(epochs):
+            perm = torch.randperm(n, generator=torch.Generator().manual_seed(100 * seed + e))
+            for i in range(0, n - bs + 1, bs):
+                for g in opt.param_groups:
+                    g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * k / total))
+                k += 1
+                idx = perm[i:i + bs]
+                loss = F.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        _CACHE[seed] = (model.eval(), data)
+    return _CACHE[seed]
+
+
+class DetachedLogits(nn.Module):
+    """Same predictions, zero gradient: ``logits * 0 + logits.detach()``."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        z = self.model(x)
+        return z * 0 + z.detach()
+
+
+class QuantizedInput(nn.Module):
+    """Rounds the input to 8 levels first: a non-differentiable step (gradient 0 almost everywhere)."""
+
+    def __init__(self, model, levels: int = 8):
+        super().__init__()
+        self.model, self.levels = model, levels
+
+    def forward(self, x):
+        return self.model(torch.round(x * (self.levels - 1)) / (self.levels - 1))
+
+
+class NoisyLogits(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        z = self.model(x)
+        return z + torch.randn_like(z)
+
+
+def settings(**kw) -> ChecklistSettings:
+    return ChecklistSettings.smoke(eps=EPS, alpha=ALPHA, steps=8, long_steps=12, long_restarts=2,
+                                   eps_grid=(EPS, 16 / 255, 0.3), eps_grid_steps=8, square_queries=60,
+                                   n_examples=32, **kw)
+
+
+def by_key(items):
+    return {it.key: it for it in items}
+
+
+def test_checklist_passes_an_honest_model():
+    model, data = tiny_trained(0)
+    surrogate, _ = tiny_trained(1)
+    items = run_checklist(model, data.x_test, data.y_test, settings(), surrogate=surrogate, square=HAVE_ART)
+    assert len(items) == 9 and all(isinstance(it, CheckItem) for it in items)
+    failed = [(it.key, it.evidence) for it in items if it.passed is False]
+    assert not failed, failed
+    assert all_passed(items)
+    k = by_key(items)
+    assert k["white-box-vs-transfer"].passed is True
+    assert k["eps-growth"].evidence["pgd_acc"][-1] <= 10
+    assert k["non-zero-gradients"].evidence["fraction_zero_gradient"] == 0
+    if HAVE_ART:
+        assert k["white-box-vs-black-box"].passed is True
+    md = checklist_markdown(items)
+    assert "FAIL" not in md and md.count("✅ pass") == sum(it.passed is True for it in items)
+    json.loads(checklist_json(items, model="tiny"))
+
+
+@pytest.mark.parametrize("wrapper", [DetachedLogits, QuantizedInput])
+def test_checklist_flags_a_gradient_masked_model(wrapper):
+    honest, data = tiny_trained(0)
+    masked = wrapper(honest).eval()
+    x, y = data.x_test, data.y_test
+    # what makes masking dangerous: it looks robust to the gradient attacks
+    pgd = attacks.pgd(masked, x[:32], y[:32], EPS, ALPHA, 8)
+    assert attacks.accuracy(masked, pgd, y[:32]) > attacks.accuracy(
+        honest, attacks.pgd(honest, x[:32], y[:32], EPS, ALPHA, 8), y[:32]) + 0.2
+
+    items = run_checklist(masked, x, y, settings(), surrogate=honest, square=HAVE_ART)
+    k = by_key(items)
+    assert not all_passed(items)
+    assert k["non-zero-gradients"].passed is False
+    assert k["non-zero-gradients"].evidence["fraction_zero_gradient"] >= 0.9
+    # attacks that do not need this model's gradients expose it
+    assert k["white-box-vs-transfer"].passed is False
+    assert k["eps-growth"].passed is False
+    if HAVE_ART:
+        assert k["white-box-vs-black-box"].passed is False
+    assert len(summary(items)["failed_checks"]) >= 3
+    md = checklist_markdown(items)
+    assert "FAIL" in md and "fraction_zero_gradient = 1" in md
+
+
+def test_batchnorm_hook_check():
+    model, data = tiny_trained(0)
+    x, y = data.x_test[:8], data.y_test[:8]
+    model.train()
+    try:
+        ok = check_bn_eval(model, x, y, eps=EPS, alpha=ALPHA)   # our FGSM + PGD
+        assert ok.passed and ok.evidence["calls"] > 0 and ok.evidence["calls_in_train_mode"] == 0
+        assert ok.evidence["mode_restored"] and model.training
+
+        def careless_attack(m, xb, yb):            # forgets eval mode
+            xg = xb.clone().requires_grad_(True)
+            F.cross_entropy(m(xg), yb).backward()
+            return (xb + EPS * xg.grad.sign()).clamp(0, 1)
+        bad = check_bn_eval(model, x, y, attack=careless_attack)
+        assert bad.passed is False and bad.evidence["calls_in_train_mode"] > 0
+
+        def leaves_eval(m, xb, yb):                # eval mode, but never gives the mode back
+            m.eval()
+            return m(xb)
+        bad2 = check_bn_eval(model, x, y, attack=leaves_eval)
+        assert bad2.passed is False and bad2.evidence["mode_restored"] is False
+    finally:
+        model.eval()
+
+
+def test_determinism_check_flags_a_randomised_model():
+    model, data = tiny_trained(0)
+    assert check_deterministic(model, data.x_test[:16]).passed
+    item = check_deterministic(NoisyLogits(model), data.x_test[:16])
+    assert item.passed is False and item.evidence["max_abs_logit_diff"] > 0.1
