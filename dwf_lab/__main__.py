@@ -4,6 +4,7 @@
     run        train every stage, evaluate and report, without Jupyter
     train      train stages (--stage all|experts|baselines|mixture|<kind>|<name>)
     evaluate   evaluate finished stages (Tables 2-4 protocol)
+    adaptive   AutoAttack, gate-aware and transfer attacks, worst case, gradient-masking checklist
     report     write Tables 2-3 and Figures 6-7 beside the paper's numbers
     profiles   list the profiles and their settings
     inspect    print a checkpoint's metadata (never unpickles)
@@ -35,6 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     common(sub.add_parser("run", help="train + evaluate + report without Jupyter"), stage=True)
     common(sub.add_parser("train", help="train stages"), stage=True)
     common(sub.add_parser("evaluate", help="evaluate finished stages"), stage=True)
+    common(sub.add_parser("adaptive", help="attacks beyond the paper + checklist"), stage=True)
     common(sub.add_parser("report", help="write the report"))
     sub.add_parser("profiles", help="list profiles")
     ins = sub.add_parser("inspect", help="print a checkpoint's metadata")
@@ -94,6 +96,11 @@ def _dispatch(args) -> int:
             pipeline.train_run(run, seed, data, args.stage, progress)
         elif args.command == "evaluate":
             pipeline.evaluate_run(run, seed, data, args.stage, progress)
+        elif args.command == "adaptive":
+            from dwf_lab.adaptive import evaluate_adaptive_run
+            evaluate_adaptive_run(run, seed, data, progress=progress, which=args.stage)
+    if args.command == "adaptive":
+        pipeline.report_run(run)
     return 0
 
 
