@@ -451,17 +451,40 @@ def augment_batch(x: torch.Tensor, mode: str,
     """
     if mode == "none":
         return x
+    _check_augment(x, mode)
+    return _apply_crop_flip(x, *_crop_flip_params(x.shape[0], generator, x.device))
+
+
+def _check_augment(x: torch.Tensor, mode: str) -> None:
     if mode != "crop_flip":
         raise ValueError(f"unknown augmentation {mode!r}; known: {', '.join(AUGMENT_MODES)}")
     if x.dim() != 4:
         raise ValueError(f"expected a batch (N, C, H, W), got shape {tuple(x.shape)}")
-    n, _, h, w = x.shape
-    pad = 4
-    gen_device = generator.device if generator is not None else torch.device("cpu")
-    oy = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=gen_device).to(x.device)
-    ox = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=gen_device).to(x.device)
-    flip = (torch.rand(n, generator=generator, device=gen_device) < 0.5).to(x.device)
 
+
+_CROP_PAD = 4
+
+
+def _crop_flip_params(n: int, generator: torch.Generator | None, device):
+    """(oy, ox, flip) for n images, drawn on the generator's device, then moved to ``device``.
+
+    From a CPU generator to a CUDA batch the three small tensors go through
+    pinned memory with ``non_blocking=True``: no host-device synchronisation.
+    """
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    oy = torch.randint(0, 2 * _CROP_PAD + 1, (n,), generator=generator, device=gen_device)
+    ox = torch.randint(0, 2 * _CROP_PAD + 1, (n,), generator=generator, device=gen_device)
+    flip = torch.rand(n, generator=generator, device=gen_device) < 0.5
+    device = torch.device(device)
+    if gen_device.type == "cpu" and device.type == "cuda":
+        return tuple(t.pin_memory().to(device, non_blocking=True) for t in (oy, ox, flip))
+    return oy.to(device), ox.to(device), flip.to(device)
+
+
+def _apply_crop_flip(x: torch.Tensor, oy: torch.Tensor, ox: torch.Tensor,
+                     flip: torch.Tensor) -> torch.Tensor:
+    n, _, h, w = x.shape
+    pad = _CROP_PAD
     padded = F.pad(x, (pad, pad, pad, pad))  # zeros
     ar_h = torch.arange(h, device=x.device)
     ar_w = torch.arange(w, device=x.device)
@@ -482,29 +505,48 @@ def steps_per_epoch(n: int, batch_size: int, drop_last: bool = True) -> int:
 
 def iterate_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, *, shuffle: bool = True,
                     augment: str = "none", seed: int = 0, epoch: int = 0, start_step: int = 0,
-                    drop_last: bool = True, device=None
+                    drop_last: bool = True, device=None, rank: int = 0, world_size: int = 1
                     ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
     """Yields (step, xb, yb). Order = a permutation drawn from a CPU generator seeded by (seed, epoch); the
     augmentation of batch `step` uses a generator seeded by (seed, epoch, step), so starting at `start_step`
     gives exactly the batches an uninterrupted epoch would give from that step on (this is how training
     resume stays bit-identical). Data already on the GPU stays there: indexing happens on x's device;
-    `device` moves each batch if x is elsewhere."""
+    `device` moves each batch if x is elsewhere.
+
+    Sharding (multi-process training): with ``world_size > 1`` each call yields only
+    rank ``rank``'s contiguous slice of every global batch of ``batch_size``
+    (which must divide by ``world_size``): the same global batches, in the same
+    order, with the same per-image augmentation as one process gets, split
+    across the ranks. The number of steps is that of the global batch."""
     n = x.shape[0]
     if y.shape[0] != n:
         raise ValueError(f"x has {n} examples but y has {y.shape[0]}")
     if augment not in AUGMENT_MODES:
         raise ValueError(f"unknown augmentation {augment!r}; known: {', '.join(AUGMENT_MODES)}")
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+    if batch_size % world_size:
+        raise ValueError(f"the global batch of {batch_size} does not split evenly over "
+                         f"{world_size} processes; use a batch size divisible by {world_size}")
+    if world_size > 1 and not drop_last:
+        raise ValueError("sharded batches (world_size > 1) need drop_last=True")
     steps = steps_per_epoch(n, batch_size, drop_last)
     if shuffle:
         order = torch.randperm(n, generator=_generator(seed, epoch))
     else:
         order = torch.arange(n)
     order = order.to(x.device)
+    local = batch_size // world_size
     for step in range(max(0, start_step), steps):
         idx = order[step * batch_size:(step + 1) * batch_size]
+        n_global = idx.shape[0]          # < batch_size only for a kept last batch (1 process)
+        lo, hi = (rank * local, (rank + 1) * local) if world_size > 1 else (0, n_global)
+        idx = idx[lo:hi]
         xb, yb = x[idx], y[idx.to(y.device)]
         if device is not None:
             xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
         if augment != "none":
-            xb = augment_batch(xb, augment, _generator(seed, epoch, step))
+            _check_augment(xb, augment)
+            params = _crop_flip_params(n_global, _generator(seed, epoch, step), xb.device)
+            xb = _apply_crop_flip(xb, *(t[lo:hi] for t in params))
         yield step, xb, yb

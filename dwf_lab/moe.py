@@ -8,9 +8,19 @@ ablations and baselines are switches on the same module: ``routing="topk"``
 (hard top-k, weights renormalised over the kept experts), ``routing="uniform"``
 (plain average, no gate) and ``freeze_experts`` (experts neither trained nor
 updating their BatchNorm statistics).
+
+Evaluating the experts: ``expert_batching = "loop"`` (default) runs them one
+after another; ``"vmap"`` stacks their weights (``torch.func``) and runs them
+as ONE batched call (``vmap`` + ``functional_call``), which turns every conv
+into a grouped conv over the experts. BatchNorm in training mode updates
+running statistics in place, which ``vmap`` cannot do, so ``"vmap"`` is used
+only while every expert is in eval mode (attack generation, evaluation, the
+gate-only phase with frozen experts) and falls back to the loop otherwise.
+Both give the same logits and input gradients (up to float rounding).
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -20,6 +30,7 @@ import torch.nn as nn
 from dwf_lab.models import Normalize, normalization_for, register, resnet18
 
 ROUTINGS = ("soft", "topk", "uniform")
+EXPERT_BATCHINGS = ("loop", "vmap")
 
 
 class Gate(nn.Module):
@@ -57,7 +68,8 @@ class MixtureOfExperts(nn.Module):
     """y(x) = sum_i w_i(x) f_i(x) over expert logits. Returns logits, like any classifier."""
 
     def __init__(self, experts: Sequence[nn.Module], gate: nn.Module | None,
-                 routing: str = "soft", k: int = 1, freeze_experts: bool = False):
+                 routing: str = "soft", k: int = 1, freeze_experts: bool = False,
+                 expert_batching: str = "loop"):
         super().__init__()
         if routing not in ROUTINGS:
             raise ValueError(f"routing must be one of {ROUTINGS}, got {routing!r}")
@@ -73,6 +85,7 @@ class MixtureOfExperts(nn.Module):
         self.k = k
         self.freeze_experts = False
         self.set_frozen(freeze_experts)
+        self.expert_batching = expert_batching
 
     @property
     def n_experts(self) -> int:
@@ -105,8 +118,70 @@ class MixtureOfExperts(nn.Module):
             w = w / w.sum(dim=1, keepdim=True)
         return w
 
+    # ------------------------------------------------ evaluating the experts --
+    @property
+    def expert_batching(self) -> str:
+        return self._expert_batching
+
+    @expert_batching.setter
+    def expert_batching(self, mode: str) -> None:
+        if mode not in EXPERT_BATCHINGS:
+            raise ValueError(f"expert_batching must be one of {EXPERT_BATCHINGS}, got {mode!r}")
+        if mode == "vmap":
+            _check_homogeneous(self.experts)
+        self.__dict__["_expert_batching"] = mode
+        self.__dict__["_stack_cache"] = None
+
+    def vmap_active(self) -> bool:
+        """True when a forward pass now would evaluate the experts with one vmapped call."""
+        return self.expert_batching == "vmap" and not any(m.training for m in self.experts.modules())
+
     def expert_outputs(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, n, C): every expert's logits, by a loop or one vmapped call (module doc)."""
+        if self.vmap_active():
+            return self._expert_outputs_vmap(x)
         return torch.stack([f(x) for f in self.experts], dim=1)
+
+    def _stacked_state(self) -> tuple[dict, dict]:
+        """The experts' parameters and buffers, stacked along a new dim 0.
+
+        When parameter gradients may be needed (grad mode on and an expert
+        parameter requires grad) the stack is rebuilt on every call, so
+        gradients flow back to each expert. Otherwise (attacks run with
+        requires_grad off; evaluation; frozen experts) it is cached and rebuilt
+        only when some tensor changed (storage, dtype, device or in-place
+        version counter: optimizer steps and state-dict loads bump it).
+        """
+        named_p = [dict(e.named_parameters()) for e in self.experts]
+        named_b = [dict(e.named_buffers()) for e in self.experts]
+
+        def stack():  # contiguous: vmap has no batching rule for some channels_last paths
+            return ({k: torch.stack([d[k] for d in named_p]).contiguous() for k in named_p[0]},
+                    {k: torch.stack([d[k] for d in named_b]).contiguous() for k in named_b[0]})
+
+        if torch.is_grad_enabled() and any(t.requires_grad for d in named_p for t in d.values()):
+            self.__dict__["_stack_cache"] = None
+            return stack()
+        key = tuple((t.data_ptr(), t._version, t.dtype, t.device)
+                    for d in named_p + named_b for t in d.values())
+        cache = self.__dict__.get("_stack_cache")
+        if cache is None or cache[0] != key:
+            with torch.no_grad():
+                cache = (key, *stack())
+            self.__dict__["_stack_cache"] = cache
+        return cache[1], cache[2]
+
+    def _expert_outputs_vmap(self, x: torch.Tensor) -> torch.Tensor:
+        from torch.func import functional_call, vmap
+        base = self.__dict__.get("_vmap_base")
+        if base is None:  # a stateless template on the meta device, not a submodule
+            base = copy.deepcopy(self.experts[0]).to("meta").eval()
+            self.__dict__["_vmap_base"] = base
+        params, buffers = self._stacked_state()
+
+        def one(p, b, xx):
+            return functional_call(base, (p, b), (xx,))
+        return vmap(one, in_dims=(0, 0, None))(params, buffers, x).transpose(0, 1)  # (B, n, C)
 
     def forward_details(self, x: torch.Tensor) -> MixtureOutput:
         w = self.gate_weights(x)
@@ -116,6 +191,16 @@ class MixtureOfExperts(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_details(x).logits
+
+
+def _check_homogeneous(experts) -> None:
+    def sig(e):
+        return type(e), {k: (tuple(v.shape), v.dtype) for k, v in e.state_dict().items()}
+    first = sig(experts[0])
+    for i, e in enumerate(experts):
+        if sig(e) != first:
+            raise ValueError(f"expert_batching='vmap' needs experts of one architecture and size; "
+                             f"expert {i} differs from expert 0 (use 'loop')")
 
 
 @register("dwf_mixture")

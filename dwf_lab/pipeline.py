@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from dwf_lab import distributed
 from dwf_lab.checkpoints import load_model
 from dwf_lab.data import ImageData, load_dataset, seed_from
 from dwf_lab.evaluate import EvalSettings, evaluate_and_write
@@ -91,7 +92,7 @@ def train_run(run: Run, seed: int, data: ImageData, which: str | None = None,
     """Train the selected stages for one seed; finished stages are skipped."""
     p = run.profile
     rt = Runtime.from_profile(p)
-    log = run.logger(seed)
+    log = run.logger(seed) if distributed.is_main() else (lambda rec: None)   # torchrun: rank 0 logs
     out = {}
     for stage in select_stages(p, which):
         path = run.model_path(seed, stage.name)
@@ -117,8 +118,13 @@ def train_run(run: Run, seed: int, data: ImageData, which: str | None = None,
 
 def evaluate_run(run: Run, seed: int, data: ImageData, which: str | None = None,
                  progress: bool = True, device: str | None = None) -> list[dict]:
-    """Evaluate every finished stage of a seed (existing results are kept)."""
+    """Evaluate every finished stage of a seed (existing results are kept).
+
+    Under torchrun only rank 0 evaluates (the others return an empty list).
+    """
     import json
+    if not distributed.is_main():
+        return []
     p = run.profile
     dev = torch.device(device) if device else Runtime.from_profile(p).device
     results = []
@@ -154,6 +160,16 @@ def run_all(p: Profile, run_name: str | None = None, which: str | None = None,
     print(f"[dwf-lab] run {run.name} at {run.root}: profile {p.name}, data {data.name} "
           f"({len(data.x_train)} train / {len(data.x_test)} test), seeds {list(p.seeds)}",
           file=sys.stderr)
+    if distributed.world() > 1:
+        # torchrun: every rank trains every seed, then rank 0 alone evaluates and reports
+        # (ranks never wait in a collective while rank 0 evaluates)
+        for seed in p.seeds:
+            train_run(run, seed, data, which, progress)
+        if distributed.is_main():
+            for seed in p.seeds:
+                evaluate_run(run, seed, data, which, progress)
+            report_run(run, data.name)
+        return run
     for seed in p.seeds:
         train_run(run, seed, data, which, progress)
         evaluate_run(run, seed, data, which, progress)

@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
+import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +36,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dwf_lab import attacks
+from dwf_lab import attacks, distributed
 from dwf_lab.checkpoints import (load_training_state, save_model, save_training_state)
 from dwf_lab.data import ImageData, iterate_batches, seed_from, steps_per_epoch
 from dwf_lab.profiles import Profile
@@ -77,16 +79,35 @@ def plan_stages(p: Profile) -> list[Stage]:
 
 
 # ------------------------------------------------------------- runtime --
+# Optional switches that are not profile fields (they change speed, not results):
+EXPERT_BATCHING_ENV = "DWF_EXPERT_BATCHING"   # "loop" | "vmap": how a mixture evaluates its experts
+SYNC_BN_ENV = "DWF_SYNC_BN"                   # "1": SyncBatchNorm under torchrun on CUDA
+# The progress bar's loss/accuracy are read back from the device (a sync) every N steps only.
+PROGRESS_EVERY = 50
+
+
 @dataclass
 class Runtime:
-    """Where and how fast: the device and the fast-path switches, resolved."""
+    """Where and how fast: the device and the fast-path switches, resolved.
+
+    ``compile``: wrap the model's training forward in ``torch.compile`` (attacks
+    stay eager); a compilation error warns once and training continues eager.
+    ``expert_batching``: set on a mixture by :meth:`prepare` (None: leave it).
+    ``sync_batchnorm``: under torchrun on CUDA, BatchNorm statistics over the
+    global batch (the single-process semantics) instead of per rank.
+    Under ``torchrun`` the device is ``cuda:LOCAL_RANK`` and the process group
+    is set up here (``dwf_lab.distributed``).
+    """
     device: torch.device
     amp: bool
     channels_last: bool
+    compile: bool = False
+    expert_batching: str | None = None
+    sync_batchnorm: bool = False
 
     @classmethod
     def from_profile(cls, p: Profile) -> "Runtime":
-        dev = resolve_device(p.device)
+        dev = distributed.init_from_env(resolve_device(p.device))
         cuda = dev.type == "cuda"
         amp = p.amp == "bf16" or (p.amp == "auto" and cuda)
         cl = p.channels_last == "on" or (p.channels_last == "auto" and cuda)
@@ -97,7 +118,17 @@ class Runtime:
             torch.backends.cudnn.benchmark = False
         elif cuda:
             torch.backends.cudnn.benchmark = True
-        return cls(dev, amp, cl)
+        return cls(dev, amp, cl, compile=bool(p.compile),
+                   expert_batching=os.environ.get(EXPERT_BATCHING_ENV) or None,
+                   sync_batchnorm=os.environ.get(SYNC_BN_ENV, "") in ("1", "true", "on"))
+
+    @property
+    def rank(self) -> int:
+        return distributed.rank()
+
+    @property
+    def world_size(self) -> int:
+        return distributed.world()
 
     def autocast(self):
         if not self.amp:
@@ -108,11 +139,65 @@ class Runtime:
         model.to(self.device)
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
+        if self.expert_batching is not None and hasattr(model, "expert_batching"):
+            model.expert_batching = self.expert_batching
         return model
 
     def inputs(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, non_blocking=True)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def step_generators(self, seed: int, sid: int, g: int) -> tuple[torch.Generator, torch.Generator]:
+        """(gen, gen_dev) of global step ``g``: gen (CPU) draws the attack settings, the
+        same on every rank; gen_dev draws the attack noise on the device, per rank."""
+        gen = torch.Generator().manual_seed(seed_from(seed, sid, g))
+        world = self.world_size
+        if self.device.type == "cpu" and world == 1:
+            return gen, gen
+        parts = (seed, sid, g, 1) if world == 1 else (seed, sid, g, 1, self.rank)
+        return gen, torch.Generator(self.device).manual_seed(seed_from(*parts))
+
+
+# ------------------------------------------------------- torch.compile --
+_compile_warned = False
+
+
+def _warn_compile(err: BaseException) -> None:
+    global _compile_warned
+    if not _compile_warned:
+        _compile_warned = True
+        warnings.warn(f"torch.compile failed ({type(err).__name__}: {str(err)[:300]}); "
+                      "training continues eager (set compile=false to silence this).",
+                      RuntimeWarning, stacklevel=3)
+
+
+class _CompiledOrEager:
+    """Calls the compiled module; if compiling raises, warns once and stays eager for good."""
+
+    def __init__(self, compiled: Callable, eager: nn.Module):
+        self.compiled, self.eager, self.failed = compiled, eager, False
+
+    def __call__(self, *args, **kwargs):
+        if not self.failed:
+            try:
+                return self.compiled(*args, **kwargs)
+            except Exception as err:  # dynamo/inductor errors surface at the first call
+                self.failed = True
+                _warn_compile(err)
+        return self.eager(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.eager, name)
+
+
+def compile_for_training(module: nn.Module) -> Callable:
+    """``torch.compile(module)`` with a clean fallback to ``module`` itself (see _CompiledOrEager)."""
+    try:
+        compiled = torch.compile(module)
+    except Exception as err:
+        _warn_compile(err)
+        return module
+    return _CompiledOrEager(compiled, module)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -216,6 +301,54 @@ def default_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
     return F.cross_entropy(logits.float(), y), logits
 
 
+def train_step(kind: str, model: nn.Module, opt: torch.optim.Optimizer, xb: torch.Tensor,
+               yb: torch.Tensor, p: Profile, rt: Runtime, gen: torch.Generator,
+               gen_dev: torch.Generator, lr: float, forward: Callable | None = None):
+    """One update of a stage of ``kind``: its batch (attacks included), loss, backward, step.
+
+    ``forward`` is what the default loss calls for the training forward (the
+    model wrapped in DistributedDataParallel and/or torch.compile; default
+    ``model``); attacks and custom recipe losses always get the plain module.
+    Returns (loss, logits, labels) as device tensors: nothing here waits for the
+    device. Shared by :func:`train_stage` and ``dwf_lab.bench``.
+    """
+    rec = recipe(kind)
+    xb = rt.inputs(xb)
+    with rt.autocast():
+        xin, yin = rec.make_batch(model, xb, yb, p, gen, gen_dev)
+        model.train()
+        for group in opt.param_groups:
+            group["lr"] = lr
+        if rec.loss is None:
+            loss, logits = default_loss(forward or model, xin, yin)
+        else:
+            if rt.world_size > 1:        # no DDP on this path: sync BN statistics by hand
+                distributed.broadcast_buffers_(model)
+            loss, logits = rec.loss(model, xin, yin)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if rec.loss is not None and rt.world_size > 1:
+        distributed.average_gradients_([q for group in opt.param_groups for q in group["params"]])
+    opt.step()
+    return loss, logits, yin
+
+
+def wrap_for_update(model: nn.Module, kind: str, rt: Runtime) -> Callable:
+    """The module the training forward of the default loss goes through: DDP under
+    torchrun, then torch.compile when asked. Recipes with their own loss get ``model``."""
+    if recipe(kind).loss is not None:
+        return model
+    fwd: Callable = model
+    if rt.world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        cuda = rt.device.type == "cuda"
+        fwd = DDP(model, device_ids=[rt.device.index] if cuda else None,
+                  output_device=rt.device.index if cuda else None)
+    if rt.compile:
+        fwd = compile_for_training(fwd)
+    return fwd
+
+
 def trainable_parameters(model: nn.Module, kind: str) -> list[nn.Parameter]:
     if recipe(kind).gate_only:
         if not hasattr(model, "set_frozen"):
@@ -242,10 +375,16 @@ def train_stage(model: nn.Module, data: ImageData, stage: Stage, p: Profile, *, 
     ``stop_after_steps`` ends the call early (tests of resume).
     """
     rt = runtime or Runtime.from_profile(p)
-    log = log or (lambda rec: None)
+    world, rank, main = rt.world_size, rt.rank, rt.rank == 0
+    log = (log or (lambda rec: None)) if main else (lambda rec: None)
     ckpt_dir = Path(ckpt_dir)
     state_path = ckpt_dir / "state.safetensors"
+    if stage.batch_size % world:
+        raise ValueError(f"stage {stage.name}: its batch of {stage.batch_size} does not split over "
+                         f"{world} processes; use a batch size divisible by {world}")
     model = rt.prepare(model)
+    if rt.sync_batchnorm and world > 1 and rt.device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)   # same parameters and buffers
     params = trainable_parameters(model, stage.kind)
     fused = rt.device.type == "cuda"
     opt = torch.optim.SGD(params, lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay,
@@ -259,21 +398,30 @@ def train_stage(model: nn.Module, data: ImageData, stage: Stage, p: Profile, *, 
                          f"one batch of {stage.batch_size}; lower the batch size or add data")
     total = stage.epochs * spe
     epoch, start_step = 0, 0
-    if state_path.exists():
+    if state_path.exists():                      # every rank loads the same state
         meta = load_training_state(state_path, model, opt)
         epoch, start_step = meta["progress"]["epoch"], meta["progress"]["next_step"]
         log({"event": "resume", "stage": stage.name, "epoch": epoch, "step": start_step})
+    forward = wrap_for_update(model, stage.kind, rt)
     meta_common = {"stage": stage.name, "stage_kind": stage.kind, "seed": seed, "dataset": data.name,
                    "training": {k: v for k, v in p.to_dict().items()}, "row": stage.row}
 
-    def save_state(ep: int, nxt: int):
-        save_training_state(state_path, model, opt, {"epoch": ep, "next_step": nxt,
-                                                     "global_step": ep * spe + nxt}, meta_common)
+    def once(write: Callable[[], None]) -> None:
+        """Files are written by rank 0; every rank waits until they are there."""
+        if main:
+            write()
+        distributed.barrier()
 
+    def save_state(ep: int, nxt: int):
+        once(lambda: save_training_state(state_path, model, opt,
+                                         {"epoch": ep, "next_step": nxt, "global_step": ep * spe + nxt},
+                                         meta_common))
+
+    # -1, or the first global step whose loss was not finite; kept on the device (no sync per step)
     bad_step = torch.full((), -1, dtype=torch.long, device=rt.device)
 
     def check_finite(ep: int):
-        b = int(bad_step)
+        b = distributed.first_bad_step(bad_step)
         if b >= 0:
             raise NonFiniteLossError(
                 f"non-finite loss in stage {stage.name!r}, epoch {b // spe + 1}, step {b % spe + 1} "
@@ -282,7 +430,7 @@ def train_stage(model: nn.Module, data: ImageData, stage: Stage, p: Profile, *, 
 
     done_steps = 0
     bar = progress_bar(total=total, initial=epoch * spe + start_step, desc=stage.name,
-                       disable=not progress)
+                       disable=not (progress and main))
     try:
         while epoch < stage.epochs:
             t0 = time.time()
@@ -291,32 +439,22 @@ def train_stage(model: nn.Module, data: ImageData, stage: Stage, p: Profile, *, 
             seen = 0
             batches = iterate_batches(x_all, y_all, stage.batch_size, shuffle=True,
                                       augment=data.augment, seed=seed_from(seed, stage.sid),
-                                      epoch=epoch, start_step=start_step, device=rt.device)
+                                      epoch=epoch, start_step=start_step, device=rt.device,
+                                      rank=rank, world_size=world)
             for step, xb, yb in batches:
                 g = epoch * spe + step
-                gen = torch.Generator().manual_seed(seed_from(seed, stage.sid, g))
-                gen_dev = gen if rt.device.type == "cpu" else \
-                    torch.Generator(rt.device).manual_seed(seed_from(seed, stage.sid, g, 1))
-                xb = rt.inputs(xb)
-                with rt.autocast():
-                    xin, yin = training_batch(stage.kind, model, xb, yb, p, gen, gen_dev)
-                    model.train()
-                    for group in opt.param_groups:
-                        group["lr"] = cosine_lr(g, total, p.lr)
-                    loss, logits = (recipe(stage.kind).loss or default_loss)(model, xin, yin)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                gen, gen_dev = rt.step_generators(seed, stage.sid, g)
+                loss, logits, yin = train_step(stage.kind, model, opt, xb, yb, p, rt, gen, gen_dev,
+                                               cosine_lr(g, total, p.lr), forward)
                 with torch.no_grad():
-                    finite = torch.isfinite(loss)
-                    bad_step.copy_(torch.where((bad_step < 0) & ~finite, torch.tensor(g, device=rt.device), bad_step))
+                    bad_step.masked_fill_((bad_step < 0) & ~torch.isfinite(loss), g)
                     loss_sum += loss.detach() * len(yin)
                     correct += (logits.argmax(1) == yin).sum()
                 seen += len(yin)
                 done_steps += 1
                 bar.update(1)
-                if (step + 1) % 10 == 0 or step + 1 == spe:
-                    bar.set_postfix(epoch=f"{epoch + 1}/{stage.epochs}",
+                if not bar.disable and ((step + 1) % PROGRESS_EVERY == 0 or step + 1 == spe):
+                    bar.set_postfix(epoch=f"{epoch + 1}/{stage.epochs}",   # reads the device back
                                     loss=f"{float(loss_sum) / seen:.3f}",
                                     acc=f"{float(correct) / seen:.3f}", refresh=False)
                 if p.ckpt_every and (g + 1) % p.ckpt_every == 0 and step + 1 < spe:
@@ -330,20 +468,25 @@ def train_stage(model: nn.Module, data: ImageData, stage: Stage, p: Profile, *, 
                         save_state(epoch + 1, 0)
                     return model
             check_finite(epoch)
+            totals = torch.stack([loss_sum, correct.to(loss_sum.dtype)])
+            distributed.all_reduce_sum_(totals)
+            seen_all = seen * world
             rec = {"event": "epoch", "stage": stage.name, "epoch": epoch + 1,
-                   "train_loss": float(loss_sum) / max(1, seen), "train_acc": float(correct) / max(1, seen),
+                   "train_loss": float(totals[0]) / max(1, seen_all),
+                   "train_acc": float(totals[1]) / max(1, seen_all),
                    "lr": opt.param_groups[0]["lr"], "seconds": time.time() - t0,
-                   "images": seen}
+                   "images": seen_all}
             epoch, start_step = epoch + 1, 0
             save_state(epoch, 0)
             if p.keep_epoch_checkpoints:
-                save_model(ckpt_dir / f"epoch-{epoch:03d}.safetensors", model,
-                           {**meta_common, "epoch": epoch, "metrics": rec})
+                once(lambda: save_model(ckpt_dir / f"epoch-{epoch:03d}.safetensors", model,
+                                        {**meta_common, "epoch": epoch, "metrics": rec}))
             log(rec)
     finally:
         bar.close()
     if hasattr(model, "set_frozen"):
         model.set_frozen(False)
-    save_model(final_path, model, {**meta_common, "epochs": stage.epochs, "finished": True})
+    once(lambda: save_model(final_path, model, {**meta_common, "epochs": stage.epochs,
+                                                "finished": True}))
     log({"event": "stage_done", "stage": stage.name})
     return model.eval()
