@@ -114,8 +114,11 @@ class MixtureOfExperts(nn.Module):
         if self.routing == "topk":
             top = w.topk(self.k, dim=1).indices
             mask = torch.zeros_like(w).scatter_(1, top, 1.0)
-            w = w * mask
-            w = w / w.sum(dim=1, keepdim=True)
+            kept = w * mask
+            # forward: weights renormalised over the kept experts; backward: the gradient
+            # of the kept softmax weights (straight-through), so the gate still learns even
+            # with k = 1, where the renormalised weight is the constant 1
+            w = kept + (kept / kept.sum(dim=1, keepdim=True) - kept).detach()
         return w
 
     # ------------------------------------------------ evaluating the experts --
