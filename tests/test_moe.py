@@ -179,3 +179,17 @@ def test_gate_entropy_bounds():
     torch.testing.assert_close(gate_entropy(torch.full((2, n), 1 / n)),
                                torch.full((2,), math.log(n)))
     assert gate_entropy(torch.eye(n)).abs().max() < 1e-6
+
+
+def test_top1_routing_still_trains_the_gate():
+    """Renormalised top-1 weights are the constant 1; the straight-through gradient keeps the gate learning."""
+    import torch
+    from dwf_lab.models import build_model
+    torch.manual_seed(0)
+    mix = build_model("dwf_mixture", n_experts=3, width=0.0625, gate_hidden=8, routing="topk", k=1,
+                      dataset="synthetic")
+    x = torch.rand(4, 3, 32, 32)
+    w = mix.gate_weights(x)
+    assert torch.allclose(w.sum(1), torch.ones(4)) and ((w > 0).sum(1) == 1).all()
+    torch.nn.functional.cross_entropy(mix(x), torch.randint(0, 10, (4,))).backward()
+    assert mix.gate.net[1].weight.grad.abs().sum() > 0
