@@ -5,6 +5,8 @@
     train      train stages (--stage all|experts|baselines|mixture|<kind>|<name>)
     evaluate   evaluate finished stages (Tables 2-4 protocol)
     adaptive   AutoAttack, gate-aware and transfer attacks, worst case, gradient-masking checklist
+    baselines  SoE, ADVMoE and the uniform ensemble, trained and evaluated like the rest
+    ablations  the paper's open ablations (experts, freezing, routing, strengths, batch mix)
     report     write Tables 2-3 and Figures 6-7 beside the paper's numbers
     profiles   list the profiles and their settings
     inspect    print a checkpoint's metadata (never unpickles)
@@ -33,10 +35,15 @@ def _parser() -> argparse.ArgumentParser:
                             help="all | experts | baselines | mixture | a kind (fgsm) | a stage (pgd-2)")
 
     common(sub.add_parser("course", help="run the notebooks headlessly (papermill)"))
-    common(sub.add_parser("run", help="train + evaluate + report without Jupyter"), stage=True)
+    run_p = sub.add_parser("run", help="train + evaluate + report without Jupyter")
+    common(run_p, stage=True)
+    run_p.add_argument("--beyond", action="store_true",
+                       help="also SoE/ADVMoE/uniform ensemble, adaptive attacks and ablations")
     common(sub.add_parser("train", help="train stages"), stage=True)
     common(sub.add_parser("evaluate", help="evaluate finished stages"), stage=True)
     common(sub.add_parser("adaptive", help="attacks beyond the paper + checklist"), stage=True)
+    common(sub.add_parser("baselines", help="SoE, ADVMoE, uniform ensemble"))
+    common(sub.add_parser("ablations", help="the ablation table"))
     common(sub.add_parser("report", help="write the report"))
     sub.add_parser("profiles", help="list profiles")
     ins = sub.add_parser("inspect", help="print a checkpoint's metadata")
@@ -82,7 +89,7 @@ def _dispatch(args) -> int:
         run_course(p, run_name=args.run, sets=args.sets + ([f"seeds={args.seeds}"] if args.seeds else []))
         return 0
     if args.command == "run":
-        run = pipeline.run_all(p, args.run, args.stage, progress)
+        run = pipeline.run_all(p, args.run, args.stage, progress, beyond=args.beyond)
         print(f"report: {run.report_dir / 'report.md'}")
         return 0
     run = Run(args.run or p.name, p)
@@ -96,10 +103,16 @@ def _dispatch(args) -> int:
             pipeline.train_run(run, seed, data, args.stage, progress)
         elif args.command == "evaluate":
             pipeline.evaluate_run(run, seed, data, args.stage, progress)
+        elif args.command == "baselines":
+            from dwf_lab.baselines import train_and_evaluate_baselines
+            train_and_evaluate_baselines(run, seed, data, progress=progress)
+        elif args.command == "ablations":
+            from dwf_lab.ablations import run_ablations
+            run_ablations(run, seed, data, progress=progress)
         elif args.command == "adaptive":
             from dwf_lab.adaptive import evaluate_adaptive_run
             evaluate_adaptive_run(run, seed, data, progress=progress, which=args.stage)
-    if args.command == "adaptive":
+    if args.command in ("adaptive", "baselines"):
         pipeline.report_run(run)
     return 0
 

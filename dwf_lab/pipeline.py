@@ -153,8 +153,13 @@ def report_run(run: Run, dataset: str | None = None) -> dict:
 
 
 def run_all(p: Profile, run_name: str | None = None, which: str | None = None,
-            progress: bool = True) -> Run:
-    """Train, evaluate and report every seed of a profile, without Jupyter."""
+            progress: bool = True, beyond: bool = False) -> Run:
+    """Train, evaluate and report every seed of a profile, without Jupyter.
+
+    ``beyond`` adds what the paper did not run itself: SoE, ADVMoE and the uniform
+    ensemble under the same protocol, the adaptive attacks with the per-example worst
+    case over all of them, and the ablation table.
+    """
     run = Run(run_name or p.name, p)
     data = load_data(p)
     print(f"[dwf-lab] run {run.name} at {run.root}: profile {p.name}, data {data.name} "
@@ -173,5 +178,13 @@ def run_all(p: Profile, run_name: str | None = None, which: str | None = None,
     for seed in p.seeds:
         train_run(run, seed, data, which, progress)
         evaluate_run(run, seed, data, which, progress)
+        if beyond:
+            from dwf_lab.ablations import run_ablations
+            from dwf_lab.adaptive import evaluate_adaptive_run
+            from dwf_lab.baselines import train_and_evaluate_baselines
+            if p.baselines:
+                train_and_evaluate_baselines(run, seed, data, progress=progress)
+            evaluate_adaptive_run(run, seed, data, progress=progress, which=which)
+            run_ablations(run, seed, data, progress=progress)
     report_run(run, data.name)
     return run
