@@ -46,8 +46,8 @@ browser-deps:
 	  else echo "browser-deps: chromium not found and cannot be installed here; the browser test will skip"; fi; }
 
 test: setup browser-deps
-	DWF_PROFILE=smoke DWF_RUNS_DIR=$$(mktemp -d) $(PY) -m pytest tests notebooks \
-	  --nbval-lax --sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider --durations=15
+	OMP_NUM_THREADS=1 DWF_PROFILE=smoke DWF_RUNS_DIR=$$(mktemp -d) $(PY) -m pytest tests notebooks \
+	  --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider --durations=15
 
 bench: setup
 	$(PY) -m dwf_lab.bench
