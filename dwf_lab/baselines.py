@@ -551,18 +551,8 @@ def uniform_ensemble(run, seed: int, data) -> MixtureOfExperts:
 
     Isolates what the gate (and end-to-end training) add on top of the experts.
     """
-    from dwf_lab.models import build_model
-    from dwf_lab.pipeline import _model_kwargs, expert_stage_names
-    p = run.profile
-    names = expert_stage_names(p)
-    missing = [n for n in names if not run.is_done(seed, n)]
-    if missing:
-        raise FileNotFoundError(f"the uniform ensemble needs the run's trained experts; missing: "
-                                f"{', '.join(missing)}. Run: python -m dwf_lab train --stage experts "
-                                f"--run {run.name}")
-    mix = build_model("dwf_mixture", n_experts=len(names), image_size=data.shape[1],
-                      gate_hidden=p.gate_hidden, routing="uniform", **_model_kwargs(p, data))
-    return load_experts_into(mix, [run.model_path(seed, n) for n in names]).eval()
+    from dwf_lab.pipeline import assemble_mixture
+    return assemble_mixture(run, seed, data, routing="uniform").eval()
 
 
 # ============================================================== evaluation ==

@@ -40,10 +40,10 @@ def build_expert(p: Profile, data: ImageData) -> nn.Module:
     return build_model("resnet18", **_model_kwargs(p, data))
 
 
-def build_mixture(p: Profile, data: ImageData) -> nn.Module:
+def build_mixture(p: Profile, data: ImageData, routing: str = "soft") -> nn.Module:
     kw = _model_kwargs(p, data)
     return build_model("dwf_mixture", n_experts=p.n_experts, image_size=data.shape[1],
-                       gate_hidden=p.gate_hidden, **kw)
+                       gate_hidden=p.gate_hidden, routing=routing, **kw)
 
 
 def expert_stage_names(p: Profile) -> list[str]:
@@ -70,8 +70,9 @@ def select_stages(p: Profile, which: str | None) -> list[Stage]:
     return [s for s in stages if s in picked]   # keep training order
 
 
-def assemble_mixture(run: Run, seed: int, data: ImageData) -> nn.Module:
-    """A fresh mixture whose experts are the run's trained experts (gate untrained)."""
+def assemble_mixture(run: Run, seed: int, data: ImageData, routing: str = "soft") -> nn.Module:
+    """A fresh mixture whose experts are the run's trained experts (gate untrained;
+    ``routing="uniform"``: no gate at all, the plain average of the experts)."""
     p = run.profile
     names = expert_stage_names(p)
     missing = [n for n in names if not run.is_done(seed, n)]
@@ -80,7 +81,7 @@ def assemble_mixture(run: Run, seed: int, data: ImageData) -> nn.Module:
                                 f"{', '.join(missing)}. Run: python -m dwf_lab train --stage experts "
                                 f"--run {run.name}")
     torch.manual_seed(seed_from(seed, 9001))
-    mix = build_mixture(p, data)
+    mix = build_mixture(p, data, routing=routing)
     for i, n in enumerate(names):
         expert = load_model(run.model_path(seed, n), expect_arch="resnet18")
         mix.experts[i].load_state_dict(expert.state_dict())

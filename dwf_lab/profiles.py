@@ -10,7 +10,7 @@ import dataclasses
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 
 from dwf_lab.attacks import FGSM_EPSILONS, PGD_ALPHA, PGD_EPS, PGD_STEPS
 

@@ -243,8 +243,9 @@ def test_straight_through_top1_forward_is_hard_and_gate_learns():
         F.cross_entropy(model(x), y).backward()
         g = model.gate.net[-1].weight.grad
         sizes[name] = 0.0 if g is None else float(g.abs().sum())
-    # moe's renormalised top-1 weight is the constant 1: its gate gradient is rounding noise
-    assert sizes["plain"] < 1e-6 < 1e-4 < sizes["st"]
+    # both pass the kept softmax weight's gradient straight through (moe's top-k does so too),
+    # so the gate learns although the renormalised top-1 weight is the constant 1
+    assert sizes["plain"] > 1e-4 and sizes["st"] > 1e-4
 
 
 # -------------------------------------------------------- uniform ensemble --

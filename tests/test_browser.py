@@ -118,7 +118,7 @@ def jupyter_lab(browser_deps, tmp_path):
     env.pop("DWF_STATIC_FIGURES", None)  # JupyterLab: live figure widgets, as a learner gets
     log = tmp_path / "jupyter.log"
     cmd = [sys.executable, "-m", "jupyter", "lab", "--no-browser",
-           f"--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
+           "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
            "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
            f"--ServerApp.root_dir={root}", "--ServerApp.open_browser=False",
            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]

@@ -14,7 +14,6 @@ import torch
 
 from dwf_lab import attacks, pipeline
 from dwf_lab.checkpoints import load_model, read_metadata
-from dwf_lab.data import load_dataset
 from dwf_lab.profiles import get_profile
 from dwf_lab.runs import Run, RunConfigMismatch
 from dwf_lab.train import (NonFiniteLossError, Stage, cosine_lr, register_recipe, RECIPES,

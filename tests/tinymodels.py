@@ -1,0 +1,36 @@
+"""Small trained models shared by several test files (imported, not a fixture, so each file
+can ask for its own seed and size; cached per process)."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from dwf_lab.data import load_dataset
+from dwf_lab.models import build_model
+
+_CACHE: dict = {}
+
+
+def tiny_trained(seed: int = 0, n: int = 512, epochs: int = 4, lr: float = 0.1, bs: int = 32):
+    """(model, data): a 1/16-width ResNet-18 trained ~3 s on synthetic data (cached per seed)."""
+    if seed not in _CACHE:
+        torch.manual_seed(seed)
+        data = load_dataset("synthetic", n_train=n, n_test=200)
+        model = build_model("resnet18", width=0.0625, dataset="synthetic")
+        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+        total, k = epochs * (n // bs), 0
+        for e in range(epochs):
+            perm = torch.randperm(n, generator=torch.Generator().manual_seed(100 * seed + e))
+            for i in range(0, n - bs + 1, bs):
+                for g in opt.param_groups:
+                    g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * k / total))
+                k += 1
+                idx = perm[i:i + bs]
+                loss = F.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        _CACHE[seed] = (model.eval(), data)
+    return _CACHE[seed]
