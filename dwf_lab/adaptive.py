@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from dwf_lab import attacks
 from dwf_lab.attacks import LossFn, ce_loss, dlr_loss
 from dwf_lab.data import seed_from
+from dwf_lab.evaluate import worst_case_keys
 from dwf_lab.moe import MixtureOfExperts
 from dwf_lab.progress import progress_bar
 
@@ -337,8 +338,9 @@ def _correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor
 
 
 def worst_case(correct: dict[str, torch.Tensor], keys: Sequence[str] | None = None) -> torch.Tensor:
-    """Per example: correct under every listed metric (default: all but the derived worst cases)."""
-    keys = [k for k in (keys if keys is not None else correct) if k not in DERIVED]
+    """Per example: correct under every listed metric (default: every attack in the eps = 8/255
+    threat model, see :func:`dwf_lab.evaluate.worst_case_keys`; FGSM at larger eps is left out)."""
+    keys = [k for k in (keys if keys is not None else worst_case_keys(correct)) if k not in DERIVED]
     if not keys:
         raise ValueError("no metrics to take a worst case over")
     return torch.stack([correct[k].bool().cpu() for k in keys]).all(0)

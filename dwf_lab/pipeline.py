@@ -150,7 +150,7 @@ def evaluate_run(run: Run, seed: int, data: ImageData, which: str | None = None,
 
 def report_run(run: Run, dataset: str | None = None) -> dict:
     from dwf_lab.report import write_report
-    return write_report(run.eval_dir, run.report_dir, dataset or run.profile.dataset)
+    return write_report(run.eval_dir, run.report_dir, dataset)   # None: the data the results name
 
 
 def run_all(p: Profile, run_name: str | None = None, which: str | None = None,

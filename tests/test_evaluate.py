@@ -130,3 +130,22 @@ def test_write_result_round_trips_the_per_example_bits(tmp_path, evaluated):
     for k, v in correct.items():
         assert torch.equal(unpack_bits(on_disk["per_example"][k], 80), v), k
     assert [p.name for p in path.parent.iterdir()] == ["result.json"]
+
+
+def test_worst_case_pools_only_attacks_inside_the_same_eps_ball():
+    from dwf_lab.evaluate import worst_case_keys
+    keys = ["SA", "fgsm:0.01", "fgsm:0.03", "fgsm:0.04", "fgsm:0.09", "pgd:10", "pgd:100-ms",
+            "autoattack", "worst-case", "worst-case (all)"]
+    assert worst_case_keys(keys, 8 / 255) == ["SA", "fgsm:0.01", "fgsm:0.03", "pgd:10", "pgd:100-ms",
+                                              "autoattack"]
+    # a larger-eps FGSM column never lowers the worst case
+    s = SMALL.__class__(**{**SMALL.__dict__, "fgsm_eps": (0.01, 0.5)})
+    from dwf_lab.evaluate import evaluate_model
+    from dwf_lab.models import build_model
+    torch.manual_seed(0)
+    model = build_model("resnet18", width=0.0625, dataset="synthetic")
+    x = torch.rand(8, 3, 32, 32)
+    y = torch.zeros(8, dtype=torch.long)
+    metrics, correct = evaluate_model(model, x, y, s, progress=False)
+    expected = torch.stack([correct[k] for k in correct if k not in ("worst-case", "fgsm:0.5")]).all(0)
+    assert torch.equal(correct["worst-case"], expected)

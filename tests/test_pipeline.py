@@ -37,7 +37,8 @@ def test_smoke_pipeline_trains_every_stage_evaluates_and_reports(smoke_run):
     for key in ["SA", "fgsm:0.01", "fgsm:0.03", "fgsm:0.09", "pgd:2", "pgd:4", "pgd:4-ms", "pgd:4-a",
                 "worst-case"]:
         assert key in m, key
-    assert m["worst-case"] <= min(v for k, v in m.items() if k != "worst-case")
+    in_ball = [k for k in m if k not in ("worst-case", "fgsm:0.09")]   # 0.09 > 8/255: another threat model
+    assert m["worst-case"] <= min(m[k] for k in in_ball)
     assert m["pgd:4-ms"] <= m["pgd:4-a"]          # the worst case over restarts includes restart 1
     report = smoke_run / "report"
     for name in ["report.md", "report.html", "report.json", "fig6_fgsm.html", "fig7_pgd.html"]:
