@@ -8,19 +8,11 @@ import torch
 
 from dwf_lab import ablations as A
 from dwf_lab import pipeline
-from dwf_lab.checkpoints import save_model
 from dwf_lab.moe import MixtureOfExperts
 from dwf_lab.profiles import get_profile
 from dwf_lab.runs import Run
 from dwf_lab.train import RECIPES, recipe
-
-
-def fake_trained_experts(run, seed, data):
-    """Untrained experts saved where the run's trained ones go (wiring tests need no training)."""
-    for i, name in enumerate(pipeline.expert_stage_names(run.profile)):
-        torch.manual_seed(100 + i)
-        save_model(run.model_path(seed, name), pipeline.build_expert(run.profile, data),
-                   {"stage": name, "finished": True})
+from tinymodels import fake_trained_experts  # tests/ is on sys.path
 
 
 def smoke_run(tmp_path, monkeypatch, **kw):

@@ -14,6 +14,7 @@ from dwf_lab.models import build_model
 from dwf_lab.profiles import get_profile
 from dwf_lab.runs import Run
 from dwf_lab.train import recipe
+from tinymodels import fake_trained_experts  # tests/ is on sys.path
 
 W = 0.0625
 KW = dict(width=W, dataset="synthetic")
@@ -249,14 +250,6 @@ def test_straight_through_top1_forward_is_hard_and_gate_learns():
 
 
 # -------------------------------------------------------- uniform ensemble --
-def fake_trained_experts(run, seed, data):
-    """Save untrained experts where the run's trained ones go (enough for wiring tests)."""
-    for i, name in enumerate(pipeline.expert_stage_names(run.profile)):
-        torch.manual_seed(100 + i)
-        save_model(run.model_path(seed, name), pipeline.build_expert(run.profile, data),
-                   {"stage": name, "finished": True})
-
-
 def smoke_run(tmp_path, monkeypatch, **kw):
     monkeypatch.setenv("DWF_RUNS_DIR", str(tmp_path))
     p = get_profile("smoke", n_train=64, n_test=32, expert_batch=32, baseline_epochs=1,

@@ -34,3 +34,13 @@ def tiny_trained(seed: int = 0, n: int = 512, epochs: int = 4, lr: float = 0.1, 
                 opt.step()
         _CACHE[seed] = (model.eval(), data)
     return _CACHE[seed]
+
+
+def fake_trained_experts(run, seed, data):
+    """Untrained experts saved where the run's trained ones go (wiring tests need no training)."""
+    from dwf_lab import pipeline
+    from dwf_lab.checkpoints import save_model
+    for i, name in enumerate(pipeline.expert_stage_names(run.profile)):
+        torch.manual_seed(100 + i)
+        save_model(run.model_path(seed, name), pipeline.build_expert(run.profile, data),
+                   {"stage": name, "finished": True})
