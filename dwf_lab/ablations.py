@@ -182,7 +182,7 @@ def eval_settings(p: Profile) -> EvalSettings:
 
 def build_variant(p: Profile, data, a: Ablation, expert_paths, seed: int) -> nn.Module:
     """A mixture of the given trained experts, wired as the variant says (gate untrained)."""
-    from dwf_lab.pipeline import _model_kwargs
+    from dwf_lab.pipeline import _model_kwargs, load_experts_into
     kw = dict(_model_kwargs(p, data), n_experts=len(expert_paths), image_size=data.shape[1],
               gate_hidden=p.gate_hidden)
     torch.manual_seed(seed_from(seed, 9001))       # the same gate initialisation as the run's mixture
@@ -190,7 +190,7 @@ def build_variant(p: Profile, data, a: Ablation, expert_paths, seed: int) -> nn.
         model = build_model("dwf_mixture_st", k=a.k, **kw)
     else:
         model = build_model("dwf_mixture", routing=a.routing, **kw)
-    return baselines.load_experts_into(model, expert_paths)
+    return load_experts_into(model, expert_paths)
 
 
 def _expert_paths(run, seed: int, data, a: Ablation, pv: Profile, rt: Runtime, log,

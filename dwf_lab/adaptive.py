@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from dwf_lab import attacks
 from dwf_lab.attacks import LossFn, ce_loss, dlr_loss
 from dwf_lab.data import seed_from
-from dwf_lab.evaluate import worst_case_keys
+from dwf_lab.evaluate import correct_mask, eval_batches, worst_case_keys
 from dwf_lab.moe import MixtureOfExperts
 from dwf_lab.progress import progress_bar
 
@@ -317,7 +317,7 @@ def transfer_attack(source_model: nn.Module, target_model: nn.Module, x: torch.T
     attacks.check_inputs(x, eps)
     x_adv = attacks.pgd(source_model, x, y, eps, alpha, steps, random_start, restarts, loss=loss,
                         generator=generator, check=False)
-    return _correct(target_model, x_adv, y)
+    return correct_mask(target_model, x_adv, y)
 
 
 def long_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float = attacks.PGD_EPS,
@@ -329,12 +329,7 @@ def long_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float = at
     not converged and the short numbers overstate robustness.
     """
     x_adv = attacks.pgd(model, x, y, eps, alpha, steps, True, restarts, loss=loss, generator=generator)
-    return _correct(model, x_adv, y)
-
-
-def _correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad(), attacks.attack_mode(model):
-        return model(x).argmax(1) == y
+    return correct_mask(model, x_adv, y)
 
 
 def worst_case(correct: dict[str, torch.Tensor], keys: Sequence[str] | None = None) -> torch.Tensor:
@@ -356,16 +351,16 @@ def _run_batch(model: nn.Module, xb: torch.Tensor, yb: torch.Tensor, s: Adaptive
         res[key] = fn().cpu()
         timings[key] = timings.get(key, 0.0) + time.time() - t0
 
-    def pgd_correct(loss, steps, tag):
+    def pgdcorrect_mask(loss, steps, tag):
         xa = attacks.pgd(model, xb, yb, s.eps, s.alpha, steps, s.random_start, loss=loss,
                          generator=gen(tag), check=False)
-        return _correct(model, xa, yb)
+        return correct_mask(model, xa, yb)
 
-    timed("SA", lambda: _correct(model, xb, yb))
+    timed("SA", lambda: correct_mask(model, xb, yb))
     if s.pgd_key in want:
-        timed(s.pgd_key, lambda: pgd_correct("ce", s.pgd_steps, 11))
+        timed(s.pgd_key, lambda: pgdcorrect_mask("ce", s.pgd_steps, 11))
     if "pgd-dlr" in want:
-        timed("pgd-dlr", lambda: pgd_correct("dlr", s.pgd_steps, 12))
+        timed("pgd-dlr", lambda: pgdcorrect_mask("dlr", s.pgd_steps, 12))
     if "routing" in want:
         def routing():
             n = model.n_experts if hasattr(model, "n_experts") else len(model.experts)
@@ -412,9 +407,7 @@ def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, s: AdaptiveSet
     n_batches = (len(x) + s.batch_size - 1) // s.batch_size
     bar = progress_bar(total=n_batches, desc=desc, disable=not progress, leave=False)
     try:
-        for b in range(n_batches):
-            xb = x[b * s.batch_size:(b + 1) * s.batch_size].to(device)
-            yb = y[b * s.batch_size:(b + 1) * s.batch_size].to(device)
+        for b, xb, yb in eval_batches(x, y, s.batch_size, device):
 
             def gen(tag: int, b=b) -> torch.Generator:
                 return torch.Generator(device).manual_seed(seed_from(seed, b, tag))
@@ -654,7 +647,7 @@ def routing_sweep(mix: nn.Module, x: torch.Tensor, y: torch.Tensor, target_exper
     rows = []
     with attacks.attack_mode(mix):
         w, h = _gate_stats(mix, x)
-        rows.append({"inputs": "clean", "accuracy": 100.0 * _correct(mix, x, y).float().mean().item(),
+        rows.append({"inputs": "clean", "accuracy": 100.0 * correct_mask(mix, x, y).float().mean().item(),
                      "weight on target": w[:, target_expert].mean().item(), "gate entropy": h.mean().item()})
         for lam in lams:
             g = torch.Generator(dev).manual_seed(seed_from(seed, 77))

@@ -539,13 +539,6 @@ def dwf_mixture_st(n_experts: int = 9, num_classes: int = 10, width: float = 1.0
 
 
 # ========================================================= uniform ensemble ==
-def load_experts_into(mix: MixtureOfExperts, paths) -> MixtureOfExperts:
-    from dwf_lab.checkpoints import load_model
-    for i, path in enumerate(paths):
-        mix.experts[i].load_state_dict(load_model(path, expect_arch="resnet18").state_dict())
-    return mix
-
-
 def uniform_ensemble(run, seed: int, data) -> MixtureOfExperts:
     """The run's trained experts averaged with equal weights, no gate: y = mean_i f_i(x).
 

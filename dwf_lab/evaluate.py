@@ -84,9 +84,17 @@ def pgd_trajectory(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: floa
     return out
 
 
-def _correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
+def correct_mask(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per example: is the model (in eval mode, no gradients) right on x?"""
+    with torch.no_grad(), attacks.attack_mode(model):
         return model(x).argmax(1) == y
+
+
+def eval_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, device):
+    """Yields (batch index, xb, yb) on ``device``: the fixed test-set batches every evaluation uses."""
+    for b in range((len(x) + batch_size - 1) // batch_size):
+        sl = slice(b * batch_size, (b + 1) * batch_size)
+        yield b, x[sl].to(device), y[sl].to(device)
 
 
 def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, s: EvalSettings,
@@ -101,16 +109,14 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, s: EvalSe
     n_batches = (len(x) + s.batch_size - 1) // s.batch_size
     bar = progress_bar(total=n_batches, desc=desc, disable=not progress, leave=False)
     try:
-        for b in range(n_batches):
-            xb = x[b * s.batch_size:(b + 1) * s.batch_size].to(device)
-            yb = y[b * s.batch_size:(b + 1) * s.batch_size].to(device)
+        for b, xb, yb in eval_batches(x, y, s.batch_size, device):
 
-            def gen(tag: int) -> torch.Generator:
+            def gen(tag: int, b=b) -> torch.Generator:
                 return torch.Generator(device).manual_seed(seed_from(seed, b, tag))
 
-            res = {"SA": _correct(model, xb, yb)}
+            res = {"SA": correct_mask(model, xb, yb)}
             for e in s.fgsm_eps:
-                res[f"fgsm:{e:g}"] = _correct(model, attacks.fgsm(model, xb, yb, e, check=False), yb)
+                res[f"fgsm:{e:g}"] = correct_mask(model, attacks.fgsm(model, xb, yb, e, check=False), yb)
             if s.pgd_steps:
                 traj = pgd_trajectory(model, xb, yb, s.pgd_eps, s.pgd_alpha, tuple(s.pgd_steps),
                                       s.random_start, gen(1))
@@ -118,7 +124,7 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, s: EvalSe
                     res[f"pgd:{k}"] = traj[k]
             if s.long:
                 # "100 (MS)": per-example worst case over restarts, each from its own random start
-                restarts = [_correct(model, attacks.pgd(model, xb, yb, s.pgd_eps, s.pgd_alpha,
+                restarts = [correct_mask(model, attacks.pgd(model, xb, yb, s.pgd_eps, s.pgd_alpha,
                                                         s.long_steps, s.random_start,
                                                         generator=gen(2 + r), check=False), yb)
                             for r in range(s.restarts)]
@@ -131,7 +137,7 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, s: EvalSe
                     a = attacks.eot_pgd(model, xb, yb, s.pgd_eps, s.pgd_alpha, s.long_steps,
                                         eot_samples=s.eot_samples, random_start=s.random_start,
                                         generator=gen(99), check=False)
-                    res[f"pgd:{s.long_steps}-a"] = _correct(model, a, yb)
+                    res[f"pgd:{s.long_steps}-a"] = correct_mask(model, a, yb)
             for k, v in res.items():
                 per.setdefault(k, []).append(v.cpu())
             bar.update(1)

@@ -81,10 +81,14 @@ def assemble_mixture(run: Run, seed: int, data: ImageData, routing: str = "soft"
                                 f"{', '.join(missing)}. Run: python -m dwf_lab train --stage experts "
                                 f"--run {run.name}")
     torch.manual_seed(seed_from(seed, 9001))
-    mix = build_mixture(p, data, routing=routing)
-    for i, n in enumerate(names):
-        expert = load_model(run.model_path(seed, n), expect_arch="resnet18")
-        mix.experts[i].load_state_dict(expert.state_dict())
+    return load_experts_into(build_mixture(p, data, routing=routing),
+                             [run.model_path(seed, n) for n in names])
+
+
+def load_experts_into(mix: nn.Module, paths) -> nn.Module:
+    """Load trained expert checkpoints into a mixture's experts, in order."""
+    for i, path in enumerate(paths):
+        mix.experts[i].load_state_dict(load_model(path, expect_arch="resnet18").state_dict())
     return mix
 
 
