@@ -71,6 +71,8 @@ class Profile:
     compile: bool = False
     data_on_device: bool = True          # keep the whole dataset on the training device
     num_threads: int = 0                 # torch CPU threads (0 = torch's default)
+    expert_batching: str = "loop"        # mixtures: "loop" over experts or one "vmap"ped call (eval mode)
+    sync_batchnorm: bool = False         # torchrun on CUDA: BatchNorm statistics over the global batch
     description: str = ""
 
     def replace(self, **overrides) -> "Profile":
@@ -81,14 +83,18 @@ class Profile:
 
     def digest(self) -> str:
         """A short hash of the settings that change results (device/speed switches excluded)."""
-        skip = {"device", "amp", "channels_last", "compile", "data_on_device", "num_threads",
-                "description", "ckpt_every", "keep_epoch_checkpoints", "seeds", "eval_batch"}
-        d = {k: v for k, v in self.to_dict().items() if k not in skip}
+        d = {k: v for k, v in self.to_dict().items() if k not in NOT_IN_DIGEST}
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
     @property
     def n_experts(self) -> int:
         return 1 + self.n_fgsm_experts + self.n_pgd_experts
+
+
+# fields that change speed or bookkeeping, never results: a run may change them between calls
+NOT_IN_DIGEST = frozenset({"device", "amp", "channels_last", "compile", "data_on_device", "num_threads",
+                           "expert_batching", "sync_batchnorm", "description", "ckpt_every",
+                           "keep_epoch_checkpoints", "seeds", "eval_batch"})
 
 
 PROFILES: dict[str, Profile] = {
@@ -186,6 +192,8 @@ def validate(p: Profile) -> None:
         problems.append("amp must be auto, bf16 or off")
     if p.channels_last not in ("auto", "on", "off"):
         problems.append("channels_last must be auto, on or off")
+    if p.expert_batching not in ("loop", "vmap"):
+        problems.append("expert_batching must be loop or vmap")
     if not p.seeds:
         problems.append("seeds must name at least one seed")
     if problems:

@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 
 from dwf_lab.checkpoints import atomic_write_text
-from dwf_lab.profiles import Profile
+from dwf_lab.profiles import NOT_IN_DIGEST, Profile
 
 RUNS_DIR_ENV = "DWF_RUNS_DIR"
 
@@ -56,9 +56,7 @@ class Run:
             if old.get("digest") != new["digest"]:
                 diffs = {k: (old["profile"].get(k), v) for k, v in new["profile"].items()
                          if json.dumps(old["profile"].get(k)) != json.dumps(v, default=str)
-                         and k not in ("device", "amp", "channels_last", "compile", "seeds",
-                                       "data_on_device", "num_threads", "ckpt_every", "eval_batch",
-                                       "keep_epoch_checkpoints", "description")}
+                         and k not in NOT_IN_DIGEST}
                 shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(diffs.items())[:6])
                 raise RunConfigMismatch(
                     f"run {self.name!r} at {self.root} was made with other settings ({shown}). "

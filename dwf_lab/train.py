@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import time
 import warnings
 import zlib
@@ -79,9 +78,6 @@ def plan_stages(p: Profile) -> list[Stage]:
 
 
 # ------------------------------------------------------------- runtime --
-# Optional switches that are not profile fields (they change speed, not results):
-EXPERT_BATCHING_ENV = "DWF_EXPERT_BATCHING"   # "loop" | "vmap": how a mixture evaluates its experts
-SYNC_BN_ENV = "DWF_SYNC_BN"                   # "1": SyncBatchNorm under torchrun on CUDA
 # The progress bar's loss/accuracy are read back from the device (a sync) every N steps only.
 PROGRESS_EVERY = 50
 
@@ -92,9 +88,11 @@ class Runtime:
 
     ``compile``: wrap the model's training forward in ``torch.compile`` (attacks
     stay eager); a compilation error warns once and training continues eager.
-    ``expert_batching``: set on a mixture by :meth:`prepare` (None: leave it).
+    ``expert_batching``: set on a mixture by :meth:`prepare` (None: leave it;
+    profile field ``expert_batching``).
     ``sync_batchnorm``: under torchrun on CUDA, BatchNorm statistics over the
-    global batch (the single-process semantics) instead of per rank.
+    global batch (the single-process semantics) instead of per rank (profile
+    field ``sync_batchnorm``).
     Under ``torchrun`` the device is ``cuda:LOCAL_RANK`` and the process group
     is set up here (``dwf_lab.distributed``).
     """
@@ -119,8 +117,7 @@ class Runtime:
         elif cuda:
             torch.backends.cudnn.benchmark = True
         return cls(dev, amp, cl, compile=bool(p.compile),
-                   expert_batching=os.environ.get(EXPERT_BATCHING_ENV) or None,
-                   sync_batchnorm=os.environ.get(SYNC_BN_ENV, "") in ("1", "true", "on"))
+                   expert_batching=p.expert_batching, sync_batchnorm=bool(p.sync_batchnorm))
 
     @property
     def rank(self) -> int:

@@ -13,7 +13,7 @@ under ``torchrun --nproc_per_node 2`` (gloo backend, CPU, a free localhost port)
   each rank's module, DDP update over a 3x batch). BatchNorm normalises over each
   rank's shard (8 clean images here) instead of the whole batch, so it only
   matches within a tolerance (SyncBatchNorm, which would make it exact, runs on
-  CUDA only: DWF_SYNC_BN=1 there). Both ranks must hold identical weights.
+  CUDA only: --set sync_batchnorm=true there). Both ranks must hold identical weights.
 
 Files and logs must come from rank 0 only.
 """

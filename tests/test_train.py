@@ -16,7 +16,7 @@ from dwf_lab import attacks, pipeline
 from dwf_lab.checkpoints import load_model, read_metadata
 from dwf_lab.profiles import get_profile
 from dwf_lab.runs import Run, RunConfigMismatch
-from dwf_lab.train import (NonFiniteLossError, Stage, cosine_lr, register_recipe, RECIPES,
+from dwf_lab.train import (Runtime, NonFiniteLossError, Stage, cosine_lr, register_recipe, RECIPES,
                            train_stage)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -182,6 +182,8 @@ def test_finished_stages_are_never_retrained_and_other_settings_are_refused(tmp_
     with pytest.raises(RunConfigMismatch, match="width"):
         Run("t", p.replace(width=0.125), root=tmp_path / "run")
     assert json.loads((tmp_path / "run" / "config.json").read_text())["profile"]["width"] == p.width
+    # speed switches are not settings of the run: changing them between calls is fine
+    Run("t", p.replace(expert_batching="vmap", sync_batchnorm=True, num_threads=1), root=tmp_path / "run")
 
 
 def test_unknown_stage_and_missing_experts_get_clear_errors(tmp_path):
@@ -198,6 +200,10 @@ def test_profiles_override_and_validate():
     assert p.width == 0.25 and p.seeds == (0, 1) and p.pgd_eps == pytest.approx(8 / 255)
     with pytest.raises(ValueError, match="unknown setting"):
         get_profile("laptop", widht=0.5)
+    with pytest.raises(ValueError, match="expert_batching must be loop or vmap"):
+        get_profile("laptop", expert_batching="stacked")
+    rt = Runtime.from_profile(get_profile("smoke", expert_batching="vmap", sync_batchnorm="true"))
+    assert rt.expert_batching == "vmap" and rt.sync_batchnorm
     with pytest.raises(ValueError, match="eps must be >= 0"):
         get_profile("laptop", pgd_eps=-0.1)
     with pytest.raises(ValueError, match="unknown profile"):
