@@ -147,9 +147,10 @@ class AdaptiveSettings:
 
 # ------------------------------------------------------------------ losses --
 def is_mixture(model: nn.Module) -> bool:
-    """A mixture of expert classifiers with a gate (or a uniform average)."""
-    return isinstance(model, MixtureOfExperts) or (
-        hasattr(model, "forward_details") and isinstance(getattr(model, "experts", None), nn.ModuleList))
+    """A mixture of expert classifiers with a gate (or a uniform average): it gets the
+    gate-aware and transfer attacks. SoE (hard selection, experts with an extra head) and
+    ADVMoE (experts inside the layers) are attacked as single models."""
+    return isinstance(model, MixtureOfExperts)
 
 
 def log_gate_weights(model: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
@@ -475,43 +476,97 @@ def merge_into_result(rec: dict, correct: dict[str, torch.Tensor], overwrite: bo
     return added
 
 
-def _surrogate_stage(run, seed: int, stage, done: list) -> str | None:
+def _surrogate_stage(name: str, done: list) -> str | None:
     """A different finished single model of the run, as a transfer source for the checklist."""
-    for name in ("benign", "pgd-at", "fgsm-at"):
-        if name != stage.name and name in done:
-            return name
-    others = [n for n in done if n != stage.name and n not in ("mixture", "gate")]
+    for other in ("benign", "pgd-at", "fgsm-at"):
+        if other != name and other in done:
+            return other
+    others = [n for n in done if n != name and n not in ("mixture", "gate")]
     return others[0] if others else None
+
+
+@dataclass
+class _Target:
+    """One model of a run that the adaptive evaluation covers."""
+    name: str                       # stage name / eval file stem
+    row: str
+    load: Callable[[], nn.Module]
+    mixture: bool                   # gets the gate-aware attacks (known before loading)
+
+
+def _targets(run, seed: int, data, which: str | None, dev) -> list[_Target]:
+    """Finished training stages (as ``which`` selects) and, for ``which`` None/"all"/"baselines",
+    the evaluated baselines of ``python -m dwf_lab baselines`` (SoE, ADVMoE, uniform ensemble)."""
+    from dwf_lab.checkpoints import load_model
+    from dwf_lab.pipeline import select_stages
+    p = run.profile
+    out = []
+    for st in select_stages(p, which):
+        if st.kind != "gate" and run.is_done(seed, st.name):
+            out.append(_Target(st.name, st.row, lambda n=st.name: load_model(run.model_path(seed, n),
+                                                                            map_location=dev),
+                               st.kind in ("mixture", "gate")))
+    tokens = {t.strip() for t in (which or "all").split(",")}
+    if tokens & {"all", "baselines"}:
+        from dwf_lab.baselines import BASELINE_ROWS, uniform_ensemble
+        for name, row in BASELINE_ROWS.items():
+            if not run.eval_path(seed, name).exists():
+                continue    # not run yet: python -m dwf_lab baselines
+            if name == "uniform-ensemble":
+                out.append(_Target(name, row, lambda: uniform_ensemble(run, seed, data).to(dev), True))
+            elif run.is_done(seed, name):
+                out.append(_Target(name, row, lambda n=name: load_model(run.model_path(seed, n),
+                                                                         map_location=dev), False))
+    return out
+
+
+def _evaluate_any(model: nn.Module, x, y, s: AdaptiveSettings, seed: int, dev, progress: bool,
+                  skip: Sequence[str], desc: str):
+    """:func:`_evaluate`, and for models with a hard selection (SoE) once per gradient mode --
+    its own gradient and the BPDA relaxation's -- keeping, per example, the worse outcome."""
+    modes = getattr(model, "gradient_modes", None)
+    if not modes:
+        return _evaluate(model, x, y, s, seed, dev, progress, skip, desc)
+    combined, timings = None, {}
+    for mode in modes:
+        with model.selection_mode(mode):
+            _, c, t = _evaluate(model, x, y, s, seed, dev, progress, skip, f"{desc} ({mode})")
+        combined = c if combined is None else {k: combined[k] & c[k] for k in combined}
+        timings.update({f"{k} ({mode})": v for k, v in t.items()})
+    combined[WORST] = worst_case({k: v for k, v in combined.items() if k != WORST})
+    return {k: 100.0 * v.float().mean().item() for k, v in combined.items()}, combined, timings
 
 
 def evaluate_adaptive_run(run, seed: int, data, settings: AdaptiveSettings | None = None,
                           progress: bool = True, which: str | None = None, checklist: bool = True,
                           checklist_settings=None, device: str | None = None) -> list[dict]:
-    """Adaptive attacks for every finished stage of one seed, merged into its eval JSON.
+    """Adaptive attacks for every finished model of one seed, merged into its eval JSON.
 
-    For each finished stage (``which`` as in :func:`dwf_lab.pipeline.select_stages`):
-    makes sure the paper-protocol evaluation exists (runs it if not), computes the
-    adaptive metrics that are not stored yet, adds them and their per-example bits
-    to ``eval/<stage>_seed<k>.json``, recomputes ``"worst-case (all)"`` over every
-    stored attack, and writes the file atomically. With ``checklist`` it also writes
-    the gradient-masking checklist to ``report/checklist_<stage>_seed<k>.md`` and
-    ``.json``. Idempotent: nothing already stored is recomputed. Returns the records.
+    Models: each finished stage (``which`` as in :func:`dwf_lab.pipeline.select_stages`)
+    and, unless ``which`` picks stages, the baselines already evaluated by
+    :func:`dwf_lab.baselines.train_and_evaluate_baselines` (SoE is attacked with
+    both of its gradient modes, per example the worse one counts). Makes sure the
+    paper-protocol evaluation exists (runs it if not), computes the adaptive
+    metrics that are not stored yet, adds them and their per-example bits to
+    ``eval/<name>_seed<k>.json``, recomputes ``"worst-case (all)"`` over every
+    stored attack, and writes the file atomically. With ``checklist`` it also
+    writes the gradient-masking checklist to ``report/checklist_<name>_seed<k>.md``
+    and ``.json``. Idempotent: nothing already stored is recomputed. Returns the records.
     """
     from dwf_lab.checkpoints import atomic_write_text, load_model
     from dwf_lab.evaluate import unpack_bits
-    from dwf_lab.pipeline import evaluate_run, select_stages
+    from dwf_lab.pipeline import evaluate_run
     from dwf_lab.train import Runtime
 
     p = run.profile
     s = settings or AdaptiveSettings.from_profile(p)
     dev = torch.device(device) if device else Runtime.from_profile(p).device
-    stages = [st for st in select_stages(p, which) if st.kind != "gate" and run.is_done(seed, st.name)]
     done = [st.name for st in plan_stages_done(run, seed)]
     out = []
-    for stage in stages:
-        path = run.eval_path(seed, stage.name)
+    for target in _targets(run, seed, data, which, dev):
+        path = run.eval_path(seed, target.name)
         if not path.exists():
-            evaluate_run(run, seed, data, which=stage.name, progress=progress,
+            evaluate_run(run, seed, data, which=target.name, progress=progress,
                          device=str(dev) if device else None)
         rec = json.loads(path.read_text())
         n = int(rec.get("n_test") or 0)
@@ -519,15 +574,14 @@ def evaluate_adaptive_run(run, seed: int, data, settings: AdaptiveSettings | Non
             raise ValueError(f"{path} covers {n} test images but the data has {len(data.x_test)}: "
                              "evaluate with the same data (profile) the run was evaluated with")
         model = None
-        mixture = stage.kind in ("mixture", "gate")
-        missing = [k for k in s.attack_names(mixture) if k not in rec.get("per_example", {})]
+        missing = [k for k in s.attack_names(target.mixture) if k not in rec.get("per_example", {})]
         if missing:
-            model = load_model(run.model_path(seed, stage.name), map_location=dev)
+            model = target.load().eval()
             mixture = is_mixture(model)
             skip = [k for k in s.attack_names(mixture) if k in rec.get("per_example", {})]
             t0 = time.time()
-            _, correct, timings = _evaluate(model, data.x_test, data.y_test, s, seed, dev, progress,
-                                            skip, f"adaptive {stage.name}")
+            _, correct, timings = _evaluate_any(model, data.x_test, data.y_test, s, seed, dev, progress,
+                                                skip, f"adaptive {target.name}")
             sa_stored = rec.get("per_example", {}).get("SA")
             if sa_stored is not None:
                 differ = (unpack_bits(sa_stored, n) != correct["SA"].cpu()).float().mean().item()
@@ -548,25 +602,25 @@ def evaluate_adaptive_run(run, seed: int, data, settings: AdaptiveSettings | Non
         out.append(rec)
 
         if checklist:
-            md = run.report_dir / f"checklist_{stage.name}_seed{seed}.md"
+            md = run.report_dir / f"checklist_{target.name}_seed{seed}.md"
             js = md.with_suffix(".json")
             if not (md.exists() and js.exists()):
                 from dwf_lab.checklist import (ChecklistSettings, checklist_markdown, items_to_json,
                                                run_checklist)
                 if model is None:
-                    model = load_model(run.model_path(seed, stage.name), map_location=dev)
+                    model = target.load().eval()
                 cs = checklist_settings or ChecklistSettings.from_profile(p)
                 surrogate = None
                 if not is_mixture(model):
-                    other = _surrogate_stage(run, seed, stage, done)
+                    other = _surrogate_stage(target.name, done)
                     if other is not None:
                         surrogate = load_model(run.model_path(seed, other), map_location=dev)
                 m = min(len(data.x_test), cs.n_examples or len(data.x_test))
                 items = run_checklist(model, data.x_test[:m].to(dev), data.y_test[:m].to(dev), cs,
                                       surrogate=surrogate, seed=seed)
-                title = f"Gradient-masking checklist: {stage.row} ({stage.name}), seed {seed}"
+                title = f"Gradient-masking checklist: {target.row} ({target.name}), seed {seed}"
                 atomic_write_text(md, checklist_markdown(items, title=title))
-                atomic_write_text(js, json.dumps({"model": stage.name, "row": stage.row, "seed": seed,
+                atomic_write_text(js, json.dumps({"model": target.name, "row": target.row, "seed": seed,
                                                   "n_examples": m, "settings": cs.to_dict(),
                                                   "items": items_to_json(items)}, indent=1))
     return out

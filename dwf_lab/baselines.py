@@ -89,6 +89,9 @@ class SoEOutput:
 class SoE(nn.Module):
     """Synergy-of-Experts: one expert answers per input, picked by its rectified confidence."""
 
+    # the gradients an evaluation must try: its own (blind to the selection) and BPDA's
+    gradient_modes = ("hard", "bpda")
+
     def __init__(self, experts, selection: str = "hard", temperature: float = 0.1,
                  temp_c: float = 1.0, true_temp: float = 1.0, aux_weight: float = 1.0):
         super().__init__()
@@ -550,7 +553,7 @@ def uniform_ensemble(run, seed: int, data) -> MixtureOfExperts:
 
 # ============================================================== evaluation ==
 def evaluate_soe(model: SoE, x, y, s, *, seed: int = 0, device=None, progress: bool = True,
-                 modes=("hard", "bpda")):
+                 modes=SoE.gradient_modes):
     """Every attack with each gradient mode; per example, correct only if correct under all.
 
     ``"hard"``: the deployed model's own gradient (through the selected expert;

@@ -293,3 +293,17 @@ def test_train_and_evaluate_baselines_writes_report_rows(tmp_path, monkeypatch):
     from dwf_lab.report import load_results
     rows = {r["row"] for r in load_results(run.eval_dir)}
     assert {"SoE", "ADVMoE", "Uniform ensemble"} <= rows
+
+    # the adaptive evaluation covers the baselines too (SoE under both gradient modes)
+    from dwf_lab import adaptive
+    s = adaptive.AdaptiveSettings.smoke(pgd_steps=2, long_steps=2, long_restarts=1, autoattack=False,
+                                        square=False)
+    recs = {r["model"]: r for r in adaptive.evaluate_adaptive_run(run, 0, data, s, progress=False,
+                                                                   which="baselines", checklist=False)}
+    assert set(recs) == {"soe", "advmoe", "uniform-ensemble"}
+    for name, r in recs.items():
+        assert {"pgd-2", "pgd-dlr", "pgd-2x1", adaptive.WORST} <= set(r["metrics"]), name
+        assert r["metrics"][adaptive.WORST] <= r["metrics"]["worst-case"] + 1e-9
+    assert "transfer-best" in recs["uniform-ensemble"]["metrics"]
+    assert "routing" not in recs["advmoe"]["metrics"]
+    assert {"pgd-2 (hard)", "pgd-2 (bpda)"} <= set(recs["soe"]["adaptive"]["elapsed_s"])
