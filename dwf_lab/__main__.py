@@ -112,7 +112,7 @@ def _dispatch(args) -> int:
         elif args.command == "adaptive":
             from dwf_lab.adaptive import evaluate_adaptive_run
             evaluate_adaptive_run(run, seed, data, progress=progress, which=args.stage)
-    if args.command in ("adaptive", "baselines"):
+    if args.command in ("adaptive", "baselines", "ablations"):
         pipeline.report_run(run)
     return 0
 

@@ -378,6 +378,23 @@ def write_ablation_report(run, skipped: dict | None = None) -> dict:
     return rep
 
 
+def report_section(run) -> dict | None:
+    """The ablation table as a section of the run's main report (None: no variant run yet)."""
+    table = ablation_table(run)
+    if not table:
+        return None
+    p = run.profile
+    return {"title": "Ablations the paper left open (%)",
+            "notes": ["One change to DWF per row, the same experts and end-to-end phase otherwise "
+                      f"({p.mixture_epochs} epoch(s), {p.mixture_batch} clean images per step). "
+                      "PGD-20: eps 8/255, step 2/255, random start, through the whole model; worst "
+                      "case: correct clean and under PGD-20, per example.",
+                      "Details and the variants that did not apply: report/ablations.md."],
+            "columns": ["Variant", "Question", "Experts", "SA", "PGD-20", "Worst case", "Seeds"],
+            "rows": [[r["label"], r["question"], r["experts"], _fmt(r["SA"]), _fmt(r["PGD-20"]),
+                      _fmt(r["worst-case"]), len(r["seeds"])] for r in table]}
+
+
 def bar_chart(table: list[dict], title: str = "Ablations: clean, PGD-20 and worst-case accuracy"):
     """A grouped plotly bar chart of an :func:`ablation_table`."""
     import plotly.graph_objects as go

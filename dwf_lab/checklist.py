@@ -384,6 +384,26 @@ def overview(named: dict) -> tuple[list[dict], list[str]]:
     return list(rows.values()), ["check"] + models
 
 
+def report_section(report_dir) -> dict | None:
+    """The run's checklists (``checklist_*_seed*.json`` in ``report_dir``) as one report table:
+    a row per check, a column per model; None when there are none yet."""
+    from pathlib import Path
+    found = sorted(Path(report_dir).glob("checklist_*_seed*.json"))
+    loaded = [load_checklist(f) for f in found]
+    if not loaded:
+        return None
+    seeds = {c.get("seed") for c in loaded}
+    named = {(c.get("row") or c.get("model")) + (f" (seed {c.get('seed')})" if len(seeds) > 1 else ""):
+             c["items"] for c in loaded}
+    rows, cols = overview(named)
+    n = sorted({c.get("n_examples") for c in loaded})
+    return {"title": "Gradient-masking checklist (Carlini et al. 2019)",
+            "notes": ["✅ pass, ❌ fail, ➖ could not run. Evidence for every item: "
+                      "report/checklist_<model>_seed<k>.md.",
+                      f"Test images per checklist: {', '.join(str(v) for v in n)}."],
+            "columns": cols, "rows": [[r.get(c, "➖") for c in cols] for r in rows]}
+
+
 def load_checklist(path) -> dict:
     """A checklist written by :func:`dwf_lab.adaptive.evaluate_adaptive_run` (its JSON file)."""
     from pathlib import Path

@@ -345,10 +345,11 @@ def _md_escape(text: str) -> str:
 
 
 def to_markdown(tables: dict, title: str = DEFAULT_TITLE,
-                figures: dict[str, str] | None = None) -> str:
+                figures: dict[str, str] | None = None, sections: list[dict] | None = None) -> str:
     """The tables as readable markdown: one line per row, cells "ours / paper".
 
-    ``figures`` (label -> relative link) adds a list of figure links at the end.
+    ``sections`` (see :func:`write_report`) follow the tables; ``figures``
+    (label -> relative link) adds a list of figure links at the end.
     """
     meta = tables.get("meta", {})
     lines = [f"# {title}", ""]
@@ -370,6 +371,13 @@ def to_markdown(tables: dict, title: str = DEFAULT_TITLE,
             label = row if runs_text == "paper only" else f"**{row}**"
             cells = [label, runs_text] + cells
             lines.append("| " + " | ".join(_md_escape(c) for c in cells) + " |")
+    for sec in sections or []:
+        lines += ["", f"## {sec['title']}", ""]
+        lines += [f"- {n}" for n in sec.get("notes", [])]
+        lines += [""] if sec.get("notes") else []
+        lines.append("| " + " | ".join(_md_escape(c) for c in sec["columns"]) + " |")
+        lines.append("| --- |" + " ---: |" * (len(sec["columns"]) - 1))
+        lines += ["| " + " | ".join(_md_escape(str(c)) for c in row) + " |" for row in sec["rows"]]
     if figures:
         lines += ["", "## Figures", ""]
         lines += [f"- [{label}]({link})" for label, link in figures.items()]
@@ -389,7 +397,7 @@ li { margin: 0.2em 0; }
 
 
 def to_html(tables: dict, title: str = DEFAULT_TITLE,
-            figures: dict[str, str] | None = None) -> str:
+            figures: dict[str, str] | None = None, sections: list[dict] | None = None) -> str:
     """A standalone HTML page with the same tables: ours on top, the paper's value below in grey."""
     esc = html.escape
     meta = tables.get("meta", {})
@@ -416,6 +424,14 @@ def to_html(tables: dict, title: str = DEFAULT_TITLE,
                 cells.append(f"<td>{cell}</td>")
             parts.append(f"<tr{cls}><td>{esc(row)}</td><td>{esc(runs_text)}</td>"
                          + "".join(cells) + "</tr>")
+        parts.append("</tbody></table>")
+    for sec in sections or []:
+        parts.append(f"<h2>{esc(sec['title'])}</h2>")
+        if sec.get("notes"):
+            parts.append("<ul>" + "".join(f"<li>{esc(n)}</li>" for n in sec["notes"]) + "</ul>")
+        parts.append("<table><thead><tr>" + "".join(f"<th>{esc(c)}</th>" for c in sec["columns"])
+                     + "</tr></thead><tbody>")
+        parts += ["<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in row) + "</tr>" for row in sec["rows"]]
         parts.append("</tbody></table>")
     if figures:
         parts.append("<h2>Figures</h2><ul>")
@@ -512,8 +528,12 @@ def _png(fig: go.Figure) -> tuple[bytes | None, str | None]:
 
 
 def write_report(eval_dir, out_dir, dataset: str | None = None, title: str = DEFAULT_TITLE,
-                 png: bool = True) -> dict[str, Path]:
+                 png: bool = True, sections: list[dict] | None = None) -> dict[str, Path]:
     """Read ``eval_dir/*.json``, write the report into ``out_dir``; return {file name: path}.
+
+    ``sections``: further tables after the paper's, each
+    ``{"title", "notes": [str], "columns": [str], "rows": [[cell, ...]]}``
+    (the run's gradient-masking checklist and ablations: :func:`dwf_lab.pipeline.report_run`).
 
     Writes report.md, report.html, fig6_fgsm.html, fig7_pgd.html (plotly.js
     embedded: they open offline), fig6_fgsm.png and fig7_pgd.png when ``png`` and
@@ -547,9 +567,10 @@ def write_report(eval_dir, out_dir, dataset: str | None = None, title: str = DEF
              "Figure 7: robust accuracy vs PGD iterations (interactive)": "fig7_pgd.html"}
     if "fig6_fgsm.png" in written:
         links.update({"Figure 6 (PNG)": "fig6_fgsm.png", "Figure 7 (PNG)": "fig7_pgd.png"})
-    put("report.md", to_markdown(tables, title, figures=links))
-    put("report.html", to_html(tables, title, figures=links))
-    record = dict(tables, title=title,
+    sections = list(sections or [])
+    put("report.md", to_markdown(tables, title, figures=links, sections=sections))
+    put("report.html", to_html(tables, title, figures=links, sections=sections))
+    record = dict(tables, title=title, sections=sections,
                   written=sorted(list(written) + ["report.json"]),
                   png=("written" if "fig6_fgsm.png" in written else f"skipped: {png_note}"))
     put("report.json", json.dumps(record, indent=2, ensure_ascii=False, allow_nan=False) + "\n")

@@ -108,3 +108,8 @@ def test_one_variant_trains_and_evaluates_end_to_end(tmp_path, monkeypatch):
     assert again[0]["SA"] == rows[0]["SA"] and (vdir / "eval.json").stat().st_mtime == mtime
     fig = A.bar_chart(A.ablation_table(run))
     assert len(fig.data) == 3
+    sec = A.report_section(run)        # the table as a section of the run's main report
+    assert [r[0] for r in sec["rows"]] == ["1 expert", "Uniform average, untrained"]
+    assert sec["columns"][3:6] == ["SA", "PGD-20", "Worst case"]
+    from dwf_lab.report import to_markdown
+    assert "## Ablations the paper left open (%)" in to_markdown({}, sections=[sec])

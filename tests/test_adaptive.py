@@ -252,3 +252,12 @@ def test_evaluate_adaptive_run_merges_and_is_idempotent(tmp_path, monkeypatch):
     # the report puts the new keys into its "Beyond the paper" table
     beyond = build_tables([json.loads(run.eval_path(0, st).read_text()) for st in ("benign", "mixture")])["beyond"]
     assert adaptive.WORST in beyond["columns"] and "routing" in beyond["columns"]
+    # and the run's report shows the checklists: a row per check, a column per model
+    from dwf_lab.pipeline import report_run
+    report_run(run)
+    md = (run.report_dir / "report.md").read_text()
+    assert "## Gradient-masking checklist" in md and "BatchNorm runs in eval mode during attacks" in md
+    sec = json.loads((run.report_dir / "report.json").read_text())["sections"][0]
+    assert sec["columns"][0] == "check" and len(sec["columns"]) == 3
+    assert all(c in ("✅", "❌", "➖") for row in sec["rows"] for c in row[1:])
+    assert "<h2>Gradient-masking checklist" in (run.report_dir / "report.html").read_text()
