@@ -180,6 +180,11 @@ def _seed_key(seed) -> tuple:
     return (seed is None, not number, seed if number else 0, str(seed))
 
 
+# settings that only choose which columns are measured (a missing column reads "—"), never
+# how: they may differ across files without a warning
+WHICH_ATTACKS = ("fgsm_eps", "pgd_steps", "long")
+
+
 def _meta(results: list[dict], dataset: str | None) -> dict:
     rows: dict[str, list] = {}
     for r in results:
@@ -191,7 +196,7 @@ def _meta(results: list[dict], dataset: str | None) -> dict:
         vals = [json.dumps(s.get(k), sort_keys=True, default=str) for s in all_settings]
         if len(set(vals)) == 1:
             shared[k] = all_settings[0].get(k)
-        else:
+        elif k not in WHICH_ATTACKS:
             differ.append(k)
     elapsed = [r["elapsed_s"] for r in results if isinstance(r.get("elapsed_s"), (int, float))]
     return {

@@ -102,6 +102,16 @@ def test_mixed_datasets_are_an_error(results):
         report.aggregate(results + [other])
 
 
+def test_only_settings_that_change_numbers_raise_the_warning(results):
+    def with_settings(**changes):
+        last = dict(results[-1])
+        last["settings"] = dict(last.get("settings") or {}, **changes)
+        return report.build_tables(results[:-1] + [last], "cifar10-subset")["meta"]["settings_differ"]
+    base = dict(results[0].get("settings") or {})
+    assert with_settings(long=not base.get("long", True), pgd_steps=[20]) == []   # columns, not numbers
+    assert with_settings(pgd_alpha=1 / 255) == ["pgd_alpha"]
+
+
 # ----------------------------------------------------------------- tables --
 def test_build_tables_structure(tables):
     json.dumps(tables, allow_nan=False)  # JSON-able
