@@ -72,8 +72,10 @@ def test_fab_finds_the_minimal_distance_of_a_linear_classifier():
 
 def test_fab_t_breaks_images_inside_the_ball_and_never_outside():
     model, data = tiny_trained(0)
+    model.eval()                               # the cached model may come back in another test's mode
     x, y = data.x_test[:64], data.y_test[:64]
-    clean = model(x).argmax(1) == y
+    with torch.no_grad():
+        clean = model(x).argmax(1) == y
     for p in model.parameters():
         p.grad = None
     correct, det = fab_t(model, x, y, eps=4 / 255, n_iter=15, n_target_classes=2, return_details=True)
@@ -89,12 +91,18 @@ def test_fab_t_breaks_images_inside_the_ball_and_never_outside():
     assert small.sum() > correct.sum()
     assert all(p.grad is None for p in model.parameters()), "attacks leave parameter gradients alone"
     assert not model.training
+    model.train()                              # and the mode is given back either way
+    fab_t(model, x[:4], y[:4], eps=4 / 255, n_iter=2, n_target_classes=1)
+    assert model.training
+    model.eval()
 
 
 def test_fab_t_at_zero_eps_and_restarts():
     model, data = tiny_trained(0)
+    model.eval()
     x, y = data.x_test[:16], data.y_test[:16]
-    clean = model(x).argmax(1) == y
+    with torch.no_grad():
+        clean = model(x).argmax(1) == y
     assert torch.equal(fab_t(model, x, y, eps=0.0, n_iter=5, n_target_classes=1), clean)
     two = fab_t(model, x, y, eps=4 / 255, n_iter=5, n_target_classes=1, restarts=2)
     one = fab_t(model, x, y, eps=4 / 255, n_iter=5, n_target_classes=1, restarts=1)
