@@ -32,7 +32,8 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--quiet", action="store_true", help="no progress bars")
         if stage:
             sp.add_argument("--stage", default="all",
-                            help="all | experts | baselines | mixture | a kind (fgsm) | a stage (pgd-2)")
+                            help="all | experts | baselines | mixture | a kind (fgsm) | a stage (pgd-2); "
+                                 "adaptive also: soe | advmoe | uniform-ensemble")
 
     common(sub.add_parser("course", help="run the notebooks headlessly (papermill)"))
     run_p = sub.add_parser("run", help="train + evaluate + report without Jupyter")

@@ -495,21 +495,23 @@ class _Target:
 
 
 def _targets(run, seed: int, data, which: str | None, dev) -> list[_Target]:
-    """Finished training stages (as ``which`` selects) and, for ``which`` None/"all"/"baselines",
-    the evaluated baselines of ``python -m dwf_lab baselines`` (SoE, ADVMoE, uniform ensemble)."""
+    """Finished training stages (as ``which`` selects) and, for ``which`` None/"all"/"baselines"
+    or their names, the evaluated baselines of ``python -m dwf_lab baselines`` (SoE, ADVMoE,
+    uniform ensemble)."""
+    from dwf_lab.baselines import BASELINE_ROWS, uniform_ensemble
     from dwf_lab.checkpoints import load_model
     from dwf_lab.pipeline import select_stages
     p = run.profile
+    tokens = [t.strip() for t in (which or "all").split(",") if t.strip()]
+    stage_tokens = [t for t in tokens if t not in BASELINE_ROWS]
     out = []
-    for st in select_stages(p, which):
+    for st in select_stages(p, ",".join(stage_tokens)) if stage_tokens else []:
         if st.kind != "gate" and run.is_done(seed, st.name):
             out.append(_Target(st.name, st.row, lambda n=st.name: load_model(run.model_path(seed, n),
                                                                             map_location=dev),
                                st.kind in ("mixture", "gate")))
-    tokens = {t.strip() for t in (which or "all").split(",")}
-    if tokens & {"all", "baselines"}:
-        from dwf_lab.baselines import BASELINE_ROWS, uniform_ensemble
-        for name, row in BASELINE_ROWS.items():
+    for name, row in BASELINE_ROWS.items():
+        if {"all", "baselines", name} & set(tokens):
             if not run.eval_path(seed, name).exists():
                 continue    # not run yet: python -m dwf_lab baselines
             if name == "uniform-ensemble":
@@ -517,6 +519,9 @@ def _targets(run, seed: int, data, which: str | None, dev) -> list[_Target]:
             elif run.is_done(seed, name):
                 out.append(_Target(name, row, lambda n=name: load_model(run.model_path(seed, n),
                                                                          map_location=dev), False))
+    if not out and tokens and not stage_tokens:
+        raise FileNotFoundError(f"no evaluated baseline among {', '.join(tokens)}: "
+                                "run python -m dwf_lab baselines first")
     return out
 
 

@@ -307,3 +307,6 @@ def test_train_and_evaluate_baselines_writes_report_rows(tmp_path, monkeypatch):
     assert "transfer-best" in recs["uniform-ensemble"]["metrics"]
     assert "routing" not in recs["advmoe"]["metrics"]
     assert {"pgd-2 (hard)", "pgd-2 (bpda)"} <= set(recs["soe"]["adaptive"]["elapsed_s"])
+    picked = adaptive.evaluate_adaptive_run(run, 0, data, s, progress=False, which="advmoe",
+                                            checklist=False)     # one baseline by name (stored: no work)
+    assert [r["model"] for r in picked] == ["advmoe"]
