@@ -48,9 +48,8 @@ import torch.nn.functional as F
 from dwf_lab import attacks
 from dwf_lab.attacks import LossFn, ce_loss, dlr_loss
 from dwf_lab.data import seed_from
-from dwf_lab.evaluate import correct_mask, eval_batches, worst_case_keys
+from dwf_lab.evaluate import correct_mask, per_example, worst_case_keys
 from dwf_lab.moe import MixtureOfExperts
-from dwf_lab.progress import progress_bar
 
 WORST = "worst-case (all)"
 # keys derived from the others: never an attack of their own, never part of a worst case
@@ -401,26 +400,11 @@ def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, s: AdaptiveSet
     device = torch.device(device) if device is not None else next(model.parameters()).device
     mixture = is_mixture(model)
     want = set(s.attack_names(mixture)) - set(skip)
-    was_training = model.training
-    model.eval()
-    per: dict[str, list[torch.Tensor]] = {}
     timings: dict[str, float] = {}
-    n_batches = (len(x) + s.batch_size - 1) // s.batch_size
-    bar = progress_bar(total=n_batches, desc=desc, disable=not progress, leave=False)
-    try:
-        for b, xb, yb in eval_batches(x, y, s.batch_size, device):
-
-            def gen(tag: int, b=b) -> torch.Generator:
-                return torch.Generator(device).manual_seed(seed_from(seed, b, tag))
-
-            res = _run_batch(model, xb, yb, s, want, gen, seed_from(seed, b, 99) % (2 ** 31), timings)
-            for k, v in res.items():
-                per.setdefault(k, []).append(v)
-            bar.update(1)
-    finally:
-        bar.close()
-        model.train(was_training)
-    correct = {k: torch.cat(v) for k, v in per.items()}
+    correct = per_example(model, x, y, s.batch_size, device, seed,
+                          lambda b, xb, yb, gen: _run_batch(model, xb, yb, s, want, gen,
+                                                            seed_from(seed, b, 99) % (2 ** 31), timings),
+                          desc, progress)
     order = [k for k in s.metric_names(mixture) if k in correct]
     correct = {k: correct[k] for k in order}
     correct[WORST] = worst_case(correct)

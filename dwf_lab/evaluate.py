@@ -97,54 +97,69 @@ def eval_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, device):
         yield b, x[sl].to(device), y[sl].to(device)
 
 
-def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, s: EvalSettings,
-                   seed: int = 0, device: torch.device | str | None = None,
-                   progress: bool = True, desc: str = "evaluate") -> tuple[dict, dict]:
-    """Run the protocol; returns (metrics in percent, per-example correctness per metric)."""
-    attacks.check_inputs(x, s.pgd_eps)
+def per_example(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, device, seed: int,
+                run_batch, desc: str = "evaluate", progress: bool = True) -> dict[str, torch.Tensor]:
+    """``run_batch(b, xb, yb, gen)`` over the fixed test batches, the model in eval mode (its mode
+    given back after): each metric's per-example correctness, concatenated on the CPU.
+
+    ``gen(tag)`` is batch ``b``'s random generator for ``tag`` (seeded from ``seed``, ``b`` and
+    ``tag``), so a batch's draws do not depend on which other attacks ran before it.
+    """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
     per: dict[str, list[torch.Tensor]] = {}
-    n_batches = (len(x) + s.batch_size - 1) // s.batch_size
+    n_batches = (len(x) + batch_size - 1) // batch_size
     bar = progress_bar(total=n_batches, desc=desc, disable=not progress, leave=False)
     try:
-        for b, xb, yb in eval_batches(x, y, s.batch_size, device):
+        for b, xb, yb in eval_batches(x, y, batch_size, device):
 
             def gen(tag: int, b=b) -> torch.Generator:
                 return torch.Generator(device).manual_seed(seed_from(seed, b, tag))
 
-            res = {"SA": correct_mask(model, xb, yb)}
-            for e in s.fgsm_eps:
-                res[f"fgsm:{e:g}"] = correct_mask(model, attacks.fgsm(model, xb, yb, e, check=False), yb)
-            if s.pgd_steps:
-                traj = pgd_trajectory(model, xb, yb, s.pgd_eps, s.pgd_alpha, tuple(s.pgd_steps),
-                                      s.random_start, gen(1))
-                for k in s.pgd_steps:
-                    res[f"pgd:{k}"] = traj[k]
-            if s.long:
-                # "100 (MS)": per-example worst case over restarts, each from its own random start
-                restarts = [correct_mask(model, attacks.pgd(model, xb, yb, s.pgd_eps, s.pgd_alpha,
-                                                        s.long_steps, s.random_start,
-                                                        generator=gen(2 + r), check=False), yb)
-                            for r in range(s.restarts)]
-                res[f"pgd:{s.long_steps}-ms"] = torch.stack(restarts).all(0)
-                if s.eot_samples == 1:
-                    # "100 (A)", EoT = 1: on a deterministic model this is exactly one PGD-100
-                    # run from a random start, i.e. the first restart above (PAPER-NOTES error 4)
-                    res[f"pgd:{s.long_steps}-a"] = restarts[0]
-                else:
-                    a = attacks.eot_pgd(model, xb, yb, s.pgd_eps, s.pgd_alpha, s.long_steps,
-                                        eot_samples=s.eot_samples, random_start=s.random_start,
-                                        generator=gen(99), check=False)
-                    res[f"pgd:{s.long_steps}-a"] = correct_mask(model, a, yb)
-            for k, v in res.items():
+            for k, v in run_batch(b, xb, yb, gen).items():
                 per.setdefault(k, []).append(v.cpu())
             bar.update(1)
     finally:
         bar.close()
         model.train(was_training)
-    correct = {k: torch.cat(v) for k, v in per.items()}
+    return {k: torch.cat(v) for k, v in per.items()}
+
+
+def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, s: EvalSettings,
+                   seed: int = 0, device: torch.device | str | None = None,
+                   progress: bool = True, desc: str = "evaluate") -> tuple[dict, dict]:
+    """Run the protocol; returns (metrics in percent, per-example correctness per metric)."""
+    attacks.check_inputs(x, s.pgd_eps)
+
+    def one_batch(b, xb, yb, gen):
+        res = {"SA": correct_mask(model, xb, yb)}
+        for e in s.fgsm_eps:
+            res[f"fgsm:{e:g}"] = correct_mask(model, attacks.fgsm(model, xb, yb, e, check=False), yb)
+        if s.pgd_steps:
+            traj = pgd_trajectory(model, xb, yb, s.pgd_eps, s.pgd_alpha, tuple(s.pgd_steps),
+                                  s.random_start, gen(1))
+            for k in s.pgd_steps:
+                res[f"pgd:{k}"] = traj[k]
+        if s.long:
+            # "100 (MS)": per-example worst case over restarts, each from its own random start
+            restarts = [correct_mask(model, attacks.pgd(model, xb, yb, s.pgd_eps, s.pgd_alpha,
+                                                    s.long_steps, s.random_start,
+                                                    generator=gen(2 + r), check=False), yb)
+                        for r in range(s.restarts)]
+            res[f"pgd:{s.long_steps}-ms"] = torch.stack(restarts).all(0)
+            if s.eot_samples == 1:
+                # "100 (A)", EoT = 1: on a deterministic model this is exactly one PGD-100
+                # run from a random start, i.e. the first restart above (PAPER-NOTES error 4)
+                res[f"pgd:{s.long_steps}-a"] = restarts[0]
+            else:
+                a = attacks.eot_pgd(model, xb, yb, s.pgd_eps, s.pgd_alpha, s.long_steps,
+                                    eot_samples=s.eot_samples, random_start=s.random_start,
+                                    generator=gen(99), check=False)
+                res[f"pgd:{s.long_steps}-a"] = correct_mask(model, a, yb)
+        return res
+
+    correct = per_example(model, x, y, s.batch_size, device, seed, one_batch, desc, progress)
     if len(correct) > 1:
         keys = worst_case_keys(correct, s.pgd_eps)
         correct["worst-case"] = torch.stack([correct[k] for k in keys]).all(0)
