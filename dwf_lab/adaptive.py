@@ -397,7 +397,6 @@ def _run_batch(model: nn.Module, xb: torch.Tensor, yb: torch.Tensor, s: Adaptive
 def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, s: AdaptiveSettings, seed: int,
               device, progress: bool, skip: Sequence[str], desc: str):
     attacks.check_inputs(x, s.eps)
-    device = torch.device(device) if device is not None else next(model.parameters()).device
     mixture = is_mixture(model)
     want = set(s.attack_names(mixture)) - set(skip)
     timings: dict[str, float] = {}
