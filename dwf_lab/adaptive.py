@@ -512,15 +512,15 @@ def _evaluate_any(model: nn.Module, x, y, s: AdaptiveSettings, seed: int, dev, p
                   skip: Sequence[str], desc: str):
     """:func:`_evaluate`, and for models with a hard selection (SoE) once per gradient mode --
     its own gradient and the BPDA relaxation's -- keeping, per example, the worse outcome."""
-    modes = getattr(model, "gradient_modes", None)
-    if not modes:
+    from dwf_lab.evaluate import over_gradient_modes
+    if not getattr(model, "gradient_modes", None):
         return _evaluate(model, x, y, s, seed, dev, progress, skip, desc)
-    combined, timings = None, {}
-    for mode in modes:
-        with model.selection_mode(mode):
-            _, c, t = _evaluate(model, x, y, s, seed, dev, progress, skip, f"{desc} ({mode})")
-        combined = c if combined is None else {k: combined[k] & c[k] for k in combined}
-        timings.update({f"{k} ({mode})": v for k, v in t.items()})
+
+    def one(mode):
+        _, c, t = _evaluate(model, x, y, s, seed, dev, progress, skip, f"{desc} ({mode})")
+        return c, t
+    combined, per_mode = over_gradient_modes(model, one)
+    timings = {f"{k} ({mode})": v for mode, t in per_mode.items() for k, v in t.items()}
     combined[WORST] = worst_case({k: v for k, v in combined.items() if k != WORST})
     return {k: 100.0 * v.float().mean().item() for k, v in combined.items()}, combined, timings
 

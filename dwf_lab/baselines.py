@@ -562,14 +562,13 @@ def evaluate_soe(model: SoE, x, y, s, *, seed: int = 0, device=None, progress: b
     judged on the hard one. Clean accuracy is the same in every mode.
     Returns (metrics, per-example correct, {mode: metrics}).
     """
-    from dwf_lab.evaluate import evaluate_model
-    per_mode, combined = {}, None
-    for mode in modes:
-        with model.selection_mode(mode):
-            m, c = evaluate_model(model, x, y, s, seed=seed, device=device, progress=progress,
-                                  desc=f"eval soe ({mode})")
-        per_mode[mode] = m
-        combined = c if combined is None else {k: combined[k] & c[k] for k in combined}
+    from dwf_lab.evaluate import evaluate_model, over_gradient_modes
+
+    def one(mode):
+        m, c = evaluate_model(model, x, y, s, seed=seed, device=device, progress=progress,
+                              desc=f"eval soe ({mode})")
+        return c, m
+    combined, per_mode = over_gradient_modes(model, one, modes)
     metrics = {k: 100.0 * v.float().mean().item() for k, v in combined.items()}
     return metrics, combined, per_mode
 

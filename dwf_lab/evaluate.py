@@ -126,6 +126,28 @@ def per_example(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: 
     return {k: torch.cat(v) for k, v in per.items()}
 
 
+def over_gradient_modes(model: nn.Module, evaluate_one,
+                        modes=None) -> tuple[dict[str, torch.Tensor], dict]:
+    """Evaluate a model whose forward pass has a non-differentiable step under each gradient an
+    attacker could use, keeping per example the worst outcome.
+
+    ``modes`` (default ``model.gradient_modes``) names the modes (SoE: ``("hard", "bpda")``,
+    its own gradient and the BPDA relaxation's) and ``model.selection_mode(mode)`` switches to one.
+    ``evaluate_one(mode)`` returns ``(correct, extra)``: per-example correctness per metric
+    and anything to keep per mode. An example counts as correct only if it is correct in
+    every mode. Returns ``(combined correct, {mode: extra})``.
+    """
+    combined: dict[str, torch.Tensor] | None = None
+    per_mode = {}
+    for mode in (model.gradient_modes if modes is None else modes):
+        with model.selection_mode(mode):
+            correct, per_mode[mode] = evaluate_one(mode)
+        combined = dict(correct) if combined is None else {k: combined[k] & correct[k] for k in combined}
+    if combined is None:
+        raise ValueError(f"no gradient mode to evaluate {type(model).__name__} with: name at least one")
+    return combined, per_mode
+
+
 def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, s: EvalSettings,
                    seed: int = 0, device: torch.device | str | None = None,
                    progress: bool = True, desc: str = "evaluate") -> tuple[dict, dict]:

@@ -8,8 +8,8 @@ import torch
 
 from dwf_lab import attacks
 from dwf_lab.data import seed_from
-from dwf_lab.evaluate import (EvalSettings, evaluate_model, pack_bits, pgd_trajectory,
-                              unpack_bits, write_result)
+from dwf_lab.evaluate import (EvalSettings, evaluate_model, over_gradient_modes, pack_bits,
+                              pgd_trajectory, unpack_bits, write_result)
 
 EPS, ALPHA = 8 / 255, 2 / 255
 
@@ -149,3 +149,46 @@ def test_worst_case_pools_only_attacks_inside_the_same_eps_ball():
     metrics, correct = evaluate_model(model, x, y, s, progress=False)
     expected = torch.stack([correct[k] for k in correct if k not in ("worst-case", "fgsm:0.5")]).all(0)
     assert torch.equal(correct["worst-case"], expected)
+
+
+class _TwoModes(torch.nn.Module):
+    """Stands in for SoE: a mode switch whose state the evaluation can observe."""
+    gradient_modes = ("hard", "bpda")
+
+    def __init__(self):
+        super().__init__()
+        self.mode = "hard"
+        self.seen = []
+
+    def selection_mode(self, mode):
+        import contextlib
+
+        @contextlib.contextmanager
+        def switch():
+            old, self.mode = self.mode, mode
+            try:
+                yield
+            finally:
+                self.mode = old
+        return switch()
+
+
+def test_over_gradient_modes_keeps_the_worse_outcome_per_example_and_restores_the_mode():
+    m = _TwoModes()
+    by_mode = {"hard": torch.tensor([True, True, False, True]),
+               "bpda": torch.tensor([True, False, True, True])}
+
+    def one(mode):
+        m.seen.append(m.mode)
+        return {"pgd": by_mode[mode], "SA": torch.ones(4, dtype=torch.bool)}, f"extra {mode}"
+
+    combined, per_mode = over_gradient_modes(m, one)
+    assert m.seen == ["hard", "bpda"] and m.mode == "hard"
+    assert combined["pgd"].tolist() == [True, False, False, True]
+    assert combined["SA"].all()
+    assert per_mode == {"hard": "extra hard", "bpda": "extra bpda"}
+    # an explicit subset of modes, and no mode at all is refused
+    only, _ = over_gradient_modes(m, one, modes=("bpda",))
+    assert only["pgd"].tolist() == by_mode["bpda"].tolist()
+    with pytest.raises(ValueError, match="no gradient mode"):
+        over_gradient_modes(m, one, modes=())
