@@ -539,9 +539,10 @@ def evaluate_adaptive_run(run, seed: int, data, settings: AdaptiveSettings | Non
     ``eval/<name>_seed<k>.json``, recomputes ``"worst-case (all)"`` over every
     stored attack, and writes the file atomically. With ``checklist`` it also
     writes the gradient-masking checklist to ``report/checklist_<name>_seed<k>.md``
-    and ``.json``. Idempotent: nothing already stored is recomputed. Returns the records.
+    and ``.json``; its checks read off the stored results are refreshed on every call.
+    Idempotent: no attack already stored is rerun. Returns the records.
     """
-    from dwf_lab.checkpoints import atomic_write_text, load_model
+    from dwf_lab.checkpoints import atomic_write_text
     from dwf_lab.evaluate import unpack_bits
     from dwf_lab.pipeline import evaluate_run
     from dwf_lab.train import Runtime
@@ -590,28 +591,48 @@ def evaluate_adaptive_run(run, seed: int, data, settings: AdaptiveSettings | Non
         out.append(rec)
 
         if checklist:
-            md = run.report_dir / f"checklist_{target.name}_seed{seed}.md"
-            js = md.with_suffix(".json")
-            if not (md.exists() and js.exists()):
-                from dwf_lab.checklist import (ChecklistSettings, checklist_markdown, items_to_json,
-                                               run_checklist)
-                if model is None:
-                    model = target.load().eval()
-                cs = checklist_settings or ChecklistSettings.from_profile(p)
-                surrogate = None
-                if not is_mixture(model):
-                    other = _surrogate_stage(target.name, done)
-                    if other is not None:
-                        surrogate = load_model(run.model_path(seed, other), map_location=dev)
-                m = min(len(data.x_test), cs.n_examples or len(data.x_test))
-                items = run_checklist(model, data.x_test[:m].to(dev), data.y_test[:m].to(dev), cs,
-                                      surrogate=surrogate, seed=seed)
-                title = f"Gradient-masking checklist: {target.row} ({target.name}), seed {seed}"
-                atomic_write_text(md, checklist_markdown(items, title=title))
-                atomic_write_text(js, json.dumps({"model": target.name, "row": target.row, "seed": seed,
-                                                  "n_examples": m, "settings": cs.to_dict(),
-                                                  "items": items_to_json(items)}, indent=1))
+            _write_checklist(run, seed, target, rec, model, data, dev, done, checklist_settings)
     return out
+
+
+def _write_checklist(run, seed: int, target: _Target, rec: dict, model: nn.Module | None, data, dev,
+                     done: list, settings=None) -> None:
+    """``report/checklist_<name>_seed<k>.md`` and ``.json``: the checks that run attacks (once; a
+    saved checklist is kept) and the checks read off the evaluation record ``rec`` (recomputed
+    every time, so they follow the attacks stored since)."""
+    from dwf_lab.checklist import (CheckItem, ChecklistSettings, checklist_markdown, items_to_json,
+                                   load_checklist, run_checklist, with_stored_checks)
+    from dwf_lab.checkpoints import atomic_write_text, load_model
+    md = run.report_dir / f"checklist_{target.name}_seed{seed}.md"
+    js = md.with_suffix(".json")
+    if md.exists() and js.exists():
+        try:
+            saved = load_checklist(js)
+            known = {f for f in ChecklistSettings.__dataclass_fields__}
+            cs = ChecklistSettings(**{k: v for k, v in saved["settings"].items() if k in known})
+            items = [CheckItem.from_dict(d) for d in saved["items"]]
+            m = int(saved["n_examples"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"{js} is not a readable checklist ({err}); delete it and its .md "
+                             "to recompute it") from err
+    else:
+        if model is None:
+            model = target.load().eval()
+        cs = settings or ChecklistSettings.from_profile(run.profile)
+        surrogate = None
+        if not is_mixture(model):
+            other = _surrogate_stage(target.name, done)
+            if other is not None:
+                surrogate = load_model(run.model_path(seed, other), map_location=dev)
+        m = min(len(data.x_test), cs.n_examples or len(data.x_test))
+        items = run_checklist(model, data.x_test[:m].to(dev), data.y_test[:m].to(dev), cs,
+                              surrogate=surrogate, seed=seed)
+    items = with_stored_checks(items, rec, cs)
+    title = f"Gradient-masking checklist: {target.row} ({target.name}), seed {seed}"
+    atomic_write_text(md, checklist_markdown(items, title=title))
+    atomic_write_text(js, json.dumps({"model": target.name, "row": target.row, "seed": seed,
+                                      "n_examples": m, "settings": cs.to_dict(),
+                                      "items": items_to_json(items)}, indent=1))
 
 
 def plan_stages_done(run, seed: int) -> list:

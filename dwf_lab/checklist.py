@@ -22,6 +22,17 @@ the numbers it was decided on:
 9. ``batchnorm-eval``: every BatchNorm (and Dropout) layer runs in eval mode
    during the attack (forward pre-hooks record ``.training`` at every call).
 
+Two more are read off a model's stored evaluation (``eval/<name>_seed<k>.json``)
+once the adaptive attacks are in it, so they cost nothing and are refreshed
+whenever attacks are added (:func:`stored_checks`):
+
+10. ``pgd-vs-worst-case``: the paper's attack (cross-entropy PGD-20) leaves at most
+    ``convergence_tol`` points more than the per-example worst case over every
+    attack (AutoAttack's margin losses, Square, the attacks made for mixtures):
+    otherwise the PGD numbers measure the attack's limits, not the model's;
+11. ``own-vs-relaxed-gradient`` (only models with a non-differentiable selection,
+    e.g. SoE): the model's own gradient is as strong as the BPDA relaxation's.
+
 Tolerances: an attack comparison allows ``tol`` percentage points plus one
 example (100/n points) of noise. A check that cannot run (no surrogate, ART
 missing) is reported as not run (``passed=None``), never as passed.
@@ -29,7 +40,7 @@ missing) is reported as not run (``passed=None``), never as passed.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Callable
 
 import torch
@@ -52,6 +63,11 @@ class CheckItem:
     @property
     def status(self) -> str:
         return {True: "pass", False: "FAIL", None: "not run"}[self.passed]
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CheckItem":
+        """An item back from :func:`items_to_json`'s output (a saved checklist)."""
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
 
 
 @dataclass
@@ -317,6 +333,90 @@ def check_bn_eval(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         "the attack optimises against a different function from the one evaluated (and updates "
         "the running statistics). Attacks must run the model in eval mode and give its mode back.",
         "batchnorm-eval")
+
+
+# ------------------------------------------------- checks on stored results --
+STORED_CHECKS = ("pgd-vs-worst-case", "own-vs-relaxed-gradient")
+
+
+def _pgd_key(metrics: dict, s: ChecklistSettings) -> str | None:
+    """The paper's PGD column (``pgd:<steps>``), else the adaptive run's ``pgd-<steps>``."""
+    for k in (f"pgd:{s.steps}", f"pgd-{s.steps}"):
+        if k in metrics:
+            return k
+    return None
+
+
+def check_pgd_vs_worst_case(rec: dict, s: ChecklistSettings | None = None) -> CheckItem:
+    """PGD (cross-entropy, ``s.steps`` steps) against the per-example worst case over every
+    stored attack in the same eps-ball (``rec``: an evaluation record with adaptive attacks)."""
+    from dwf_lab.adaptive import WORST
+    from dwf_lab.evaluate import DERIVED_KEYS, worst_case_keys
+    s = s or ChecklistSettings()
+    m = rec.get("metrics", {})
+    n = int(rec.get("n_test") or 0)
+    pk = _pgd_key(m, s)
+    item = CheckItem(
+        f"PGD-{s.steps} is close to the worst case over all attacks", None, {"n": n},
+        "The paper measures robustness with cross-entropy PGD. If other attacks (AutoAttack's "
+        "margin losses and targeted runs, the black-box Square attack, attacks made for the "
+        "model) break many more images, numbers measured with PGD show the limits of the attack "
+        "rather than of the model, and the per-example worst case is the number to report.",
+        "pgd-vs-worst-case")
+    if pk is None or WORST not in m:
+        item.evidence["not_run"] = ("no adaptive attacks stored: python -m dwf_lab adaptive"
+                                    if WORST not in m else f"no PGD-{s.steps} result stored")
+        return item
+    attacks_in_ball = [k for k in worst_case_keys(m, s.eps) if k not in DERIVED_KEYS and k != "SA"]
+    strongest = min(attacks_in_ball, key=m.get)
+    gap = m[pk] - m[WORST]
+    limit = s.convergence_tol + 100.0 / max(1, n)
+    item.passed = gap <= limit
+    item.evidence.update({pk: _r(m[pk]), "worst_case_all": _r(m[WORST]), "gap": _r(gap),
+                          "strongest_attack": strongest, "strongest_acc": _r(m[strongest]),
+                          "max_gap": _r(limit)})
+    return item
+
+
+def check_own_vs_relaxed_gradient(rec: dict, s: ChecklistSettings | None = None) -> CheckItem | None:
+    """For a model evaluated under several gradient modes (``rec["gradient_modes"]``, the first
+    being its own gradient): PGD with its own gradient is as strong as with each relaxation.
+    None for a model with a single gradient."""
+    s = s or ChecklistSettings()
+    modes = rec.get("gradient_modes") or {}
+    if len(modes) < 2:
+        return None
+    own, *relaxed = list(modes)
+    pk = _pgd_key(modes[own], s)
+    item = CheckItem(
+        "The model's own gradient is as strong as a relaxed one (BPDA)", None,
+        {"n": int(rec.get("n_test") or 0), "own_gradient": own},
+        "A hard (argmax) selection has no gradient: the model's own gradient is blind to which "
+        "expert answers. If attacking a smooth relaxation of the selection (BPDA, Athalye et al. "
+        "2018) does better, the hard selection is masking gradients and numbers measured with "
+        "the model's own gradient overstate its robustness.", "own-vs-relaxed-gradient")
+    if pk is None:
+        item.evidence["not_run"] = f"no PGD-{s.steps} result per gradient mode"
+        return item
+    n = int(rec.get("n_test") or 0)
+    slack = _slack(s, n)
+    best = min(relaxed, key=lambda mode: modes[mode].get(pk, float("inf")))
+    item.passed = modes[own][pk] <= modes[best][pk] + slack
+    item.evidence.update({f"{pk} ({own})": _r(modes[own][pk]), f"{pk} ({best})": _r(modes[best][pk]),
+                          "tolerance": _r(slack)})
+    return item
+
+
+def stored_checks(rec: dict, s: ChecklistSettings | None = None) -> list[CheckItem]:
+    """The checks read off an evaluation record (items 10-11 of the module docstring)."""
+    items = [check_pgd_vs_worst_case(rec, s), check_own_vs_relaxed_gradient(rec, s)]
+    return [it for it in items if it is not None]
+
+
+def with_stored_checks(items: list[CheckItem], rec: dict, s: ChecklistSettings | None = None) -> list[CheckItem]:
+    """``items`` with the stored-result checks recomputed from ``rec`` (any earlier ones dropped,
+    the fresh ones last)."""
+    return [it for it in items if it.key not in STORED_CHECKS] + stored_checks(rec, s)
 
 
 # ------------------------------------------------------------- output --

@@ -245,10 +245,27 @@ def test_evaluate_adaptive_run_merges_and_is_idempotent(tmp_path, monkeypatch):
         assert md.exists() and "| # | check | result | evidence |" in md.read_text()
         assert json.loads(md.with_suffix(".json").read_text())["items"]
 
-    # idempotent: nothing stored is recomputed
+    # the last check is read off the stored attacks: PGD against the worst case over all of them
+    saved = json.loads((run.report_dir / "checklist_mixture_seed0.json").read_text())
+    last = saved["items"][-1]
+    assert last["key"] == "pgd-vs-worst-case" and last["passed"] is not None
+    assert last["evidence"]["worst_case_all"] == round(rec["metrics"][adaptive.WORST], 2)
+
+    # idempotent: nothing stored is recomputed, the stored-result checks are refreshed, not repeated
+    from dwf_lab import checklist
     monkeypatch.setattr(adaptive, "_evaluate", lambda *a, **k: pytest.fail("recomputed"))
+    monkeypatch.setattr(checklist, "run_checklist", lambda *a, **k: pytest.fail("checklist rerun"))
     adaptive.evaluate_adaptive_run(run, 0, data, s, progress=False, checklist_settings=cs)
     assert json.loads(run.eval_path(0, "mixture").read_text())["metrics"] == rec["metrics"]
+    again = json.loads((run.report_dir / "checklist_mixture_seed0.json").read_text())
+    assert [it["key"] for it in again["items"]] == [it["key"] for it in saved["items"]]
+    # a damaged checklist is refused with what to do, and left as it is
+    js = run.report_dir / "checklist_benign_seed0.json"
+    js.write_text("{not json")
+    with pytest.raises(ValueError, match="delete it"):
+        adaptive.evaluate_adaptive_run(run, 0, data, s, progress=False, checklist_settings=cs)
+    assert js.read_text() == "{not json"
+    js.write_text(json.dumps(saved | {"model": "benign", "row": "ResNet-18"}))
     # the report puts the new keys into its "Beyond the paper" table
     beyond = build_tables([json.loads(run.eval_path(0, st).read_text()) for st in ("benign", "mixture")])["beyond"]
     assert adaptive.WORST in beyond["columns"] and "routing" in beyond["columns"]

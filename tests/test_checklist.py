@@ -139,3 +139,54 @@ def test_determinism_check_flags_a_randomised_model():
     assert check_deterministic(model, data.x_test[:16]).passed
     item = check_deterministic(NoisyLogits(model), data.x_test[:16])
     assert item.passed is False and item.evidence["max_abs_logit_diff"] > 0.1
+
+
+# ------------------------------------------------- checks on stored results --
+def _record(**metrics):
+    return {"n_test": 200, "metrics": {"SA": 37.5, "fgsm:0.09": 5.0, **metrics}}
+
+
+def test_pgd_vs_worst_case_flags_a_model_that_other_attacks_break():
+    from dwf_lab.adaptive import WORST
+    from dwf_lab.checklist import check_pgd_vs_worst_case
+    s = ChecklistSettings(steps=20)             # max gap: 5 points + one example (0.5)
+    # the laptop run's DWF: PGD-20 21.0, AutoAttack 15.0
+    bad = check_pgd_vs_worst_case(_record(**{"pgd:20": 21.0, "autoattack": 15.0, "square": 26.0,
+                                             WORST: 15.0}), s)
+    assert bad.passed is False
+    ev = bad.evidence
+    assert ev["gap"] == 6.0 and ev["strongest_attack"] == "autoattack" and ev["max_gap"] == 5.5
+    # FGSM at eps = 0.09 is another threat model: never the "strongest attack" of the 8/255 ball
+    assert ev["strongest_attack"] != "fgsm:0.09"
+    ok = check_pgd_vs_worst_case(_record(**{"pgd:20": 21.0, "autoattack": 19.5, WORST: 19.5}), s)
+    assert ok.passed is True and ok.evidence["gap"] == 1.5
+    # without adaptive attacks the check cannot run, and says how to make it run
+    none = check_pgd_vs_worst_case(_record(**{"pgd:20": 21.0}), s)
+    assert none.passed is None and "dwf_lab adaptive" in none.evidence["not_run"]
+
+
+def test_own_vs_relaxed_gradient_flags_a_hard_selection():
+    from dwf_lab.checklist import check_own_vs_relaxed_gradient
+    s = ChecklistSettings(steps=20)
+    rec = {"n_test": 200, "gradient_modes": {"hard": {"pgd:20": 21.0}, "bpda": {"pgd:20": 13.5}}}
+    item = check_own_vs_relaxed_gradient(rec, s)
+    assert item.passed is False and item.evidence["own_gradient"] == "hard"
+    assert item.evidence["pgd:20 (bpda)"] == 13.5
+    rec["gradient_modes"]["bpda"]["pgd:20"] = 20.0     # within 2 points + one example
+    assert check_own_vs_relaxed_gradient(rec, s).passed is True
+    # a model with one gradient has nothing to compare
+    assert check_own_vs_relaxed_gradient({"n_test": 200, "metrics": {}}, s) is None
+
+
+def test_stored_checks_are_replaced_not_repeated_and_survive_a_json_round_trip():
+    from dwf_lab.adaptive import WORST
+    from dwf_lab.checklist import items_to_json, with_stored_checks
+    base = [CheckItem("x", True, {}, "", "batchnorm-eval")]
+    rec = _record(**{"pgd:20": 21.0, "autoattack": 15.0, WORST: 15.0})
+    first = with_stored_checks(base, rec)
+    assert [it.key for it in first] == ["batchnorm-eval", "pgd-vs-worst-case"] and not first[-1].passed
+    rec["metrics"][WORST] = rec["metrics"]["autoattack"] = 20.0        # a weaker set of attacks
+    back = [CheckItem.from_dict(d) for d in items_to_json(first)]
+    second = with_stored_checks(back, rec)
+    assert [it.key for it in second] == ["batchnorm-eval", "pgd-vs-worst-case"]
+    assert second[-1].passed is True and second[0] == base[0]
