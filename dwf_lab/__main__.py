@@ -42,7 +42,11 @@ def _parser() -> argparse.ArgumentParser:
                        help="also SoE/ADVMoE/uniform ensemble, adaptive attacks and ablations")
     common(sub.add_parser("train", help="train stages"), stage=True)
     common(sub.add_parser("evaluate", help="evaluate finished stages"), stage=True)
-    common(sub.add_parser("adaptive", help="attacks beyond the paper + checklist"), stage=True)
+    adaptive_p = sub.add_parser("adaptive", help="attacks beyond the paper + checklist")
+    common(adaptive_p, stage=True)
+    adaptive_p.add_argument("--redo", default="", metavar="ATTACKS",
+                            help="comma-separated attack keys to run again although stored "
+                                 "(e.g. autoattack); the new results replace the old")
     common(sub.add_parser("baselines", help="SoE, ADVMoE, uniform ensemble"))
     common(sub.add_parser("ablations", help="the ablation table"))
     common(sub.add_parser("report", help="write the report"))
@@ -112,7 +116,8 @@ def _dispatch(args) -> int:
             run_ablations(run, seed, data, progress=progress)
         elif args.command == "adaptive":
             from dwf_lab.adaptive import evaluate_adaptive_run
-            evaluate_adaptive_run(run, seed, data, progress=progress, which=args.stage)
+            redo = [k.strip() for k in args.redo.split(",") if k.strip()]
+            evaluate_adaptive_run(run, seed, data, progress=progress, which=args.stage, redo=redo)
     if args.command in ("adaptive", "baselines", "ablations"):
         pipeline.report_run(run)
     return 0

@@ -343,7 +343,9 @@ def worst_case(correct: dict[str, torch.Tensor], keys: Sequence[str] | None = No
 
 # -------------------------------------------------------------- evaluation --
 def _run_batch(model: nn.Module, xb: torch.Tensor, yb: torch.Tensor, s: AdaptiveSettings, want: set,
-               gen: Callable[[int], torch.Generator], aa_seed: int, timings: dict) -> dict:
+               gen: Callable[[int], torch.Generator], aa_seed: int, timings: dict, aa_left: dict) -> dict:
+    """One batch of every attack in ``want``: per-example correctness per key. Adds each attack's
+    seconds to ``timings`` and, per AutoAttack stage, the images still correct to ``aa_left``."""
     res: dict[str, torch.Tensor] = {}
 
     def timed(key: str, fn):
@@ -385,9 +387,15 @@ def _run_batch(model: nn.Module, xb: torch.Tensor, yb: torch.Tensor, s: Adaptive
     if "autoattack" in want or "square" in want:
         from dwf_lab import autoattack as aa
         if "autoattack" in want:
-            timed("autoattack", lambda: aa.autoattack(
-                model, xb, yb, s.eps, version=s.aa_version, n_iter=s.aa_iter, n_queries=s.aa_queries,
-                n_target_classes=s.aa_targets, batch_size=s.batch_size, seed=aa_seed))
+            def autoattack():
+                ok, details = aa.autoattack(model, xb, yb, s.eps, version=s.aa_version, n_iter=s.aa_iter,
+                                            n_queries=s.aa_queries, n_target_classes=s.aa_targets,
+                                            batch_size=s.batch_size, seed=aa_seed, return_details=True)
+                for k, v in details.items():
+                    if k == "clean" or k.startswith("after "):
+                        aa_left[k] = aa_left.get(k, 0) + round(v * details["n"] / 100)
+                return ok
+            timed("autoattack", autoattack)
         if "square" in want:
             timed("square", lambda: aa.square(model, xb, yb, s.eps, max_iter=s.square_queries,
                                               batch_size=s.batch_size, seed=aa_seed + 1))
@@ -400,15 +408,20 @@ def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, s: AdaptiveSet
     mixture = is_mixture(model)
     want = set(s.attack_names(mixture)) - set(skip)
     timings: dict[str, float] = {}
+    aa_left: dict[str, int] = {}
     correct = per_example(model, x, y, s.batch_size, device, seed,
                           lambda b, xb, yb, gen: _run_batch(model, xb, yb, s, want, gen,
-                                                            seed_from(seed, b, 99) % (2 ** 31), timings),
+                                                            seed_from(seed, b, 99) % (2 ** 31), timings,
+                                                            aa_left),
                           desc, progress)
     order = [k for k in s.metric_names(mixture) if k in correct]
     correct = {k: correct[k] for k in order}
     correct[WORST] = worst_case(correct)
     metrics = {k: 100.0 * v.float().mean().item() for k, v in correct.items()}
-    return metrics, correct, {k: round(v, 2) for k, v in timings.items()}
+    info: dict = {"elapsed_s": {k: round(v, 2) for k, v in timings.items()}}
+    if aa_left:     # robust accuracy (%) after each stage of the AutoAttack cascade
+        info["autoattack_stages"] = {k: round(100.0 * v / max(1, len(x)), 2) for k, v in aa_left.items()}
+    return metrics, correct, info
 
 
 def evaluate_adaptive(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
@@ -517,17 +530,22 @@ def _evaluate_any(model: nn.Module, x, y, s: AdaptiveSettings, seed: int, dev, p
         return _evaluate(model, x, y, s, seed, dev, progress, skip, desc)
 
     def one(mode):
-        _, c, t = _evaluate(model, x, y, s, seed, dev, progress, skip, f"{desc} ({mode})")
-        return c, t
+        _, c, info = _evaluate(model, x, y, s, seed, dev, progress, skip, f"{desc} ({mode})")
+        return c, info
     combined, per_mode = over_gradient_modes(model, one)
-    timings = {f"{k} ({mode})": v for mode, t in per_mode.items() for k, v in t.items()}
+    info: dict = {"elapsed_s": {f"{k} ({mode})": v for mode, i in per_mode.items()
+                                for k, v in i["elapsed_s"].items()}}
+    stages = {mode: i["autoattack_stages"] for mode, i in per_mode.items() if "autoattack_stages" in i}
+    if stages:
+        info["autoattack_stages"] = stages
     combined[WORST] = worst_case({k: v for k, v in combined.items() if k != WORST})
-    return {k: 100.0 * v.float().mean().item() for k, v in combined.items()}, combined, timings
+    return {k: 100.0 * v.float().mean().item() for k, v in combined.items()}, combined, info
 
 
 def evaluate_adaptive_run(run, seed: int, data, settings: AdaptiveSettings | None = None,
                           progress: bool = True, which: str | None = None, checklist: bool = True,
-                          checklist_settings=None, device: str | None = None) -> list[dict]:
+                          checklist_settings=None, device: str | None = None,
+                          redo: Sequence[str] = ()) -> list[dict]:
     """Adaptive attacks for every finished model of one seed, merged into its eval JSON.
 
     Models: each finished stage (``which`` as in :func:`dwf_lab.pipeline.select_stages`)
@@ -540,7 +558,10 @@ def evaluate_adaptive_run(run, seed: int, data, settings: AdaptiveSettings | Non
     stored attack, and writes the file atomically. With ``checklist`` it also
     writes the gradient-masking checklist to ``report/checklist_<name>_seed<k>.md``
     and ``.json``; its checks read off the stored results are refreshed on every call.
-    Idempotent: no attack already stored is rerun. Returns the records.
+    Idempotent: no attack already stored is rerun, except the attack keys in ``redo``
+    (e.g. ``("autoattack",)`` after a library upgrade), which replace the stored ones.
+    The robust accuracy after each stage of AutoAttack goes to
+    ``rec["adaptive"]["autoattack_stages"]``. Returns the records.
     """
     from dwf_lab.checkpoints import atomic_write_text
     from dwf_lab.evaluate import unpack_bits
@@ -550,6 +571,9 @@ def evaluate_adaptive_run(run, seed: int, data, settings: AdaptiveSettings | Non
     p = run.profile
     s = settings or AdaptiveSettings.from_profile(p)
     dev = torch.device(device) if device else Runtime.from_profile(p).device
+    known = set(s.attack_names(True))
+    if set(redo) - known:
+        raise ValueError(f"cannot redo {sorted(set(redo) - known)}: the attacks are {sorted(known)}")
     done = [st.name for st in plan_stages_done(run, seed)]
     out = []
     for target in _targets(run, seed, data, which, dev):
@@ -563,14 +587,15 @@ def evaluate_adaptive_run(run, seed: int, data, settings: AdaptiveSettings | Non
             raise ValueError(f"{path} covers {n} test images but the data has {len(data.x_test)}: "
                              "evaluate with the same data (profile) the run was evaluated with")
         model = None
-        missing = [k for k in s.attack_names(target.mixture) if k not in rec.get("per_example", {})]
+        stored = set(rec.get("per_example", {})) - set(redo)
+        missing = [k for k in s.attack_names(target.mixture) if k not in stored]
         if missing:
             model = target.load().eval()
             mixture = is_mixture(model)
-            skip = [k for k in s.attack_names(mixture) if k in rec.get("per_example", {})]
+            skip = [k for k in s.attack_names(mixture) if k in stored]
             t0 = time.time()
-            _, correct, timings = _evaluate_any(model, data.x_test, data.y_test, s, seed, dev, progress,
-                                                skip, f"adaptive {target.name}")
+            _, correct, found = _evaluate_any(model, data.x_test, data.y_test, s, seed, dev, progress,
+                                              skip, f"adaptive {target.name}")
             sa_stored = rec.get("per_example", {}).get("SA")
             if sa_stored is not None:
                 differ = (unpack_bits(sa_stored, n) != correct["SA"].cpu()).float().mean().item()
@@ -578,10 +603,13 @@ def evaluate_adaptive_run(run, seed: int, data, settings: AdaptiveSettings | Non
                     raise ValueError(f"{path}: the stored clean predictions differ from this model's "
                                      f"on {100 * differ:.1f}% of the images (another model or other "
                                      "data?); re-evaluate the run")
+            merge_into_result(rec, {k: v for k, v in correct.items() if k in redo}, overwrite=True)
             merge_into_result(rec, correct)
             info = rec.setdefault("adaptive", {})
             info["settings"] = s.to_dict()
-            info.setdefault("elapsed_s", {}).update(timings)
+            info.setdefault("elapsed_s", {}).update(found["elapsed_s"])
+            if "autoattack_stages" in found:
+                info["autoattack_stages"] = found["autoattack_stages"]
             info["elapsed_s_total"] = round(info.get("elapsed_s_total", 0.0) + time.time() - t0, 2)
             info["note"] = ("attacks beyond the paper (dwf_lab.adaptive); 'worst-case (all)' is the "
                             "per-example worst case over every stored attack, the paper's included")

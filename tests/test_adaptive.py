@@ -40,8 +40,9 @@ def tiny_mixture(n_experts: int = 2, seed: int = 0) -> MixtureOfExperts:
 
 
 def tiny_settings(**kw) -> adaptive.AdaptiveSettings:
-    return adaptive.AdaptiveSettings.smoke(eps=EPS, alpha=ALPHA, pgd_steps=4, long_steps=6, long_restarts=2,
-                                           aa_iter=3, aa_targets=1, aa_queries=5, square_queries=5, **kw)
+    kw = {"eps": EPS, "alpha": ALPHA, "pgd_steps": 4, "long_steps": 6, "long_restarts": 2, "aa_iter": 3,
+          "aa_targets": 1, "aa_queries": 5, "square_queries": 5, **kw}
+    return adaptive.AdaptiveSettings.smoke(**kw)
 
 
 # ------------------------------------------------------------ ART bridge --
@@ -278,3 +279,51 @@ def test_evaluate_adaptive_run_merges_and_is_idempotent(tmp_path, monkeypatch):
     assert sec["columns"][0] == "check" and len(sec["columns"]) == 3
     assert all(c in ("✅", "❌", "➖") for row in sec["rows"] for c in row[1:])
     assert "<h2>Gradient-masking checklist" in (run.report_dir / "report.html").read_text()
+
+
+@needs_art
+def test_redo_reruns_only_the_named_attack_and_records_autoattacks_stages(tmp_path, monkeypatch):
+    from dwf_lab.pipeline import evaluate_run
+    from dwf_lab.profiles import get_profile
+    from dwf_lab.runs import Run
+
+    p = get_profile("smoke", n_fgsm_experts=0, n_pgd_experts=0, baselines=False, n_test=24,
+                    eval_fgsm_eps=(0.03,), eval_pgd_steps=(2,), eval_long_steps=3, eval_restarts=1,
+                    device="cpu")
+    run = Run("redo-test", p, root=tmp_path / "run")
+    model, _ = tiny_trained(0)
+    data = load_dataset("synthetic", n_train=16, n_test=24)
+    save_model(run.model_path(0, "benign"), model)
+    evaluate_run(run, 0, data, which="benign", progress=False)
+    s = tiny_settings(square=False, long_steps=0)
+    adaptive.evaluate_adaptive_run(run, 0, data, s, progress=False, which="benign", checklist=False)
+    rec = json.loads(run.eval_path(0, "benign").read_text())
+    # the cascade's robust accuracy after each stage: from clean down to the final number
+    st = rec["adaptive"]["autoattack_stages"]
+    assert list(st) == ["clean", "after APGD-CE", "after APGD-T", "after FAB-T", "after Square"]
+    vals = list(st.values())
+    assert vals[0] == pytest.approx(rec["metrics"]["SA"], abs=0.01)
+    assert all(b <= a + 1e-9 for a, b in zip(vals, vals[1:]))
+    assert vals[-1] == pytest.approx(rec["metrics"]["autoattack"], abs=0.01)
+
+    # --redo autoattack: only AutoAttack runs again, and its new bits replace the old ones
+    seen = []
+    real = adaptive._run_batch
+
+    def spy(model, xb, yb, s_, want, *a):
+        seen.append(set(want))
+        return real(model, xb, yb, s_, want, *a)
+    monkeypatch.setattr(adaptive, "_run_batch", spy)
+    before = rec["per_example"]["autoattack"]
+    rec["per_example"]["autoattack"] = "00" * len(bytes.fromhex(before))     # as if stored wrong
+    rec["metrics"]["autoattack"] = 0.0
+    run.eval_path(0, "benign").write_text(json.dumps(rec))
+    adaptive.evaluate_adaptive_run(run, 0, data, s, progress=False, which="benign", checklist=False,
+                                   redo=("autoattack",))
+    assert seen and all(w == {"autoattack"} for w in seen)
+    after = json.loads(run.eval_path(0, "benign").read_text())
+    assert after["per_example"]["autoattack"] == before      # same seeds: the same result again
+    assert after["metrics"]["pgd-4"] == rec["metrics"]["pgd-4"]
+    # an attack the kit does not have is refused before anything runs
+    with pytest.raises(ValueError, match="cannot redo"):
+        adaptive.evaluate_adaptive_run(run, 0, data, s, progress=False, which="benign", redo=("pgd-7",))
