@@ -711,6 +711,44 @@ def comparison_rows(records: Sequence[dict], dataset: str | None = None) -> tupl
     return rows, ["model", "seed"] + cols + ["paper PGD-20", "paper 100 (MS)"]
 
 
+AA_STAGES = ("clean", "after APGD-CE", "after APGD-T", "after FAB-T", "after Square")
+
+
+def autoattack_stage_rows(records: Sequence[dict]) -> list[dict]:
+    """Robust accuracy (%) after each stage of the AutoAttack cascade, one row per model (and per
+    gradient mode for a model attacked under several, e.g. SoE): which part of AutoAttack broke it.
+    Models whose stages were not recorded are left out."""
+    rows = []
+    for r in records:
+        stages = r.get("adaptive", {}).get("autoattack_stages")
+        if not stages:
+            continue
+        per_mode = stages if all(isinstance(v, dict) for v in stages.values()) else {None: stages}
+        for mode, st in per_mode.items():
+            name = r.get("row") or r.get("model")
+            rows.append({"model": name if mode is None else f"{name} ({mode} gradient)",
+                         "seed": r.get("seed"), **{k: st.get(k) for k in AA_STAGES}})
+    return rows
+
+
+def autoattack_section(eval_dir) -> dict | None:
+    """:func:`autoattack_stage_rows` of a run's evaluation files as a report section (None: none)."""
+    from pathlib import Path
+    records = [json.loads(f.read_text()) for f in sorted(Path(eval_dir).glob("*_seed*.json"))]
+    rows = autoattack_stage_rows(records)
+    if not rows:
+        return None
+    fmt = lambda v: "-" if v is None else f"{v:.1f}"   # noqa: E731
+    return {"title": "AutoAttack stage by stage (%)",
+            "notes": ["Robust accuracy after each attack of the cascade, which only attacks the images "
+                      "still classified correctly: a large drop at APGD-T or FAB-T (margin losses, "
+                      "targeted) and none at APGD-CE means cross-entropy is a poor objective for the "
+                      "model; a drop at Square (no gradients) after the white-box stages means its "
+                      "gradients hide adversarial examples."],
+            "columns": ["model", "seed", *AA_STAGES],
+            "rows": [[r["model"], r["seed"], *(fmt(r[k]) for k in AA_STAGES)] for r in rows]}
+
+
 @torch.no_grad()
 def _gate_stats(model, x):
     from dwf_lab.moe import gate_entropy

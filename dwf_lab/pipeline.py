@@ -153,11 +153,12 @@ def evaluate_run(run: Run, seed: int, data: ImageData, which: str | None = None,
 
 
 def report_run(run: Run, dataset: str | None = None) -> dict:
-    """Tables 2-3 and the "beyond" table from the run's results, then its gradient-masking
-    checklists and ablation table where they exist. ``dataset`` None: the one the results name."""
-    from dwf_lab import ablations, checklist
+    """Tables 2-3 and the "beyond" table from the run's results, then AutoAttack stage by stage,
+    the gradient-masking checklists and the ablation table where they exist. ``dataset`` None: the one the results name."""
+    from dwf_lab import ablations, adaptive, checklist
     from dwf_lab.report import write_report
-    sections = [sec for sec in (checklist.report_section(run.report_dir), ablations.report_section(run))
+    sections = [sec for sec in (adaptive.autoattack_section(run.eval_dir),
+                                checklist.report_section(run.report_dir), ablations.report_section(run))
                 if sec is not None]
     return write_report(run.eval_dir, run.report_dir, dataset, sections=sections)
 

@@ -275,7 +275,8 @@ def test_evaluate_adaptive_run_merges_and_is_idempotent(tmp_path, monkeypatch):
     report_run(run)
     md = (run.report_dir / "report.md").read_text()
     assert "## Gradient-masking checklist" in md and "BatchNorm runs in eval mode during attacks" in md
-    sec = json.loads((run.report_dir / "report.json").read_text())["sections"][0]
+    secs = json.loads((run.report_dir / "report.json").read_text())["sections"]
+    sec = next(x for x in secs if x["title"].startswith("Gradient-masking checklist"))
     assert sec["columns"][0] == "check" and len(sec["columns"]) == 3
     assert all(c in ("✅", "❌", "➖") for row in sec["rows"] for c in row[1:])
     assert "<h2>Gradient-masking checklist" in (run.report_dir / "report.html").read_text()
@@ -305,6 +306,14 @@ def test_redo_reruns_only_the_named_attack_and_records_autoattacks_stages(tmp_pa
     assert vals[0] == pytest.approx(rec["metrics"]["SA"], abs=0.01)
     assert all(b <= a + 1e-9 for a, b in zip(vals, vals[1:]))
     assert vals[-1] == pytest.approx(rec["metrics"]["autoattack"], abs=0.01)
+    # ... and the run's report shows them
+    from dwf_lab.pipeline import report_run
+    report_run(run)
+    assert "## AutoAttack stage by stage (%)" in (run.report_dir / "report.md").read_text()
+    rows = adaptive.autoattack_stage_rows([rec, {"row": "SoE", "seed": 0, "adaptive": {"autoattack_stages": {
+        "hard": {"clean": 45.0, "after APGD-CE": 30.0}, "bpda": {"clean": 45.0}}}}])
+    assert [r["model"] for r in rows] == ["ResNet-18", "SoE (hard gradient)", "SoE (bpda gradient)"]
+    assert rows[1]["after APGD-CE"] == 30.0 and rows[2]["after Square"] is None
 
     # --redo autoattack: only AutoAttack runs again, and its new bits replace the old ones
     seen = []
