@@ -208,24 +208,33 @@ def test_diagnostics_of_a_mixture():
 
 
 # ------------------------------------------------------- run integration --
-def test_evaluate_adaptive_run_merges_and_is_idempotent(tmp_path, monkeypatch):
-    from dwf_lab.checklist import ChecklistSettings
+def tiny_run(root, mixture: bool = True):
+    """A smoke-sized run on synthetic data with a trained tiny benign model (and a one-expert
+    mixture around it), evaluated under the paper's protocol. Returns (run, data)."""
     from dwf_lab.pipeline import evaluate_run
     from dwf_lab.profiles import get_profile
-    from dwf_lab.report import build_tables
     from dwf_lab.runs import Run
 
     p = get_profile("smoke", n_fgsm_experts=0, n_pgd_experts=0, baselines=False, n_test=24,
                     eval_fgsm_eps=(0.03,), eval_pgd_steps=(2,), eval_long_steps=3, eval_restarts=1,
                     device="cpu")
-    run = Run("adaptive-test", p, root=tmp_path / "run")
+    run = Run("adaptive-test", p, root=root)
     model, _ = tiny_trained(0)
     data = load_dataset("synthetic", n_train=16, n_test=24)
     save_model(run.model_path(0, "benign"), model)
-    mix = build_model("dwf_mixture", n_experts=1, width=0.0625, dataset="synthetic", gate_hidden=8)
-    mix.experts[0].load_state_dict(model.state_dict())
-    save_model(run.model_path(0, "mixture"), mix)
-    evaluate_run(run, 0, data, progress=False)
+    if mixture:
+        mix = build_model("dwf_mixture", n_experts=1, width=0.0625, dataset="synthetic", gate_hidden=8)
+        mix.experts[0].load_state_dict(model.state_dict())
+        save_model(run.model_path(0, "mixture"), mix)
+    evaluate_run(run, 0, data, which=None if mixture else "benign", progress=False)
+    return run, data
+
+
+def test_evaluate_adaptive_run_merges_and_is_idempotent(tmp_path, monkeypatch):
+    from dwf_lab.checklist import ChecklistSettings
+    from dwf_lab.report import build_tables
+
+    run, data = tiny_run(tmp_path / "run")
 
     s = tiny_settings(autoattack=False, square=False)
     cs = ChecklistSettings.smoke(eps=EPS, alpha=ALPHA, steps=2, long_steps=3, long_restarts=1,
@@ -284,18 +293,7 @@ def test_evaluate_adaptive_run_merges_and_is_idempotent(tmp_path, monkeypatch):
 
 @needs_art
 def test_redo_reruns_only_the_named_attack_and_records_autoattacks_stages(tmp_path, monkeypatch):
-    from dwf_lab.pipeline import evaluate_run
-    from dwf_lab.profiles import get_profile
-    from dwf_lab.runs import Run
-
-    p = get_profile("smoke", n_fgsm_experts=0, n_pgd_experts=0, baselines=False, n_test=24,
-                    eval_fgsm_eps=(0.03,), eval_pgd_steps=(2,), eval_long_steps=3, eval_restarts=1,
-                    device="cpu")
-    run = Run("redo-test", p, root=tmp_path / "run")
-    model, _ = tiny_trained(0)
-    data = load_dataset("synthetic", n_train=16, n_test=24)
-    save_model(run.model_path(0, "benign"), model)
-    evaluate_run(run, 0, data, which="benign", progress=False)
+    run, data = tiny_run(tmp_path / "run", mixture=False)
     s = tiny_settings(square=False, long_steps=0)
     adaptive.evaluate_adaptive_run(run, 0, data, s, progress=False, which="benign", checklist=False)
     rec = json.loads(run.eval_path(0, "benign").read_text())
