@@ -734,7 +734,12 @@ def autoattack_stage_rows(records: Sequence[dict]) -> list[dict]:
 def autoattack_section(eval_dir) -> dict | None:
     """:func:`autoattack_stage_rows` of a run's evaluation files as a report section (None: none)."""
     from pathlib import Path
+
+    from dwf_lab.report import _row_order
     records = [json.loads(f.read_text()) for f in sorted(Path(eval_dir).glob("*_seed*.json"))]
+    names = list(dict.fromkeys(r.get("row") or r.get("model") for r in records))
+    order = _row_order(names, records[0].get("dataset") if records else None)
+    records.sort(key=lambda r: (order.index(r.get("row") or r.get("model")), str(r.get("seed"))))
     rows = autoattack_stage_rows(records)
     if not rows:
         return None
