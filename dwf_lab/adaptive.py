@@ -636,7 +636,7 @@ def _write_checklist(run, seed: int, target: _Target, rec: dict, model: nn.Modul
     if md.exists() and js.exists():
         try:
             saved = load_checklist(js)
-            known = {f for f in ChecklistSettings.__dataclass_fields__}
+            known = set(ChecklistSettings.__dataclass_fields__)
             cs = ChecklistSettings(**{k: v for k, v in saved["settings"].items() if k in known})
             items = [CheckItem.from_dict(d) for d in saved["items"]]
             m = int(saved["n_examples"])
@@ -733,10 +733,8 @@ def autoattack_stage_rows(records: Sequence[dict]) -> list[dict]:
 
 def autoattack_section(eval_dir) -> dict | None:
     """:func:`autoattack_stage_rows` of a run's evaluation files as a report section (None: none)."""
-    from pathlib import Path
-
-    from dwf_lab.report import _row_order
-    records = [json.loads(f.read_text()) for f in sorted(Path(eval_dir).glob("*_seed*.json"))]
+    from dwf_lab.report import _row_order, load_results
+    records = load_results(eval_dir)
     names = list(dict.fromkeys(r.get("row") or r.get("model") for r in records))
     order = _row_order(names, records[0].get("dataset") if records else None)
     records.sort(key=lambda r: (order.index(r.get("row") or r.get("model")), str(r.get("seed"))))
