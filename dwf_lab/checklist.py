@@ -351,7 +351,7 @@ def check_pgd_vs_worst_case(rec: dict, s: ChecklistSettings | None = None) -> Ch
     """PGD (cross-entropy, ``s.steps`` steps) against the per-example worst case over every
     stored attack in the same eps-ball (``rec``: an evaluation record with adaptive attacks)."""
     from dwf_lab.adaptive import WORST
-    from dwf_lab.evaluate import DERIVED_KEYS, worst_case_keys
+    from dwf_lab.evaluate import worst_case_keys
     s = s or ChecklistSettings()
     m = rec.get("metrics", {})
     n = int(rec.get("n_test") or 0)
@@ -367,7 +367,7 @@ def check_pgd_vs_worst_case(rec: dict, s: ChecklistSettings | None = None) -> Ch
         item.evidence["not_run"] = ("no adaptive attacks stored: python -m dwf_lab adaptive"
                                     if WORST not in m else f"no PGD-{s.steps} result stored")
         return item
-    attacks_in_ball = [k for k in worst_case_keys(m, s.eps) if k not in DERIVED_KEYS and k != "SA"]
+    attacks_in_ball = [k for k in worst_case_keys(m, s.eps) if k != "SA"]
     strongest = min(attacks_in_ball, key=m.get)
     gap = m[pk] - m[WORST]
     limit = s.convergence_tol + 100.0 / max(1, n)
@@ -388,9 +388,10 @@ def check_own_vs_relaxed_gradient(rec: dict, s: ChecklistSettings | None = None)
         return None
     own, *relaxed = list(modes)
     pk = _pgd_key(modes[own], s)
+    n = int(rec.get("n_test") or 0)
     item = CheckItem(
         "The model's own gradient is as strong as a relaxed one (BPDA)", None,
-        {"n": int(rec.get("n_test") or 0), "own_gradient": own},
+        {"n": n, "own_gradient": own},
         "A hard (argmax) selection has no gradient: the model's own gradient is blind to which "
         "expert answers. If attacking a smooth relaxation of the selection (BPDA, Athalye et al. "
         "2018) does better, the hard selection is masking gradients and numbers measured with "
@@ -398,7 +399,6 @@ def check_own_vs_relaxed_gradient(rec: dict, s: ChecklistSettings | None = None)
     if pk is None:
         item.evidence["not_run"] = f"no PGD-{s.steps} result per gradient mode"
         return item
-    n = int(rec.get("n_test") or 0)
     slack = _slack(s, n)
     best = min(relaxed, key=lambda mode: modes[mode].get(pk, float("inf")))
     item.passed = modes[own][pk] <= modes[best][pk] + slack
