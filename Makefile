@@ -21,15 +21,17 @@ ifneq ($(SUBSET_FILE),)
 export DWF_CIFAR10_SUBSET ?= $(abspath $(SUBSET_FILE))
 endif
 
-.PHONY: run test setup browser-deps clean-venv bench help
+.PHONY: run test lint setup browser-deps clean-venv bench lock help
 
 help:
 	@sed -n '1,5p' Makefile
 
-$(STAMP): pyproject.toml
+# constraints.txt pins every package to the versions the suite passes with: a fresh
+# install is the tested one. `make lock` re-resolves it on purpose (then run make test).
+$(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[notebooks,attacks,test]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[notebooks,attacks,test]"
 	@touch $(STAMP)
 
 setup: $(STAMP)
@@ -51,6 +53,15 @@ test: setup browser-deps
 
 bench: setup
 	$(PY) -m dwf_lab.bench
+
+# Re-resolve the pins: a throw-away venv gets the newest allowed versions, and its freeze
+# becomes constraints.txt. Review the diff and run make test before committing it.
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install --quiet --upgrade pip
+	.lock-venv/bin/pip install --quiet -e ".[notebooks,attacks,test]"
+	{ sed -n '1,2p' constraints.txt; .lock-venv/bin/pip freeze --exclude-editable | grep -v '^dwf-lab'; } > constraints.new
+	mv constraints.new constraints.txt && rm -rf .lock-venv
 
 clean-venv:
 	rm -rf .venv
