@@ -1,6 +1,6 @@
 # dwf-lab: two commands do all set-up on a fresh machine.
 #   make run    the course, headlessly (papermill), at PROFILE (default: laptop)
-#   make test   the whole test suite (unit, real-data, pipeline, notebooks via nbval, browser)
+#   make test   the layout checks + the whole test suite (unit, real-data, pipeline, notebooks via nbval, browser)
 # Both create (or reuse) ./.venv unless a virtual environment is already active.
 
 PYTHON  ?= python3
@@ -47,7 +47,12 @@ browser-deps:
 	      || echo "browser-deps: could not install chromium; the browser test will skip"; \
 	  else echo "browser-deps: chromium not found and cannot be installed here; the browser test will skip"; fi; }
 
-test: setup browser-deps
+# The layout's rules (docs/architecture.md): import-linter's layer contract and ruff's small rule set.
+lint: setup
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/ruff check dwf_lab tests
+
+test: setup browser-deps lint
 	OMP_NUM_THREADS=1 DWF_PROFILE=smoke DWF_RUNS_DIR=$$(mktemp -d) $(PY) -m pytest tests notebooks \
 	  --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider --durations=15
 

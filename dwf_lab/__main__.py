@@ -11,8 +11,6 @@
     profiles   list the profiles and their settings
     inspect    print a checkpoint's metadata (never unpickles)
 """
-from __future__ import annotations
-
 import argparse
 import json
 import sys
@@ -57,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _profile(args):
-    from dwf_lab.profiles import get_profile, parse_sets
+    from dwf_lab.core.config import get_profile, parse_sets
     sets = parse_sets(args.sets)
     if args.seeds:
         sets["seeds"] = args.seeds
@@ -76,50 +74,51 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(args) -> int:
     if args.command == "profiles":
-        from dwf_lab.profiles import PROFILES
+        from dwf_lab.core.config import PROFILES
         for name, p in PROFILES.items():
             print(f"{name:8s} {p.description}")
         return 0
     if args.command == "inspect":
-        from dwf_lab.checkpoints import read_metadata
+        from dwf_lab.store.checkpoints import read_metadata
         print(json.dumps(read_metadata(args.path), indent=1))
         return 0
 
-    from dwf_lab import pipeline
-    from dwf_lab.runs import Run
+    from dwf_lab.pipeline import reproduce, run_all
+    from dwf_lab.store.runs import Run
+    from dwf_lab.training.builders import load_data
     p = _profile(args)
     progress = not args.quiet
     if args.command == "course":
-        from dwf_lab.course import run_course
+        from dwf_lab.course.runner import run_course
         run_course(p, run_name=args.run, sets=args.sets + ([f"seeds={args.seeds}"] if args.seeds else []))
         return 0
     if args.command == "run":
-        run = pipeline.run_all(p, args.run, args.stage, progress, beyond=args.beyond)
+        run = run_all.run_all(p, args.run, args.stage, progress, beyond=args.beyond)
         print(f"report: {run.report_dir / 'report.md'}")
         return 0
     run = Run(args.run or p.name, p)
     if args.command == "report":
-        paths = pipeline.report_run(run)
+        paths = run_all.report_run(run)
         print(json.dumps({k: str(v) for k, v in paths.items()}, indent=1))
         return 0
-    data = pipeline.load_data(p)
+    data = load_data(p)
     for seed in p.seeds:
         if args.command == "train":
-            pipeline.train_run(run, seed, data, args.stage, progress)
+            reproduce.train_run(run, seed, data, args.stage, progress)
         elif args.command == "evaluate":
-            pipeline.evaluate_run(run, seed, data, args.stage, progress)
+            reproduce.evaluate_run(run, seed, data, args.stage, progress)
         elif args.command == "baselines":
-            from dwf_lab.baselines import train_and_evaluate_baselines
+            from dwf_lab.pipeline.baselines import train_and_evaluate_baselines
             train_and_evaluate_baselines(run, seed, data, progress=progress)
         elif args.command == "ablations":
-            from dwf_lab.ablations import run_ablations
+            from dwf_lab.pipeline.ablations import run_ablations
             run_ablations(run, seed, data, progress=progress)
         elif args.command == "adaptive":
-            from dwf_lab.adaptive import evaluate_adaptive_run
+            from dwf_lab.pipeline.adaptive import evaluate_adaptive_run
             redo = [k.strip() for k in args.redo.split(",") if k.strip()]
             evaluate_adaptive_run(run, seed, data, progress=progress, which=args.stage, redo=redo)
     if args.command in ("adaptive", "baselines", "ablations"):
-        pipeline.report_run(run)
+        run_all.report_run(run)
     return 0
 
 

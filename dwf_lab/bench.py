@@ -10,7 +10,7 @@ One run measures, side by side, two implementations of the same training steps:
   accumulates parameter gradients, zeroed afterwards); a CPU
   ``torch.utils.data.DataLoader`` over a ``TensorDataset`` with CPU-side
   augmentation and a host-to-device copy per batch; ``loss.item()`` every step.
-- ``fast`` -- the kit's own step (:func:`dwf_lab.train.train_step`, the code
+- ``fast`` -- the kit's own step (:func:`dwf_lab.training.loop.train_step`, the code
   ``train_stage`` runs), with the profile's fast-path switches resolved for the
   device: data and augmentation resident on the device, bf16 autocast and
   channels_last on CUDA, fused SGD on CUDA, attacks computing input gradients
@@ -33,8 +33,6 @@ smoke test that runs on a CPU in well under a minute: its numbers say nothing
 about a GPU or about the paper's model. ``--size full`` (width 1, batch 128,
 PGD-10, warm-up then timed steps) is the measurement, meant for a CUDA device.
 """
-from __future__ import annotations
-
 import argparse
 import datetime as _dt
 import json
@@ -51,10 +49,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from dwf_lab import attacks
+from dwf_lab.core.config import get_profile
+from dwf_lab.core.runtime import Runtime
 from dwf_lab.data import augment_batch, iterate_batches
-from dwf_lab.models import build_model
-from dwf_lab.profiles import get_profile
-from dwf_lab.train import Runtime, plan_stages, train_step, trainable_parameters, wrap_for_update
+from dwf_lab.models.registry import build_model
+from dwf_lab.training.loop import train_step, trainable_parameters, wrap_for_update
+from dwf_lab.training.stages import plan_stages
 
 SCHEMA = 1
 CIFAR10_TRAIN = 50_000

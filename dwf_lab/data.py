@@ -23,13 +23,10 @@ Where the data comes from:
 Randomness is explicit everywhere: subsets are drawn from ``seed``,
 :func:`augment_batch` takes a ``torch.Generator``, and :func:`iterate_batches`
 derives the epoch order from (seed, epoch) and each batch's augmentation from
-(seed, epoch, step) via :func:`seed_from` -- so resuming an epoch at any step
+(seed, epoch, step) via :func:`~dwf_lab.core.runtime.seed_from` -- so resuming an epoch at any step
 reproduces the uninterrupted run exactly.
 """
-from __future__ import annotations
-
 import dataclasses
-import hashlib
 import math
 import os
 import warnings
@@ -40,16 +37,21 @@ from typing import Iterator
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torchvision.datasets as tvd
+
+from dwf_lab.core.runtime import seed_from
 
 DATA_DIR_ENV = "DWF_DATA_DIR"
 SUBSET_ENV = "DWF_CIFAR10_SUBSET"
 
+
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck")
+
+
 DIGIT_CLASSES = tuple(str(i) for i in range(10))
 SYNTHETIC_CLASSES = tuple(f"class{i}" for i in range(10))
 SYNTHETIC_DEFAULT_SIZES = (2000, 500)  # (n_train, n_test) when not given
-
 KNOWN_DATASETS = ("cifar10", "cifar10-subset", "svhn", "mnist", "synthetic")
 AUGMENT_MODES = ("crop_flip", "none")
 
@@ -102,14 +104,6 @@ class ImageData:
             "train_class_counts": counts(self.y_train),
             "test_class_counts": counts(self.y_test),
         }
-
-
-# ----------------------------------------------------------------- seeding --
-def seed_from(*parts: int) -> int:
-    """Mix integers into one stable 63-bit seed (blake2b; the same on every run and machine)."""
-    text = ",".join(str(int(p)) for p in parts).encode()
-    digest = hashlib.blake2b(text, digest_size=8, person=b"dwf_lab").digest()
-    return int.from_bytes(digest, "little") & (2 ** 63 - 1)
 
 
 def _generator(*parts: int) -> torch.Generator:
@@ -232,7 +226,6 @@ def _build(name, xtr, ytr, xte, yte, n_train, n_test, seed, channels_last, **met
 # ------------------------------------------------------------- real data --
 def _torchvision(dataset: str, root: Path, download: bool, check_only: bool = False):
     """(train, test) torchvision datasets; any failure -> DatasetUnavailableError."""
-    import torchvision.datasets as tvd
 
     def make(train: bool, dl: bool):
         if dataset == "cifar10":

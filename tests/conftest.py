@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
 import time
 
 import pytest
@@ -20,7 +21,10 @@ import torch
 import torch.nn.functional as F
 
 from dwf_lab.data import ImageData, iterate_batches, load_dataset
-from dwf_lab.models import build_model
+from dwf_lab.models.registry import build_model
+
+# tests/<package>/ import the shared helpers in tests/ (tinymodels)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 torch.set_num_threads(int(os.environ.get("DWF_TEST_THREADS", "1")))
 

@@ -8,7 +8,10 @@ import torch
 import torch.nn.functional as F
 
 from dwf_lab.data import load_dataset
-from dwf_lab.models import build_model
+from dwf_lab.models.registry import build_model
+from dwf_lab.store.checkpoints import save_model
+from dwf_lab.training.builders import build_expert
+from dwf_lab.training.stages import expert_stage_names
 
 _CACHE: dict = {}
 
@@ -38,9 +41,7 @@ def tiny_trained(seed: int = 0, n: int = 512, epochs: int = 4, lr: float = 0.1, 
 
 def fake_trained_experts(run, seed, data):
     """Untrained experts saved where the run's trained ones go (wiring tests need no training)."""
-    from dwf_lab import pipeline
-    from dwf_lab.checkpoints import save_model
-    for i, name in enumerate(pipeline.expert_stage_names(run.profile)):
+    for i, name in enumerate(expert_stage_names(run.profile)):
         torch.manual_seed(100 + i)
-        save_model(run.model_path(seed, name), pipeline.build_expert(run.profile, data),
+        save_model(run.model_path(seed, name), build_expert(run.profile, data),
                    {"stage": name, "finished": True})

@@ -1,0 +1,306 @@
+"""Settings as data: the paper's attack constants, the threat model, and the named profiles
+``smoke`` (CI), ``laptop`` (learners' default) and ``paper`` (Table 5).
+
+Every profile field can be overridden (``get_profile("laptop", width=0.25)``, or
+``--set width=0.25`` on the command line). A profile fully determines a run: its
+resolved form is saved as ``config.json`` in the run directory. One
+:class:`ThreatModel` (``Profile.threat_model``) carries the norm, eps and the
+evaluation step into every attack, evaluation, worst case, checklist and report.
+"""
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, fields
+from typing import ClassVar
+
+# Algorithms 1 and 3: eps drawn per batch from {0.01, ..., 0.09} (pixel scale)
+FGSM_EPSILONS: tuple[float, ...] = tuple(round(0.01 * i, 2) for i in range(1, 10))
+# Algorithms 2 and 3: PGD iterations drawn per batch from {10, 20, 30, 40, 50}
+PGD_STEPS: tuple[int, ...] = (10, 20, 30, 40, 50)
+# the paper's threat model (Tables 2-4): L-inf, eps 8/255, PGD step 2/255
+PGD_EPS = 8 / 255
+PGD_ALPHA = 2 / 255
+
+
+def pixel_fraction(v: float) -> str:
+    """0.0313... -> '8/255' when v is a whole number of pixel levels, else '0.05'."""
+    k = v * 255
+    return f"{round(k)}/255" if v > 0 and abs(k - round(k)) < 1e-6 else f"{v:g}"
+
+
+@dataclass(frozen=True)
+class ThreatModel:
+    """What the attacker may do: move every pixel by at most ``eps`` (L-inf, pixel units),
+    staying in [0, 1]. ``alpha`` is the step of the evaluation's PGD. Every attack result and
+    every per-example worst case of a run belongs to exactly one threat model."""
+    norm: str = "Linf"
+    eps: float = PGD_EPS
+    alpha: float = PGD_ALPHA
+
+    def __post_init__(self):
+        if self.norm != "Linf":
+            raise ValueError(f"only the L-inf threat model is implemented, got norm={self.norm!r}")
+
+    def label(self) -> str:
+        return f"L-inf, eps = {pixel_fraction(self.eps)} (pixels in [0, 1]), PGD step {pixel_fraction(self.alpha)}"
+
+    def contains(self, eps: float) -> bool:
+        """True when an attack at ``eps`` stays inside this ball."""
+        return eps <= self.eps + 1e-9
+
+
+PROFILE_ENV = "DWF_PROFILE"  # the notebooks' parameters cell honours it (nbval runs smoke)
+
+
+@dataclass
+class Profile:
+    name: str
+    # --- data
+    dataset: str = "cifar10"
+    fallback: str | None = "synthetic"   # used (with a loud warning) when the dataset is unavailable
+    n_train: int | None = None           # None = the whole training set
+    n_test: int | None = None            # evaluation test-set size (None = whole test set)
+    # --- models
+    width: float = 1.0                   # ResNet-18 width multiplier (1.0 = the paper's)
+    gate_hidden: int = 256               # the gate MLP's hidden size (not given by the paper)
+    n_fgsm_experts: int = 4
+    n_pgd_experts: int = 4
+    # --- optimisation (Table 5)
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    expert_epochs: int = 150
+    expert_batch: int = 128
+    gate_epochs: int = 100               # gate-only phase with frozen experts (0 = off)
+    mixture_epochs: int = 100
+    mixture_batch: int = 128             # clean images per step; the step trains on 3x this
+    # --- training attacks (Algorithms 1-3)
+    fgsm_eps_choices: tuple[float, ...] = FGSM_EPSILONS
+    pgd_eps: float = PGD_EPS
+    pgd_alpha: float = PGD_ALPHA
+    pgd_steps_choices: tuple[int, ...] = PGD_STEPS
+    random_start: bool = True
+    eval_pgd_alpha: float = PGD_ALPHA    # the evaluation's PGD step (the threat model: pgd_eps)
+    # --- baselines of Tables 2-3 (ResNet-18 FGSM-AT and PGD-AT; plain ResNet-18 = benign expert)
+    baselines: bool = True
+    fgsm_at_eps: float = 0.03
+    pgd_at_steps: int = 10
+    at_adv_fraction: float = 0.5
+    baseline_epochs: int = 150
+    # --- evaluation (Tables 2-4)
+    eval_fgsm_eps: tuple[float, ...] = FGSM_EPSILONS
+    eval_pgd_steps: tuple[int, ...] = PGD_STEPS
+    eval_long_steps: int = 100           # "100 (MS)" and "100 (A)"
+    eval_restarts: int = 3
+    eval_eot_samples: int = 1
+    eval_long_for: str = "all"           # "all" models, or "key" (baselines + DWF only)
+    eval_batch: int = 500
+    # --- runs
+    seeds: tuple[int, ...] = (0,)
+    ckpt_every: int = 200                # also checkpoint every N optimizer steps (0 = epoch ends only)
+    keep_epoch_checkpoints: bool = True  # keep one model checkpoint per epoch
+    deterministic: bool = False          # bit-identical CPU runs (resume tests)
+    # --- fast path (issue: fast CUDA trainers); all off on CPU by "auto"
+    device: str = "auto"
+    amp: str = "auto"                    # "bf16" | "off" | "auto" (bf16 on CUDA)
+    channels_last: str = "auto"          # "on" | "off" | "auto" (on for CUDA)
+    compile: bool = False
+    data_on_device: bool = True          # keep the whole dataset on the training device
+    num_threads: int = 0                 # torch CPU threads (0 = torch's default)
+    expert_batching: str = "loop"        # mixtures: "loop" over experts or one "vmap"ped call (eval mode)
+    sync_batchnorm: bool = False         # torchrun on CUDA: BatchNorm statistics over the global batch
+    description: str = ""
+
+    def replace(self, **overrides) -> "Profile":
+        return apply_overrides(self, overrides)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def digest(self) -> str:
+        """A short hash of the settings that change results (device/speed switches excluded)."""
+        d = {k: v for k, v in self.to_dict().items() if k not in NOT_IN_DIGEST}
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+    @property
+    def threat_model(self) -> ThreatModel:
+        """The run's one threat model: L-inf at ``pgd_eps``, evaluated with PGD steps of ``eval_pgd_alpha``."""
+        return ThreatModel("Linf", self.pgd_eps, self.eval_pgd_alpha)
+
+    @property
+    def n_experts(self) -> int:
+        return 1 + self.n_fgsm_experts + self.n_pgd_experts
+
+
+# fields that change speed or bookkeeping, never results: a run may change them between calls
+NOT_IN_DIGEST = frozenset({"device", "amp", "channels_last", "compile", "data_on_device", "num_threads",
+                           "expert_batching", "sync_batchnorm", "description", "ckpt_every",
+                           "keep_epoch_checkpoints", "seeds", "eval_batch"})
+
+
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile(
+        name="smoke", dataset="synthetic", n_train=256, n_test=64, width=0.0625, gate_hidden=32,
+        n_fgsm_experts=1, n_pgd_experts=1, expert_epochs=1, expert_batch=64, gate_epochs=0,
+        mixture_epochs=1, mixture_batch=32, pgd_steps_choices=(1, 2), baseline_epochs=1,
+        pgd_at_steps=2, eval_fgsm_eps=(0.01, 0.03, 0.09), eval_pgd_steps=(2, 4), eval_long_steps=4,
+        eval_restarts=2, eval_long_for="key", eval_batch=64, ckpt_every=0,
+        description="seconds on a CPU: CI, tests and notebook checks (generated data, tiny models)"),
+    "laptop": Profile(
+        name="laptop", dataset="cifar10", n_train=5000, n_test=200, width=0.125, gate_hidden=128,
+        lr=0.05,
+        expert_epochs=5, expert_batch=128, gate_epochs=0, mixture_epochs=1, mixture_batch=64,
+        pgd_steps_choices=(1, 2, 3), pgd_alpha=4 / 255, baseline_epochs=5, pgd_at_steps=2,
+        eval_pgd_steps=(10, 20, 30, 40, 50), eval_long_steps=100, eval_restarts=3,
+        eval_long_for="key", eval_batch=200, ckpt_every=100,
+        description="the whole pipeline on 2 CPU cores in under 45 minutes: real CIFAR-10 "
+                    "(5,000 training / 200 test images), 1/8-width experts, 5 epochs at lr 0.05 (the paper: "
+                    "0.01 over 150), 1-3 step "
+                    "training PGD (alpha 4/255); evaluation at the paper's attack settings"),
+    "paper": Profile(
+        name="paper", dataset="cifar10", fallback=None, seeds=(0, 1, 2, 3, 4), ckpt_every=500,
+        description="Table 5 exactly: full width and data, 150/100/100 epochs, 5 seeds"),
+}
+
+
+def _coerce(value, current, name: str):
+    """Parse a command-line string into the type of the field's current value."""
+    if not isinstance(value, str):
+        if isinstance(current, tuple) and isinstance(value, list):
+            return tuple(value)
+        return value
+    v = value.strip()
+    if v.lower() in ("none", "null"):
+        return None
+    if isinstance(current, bool):
+        if v.lower() in ("1", "true", "yes", "on"):
+            return True
+        if v.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{name} expects true/false, got {value!r}")
+    if isinstance(current, tuple):
+        items = [s for s in v.strip("()[]").split(",") if s.strip()]
+        kind = type(current[0]) if current else float
+        return tuple(kind(s) for s in items)
+    if isinstance(current, int):
+        return int(v)
+    if isinstance(current, float):
+        return float(eval_fraction(v))
+    if current is None:  # n_train / n_test / fallback
+        try:
+            return int(v)
+        except ValueError:
+            return v
+    return v
+
+
+def eval_fraction(v: str) -> float:
+    """'8/255' -> 0.0313...; plain numbers pass through."""
+    if "/" in v:
+        a, b = v.split("/")
+        return float(a) / float(b)
+    return float(v)
+
+
+def apply_overrides(profile: Profile, overrides: dict) -> Profile:
+    known = {f.name: f for f in fields(Profile)}
+    changes = {}
+    for key, value in overrides.items():
+        if key not in known:
+            raise ValueError(f"unknown setting {key!r}; settings are: {', '.join(sorted(known))}")
+        try:
+            changes[key] = _coerce(value, getattr(profile, key), key)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"bad value for {key}: {value!r} ({e})") from None
+    p = dataclasses.replace(profile, **changes)
+    validate(p)
+    return p
+
+
+def validate(p: Profile) -> None:
+    problems = []
+    if p.width <= 0:
+        problems.append("width must be > 0")
+    if any(e < 0 for e in p.eval_fgsm_eps + p.fgsm_eps_choices) or p.pgd_eps < 0:
+        problems.append("every eps must be >= 0 (pixel units)")
+    if p.n_fgsm_experts < 0 or p.n_pgd_experts < 0:
+        problems.append("expert counts must be >= 0")
+    if not 0 <= p.at_adv_fraction <= 1:
+        problems.append("at_adv_fraction must be in [0, 1]")
+    if p.eval_long_for not in ("all", "key"):
+        problems.append("eval_long_for must be 'all' or 'key'")
+    if p.amp not in ("auto", "bf16", "off"):
+        problems.append("amp must be auto, bf16 or off")
+    if p.channels_last not in ("auto", "on", "off"):
+        problems.append("channels_last must be auto, on or off")
+    if p.expert_batching not in ("loop", "vmap"):
+        problems.append("expert_batching must be loop or vmap")
+    if not p.seeds:
+        problems.append("seeds must name at least one seed")
+    if problems:
+        raise ValueError("invalid profile: " + "; ".join(problems))
+
+
+def size_preset(p: Profile) -> str:
+    """The named size (smoke | laptop | paper) whose attack budgets suit this profile."""
+    if p.name not in PROFILES:
+        raise ValueError(f"no attack-budget size for profile {p.name!r}: it is none of "
+                         f"{', '.join(PROFILES)}; pass the settings explicitly")
+    return p.name
+
+
+class SizedSettings:
+    """Attack budgets in the profiles' named sizes, for dataclasses with ``eps``, ``alpha`` and
+    ``batch_size`` fields: ``SIZES[size]`` holds the fields that differ from the defaults, and
+    :meth:`from_profile` fills in the run's threat model and evaluation batch."""
+    SIZES: ClassVar[dict[str, dict]] = {"smoke": {}, "laptop": {}, "paper": {}}
+
+    @classmethod
+    def sized(cls, size: str, **kw):
+        if size not in cls.SIZES:
+            raise ValueError(f"{cls.__name__} has no size {size!r}; sizes: {', '.join(cls.SIZES)}")
+        return cls(**{**cls.SIZES[size], **kw})
+
+    @classmethod
+    def smoke(cls, **kw):
+        """Seconds on tiny models: every check runs, with toy budgets (CI, notebook checks)."""
+        return cls.sized("smoke", **kw)
+
+    @classmethod
+    def laptop(cls, **kw):
+        """Minutes on a CPU for a few hundred images."""
+        return cls.sized("laptop", **kw)
+
+    @classmethod
+    def paper(cls, **kw):
+        """The standard budgets of the field."""
+        return cls.sized("paper", **kw)
+
+    @classmethod
+    def from_profile(cls, p: Profile, **kw):
+        """The size named like the profile (another name is an error), at the profile's threat model."""
+        tm = p.threat_model
+        return cls.sized(size_preset(p), **{"eps": tm.eps, "alpha": tm.alpha, "batch_size": p.eval_batch, **kw})
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def get_profile(name: str | None = None, **overrides) -> Profile:
+    """A named profile (default: $DWF_PROFILE, else ``laptop``) with field overrides."""
+    name = name or os.environ.get(PROFILE_ENV) or "laptop"
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}")
+    return apply_overrides(PROFILES[name], overrides)
+
+
+def parse_sets(pairs: list[str] | None) -> dict:
+    """['width=0.25', 'seeds=0,1'] -> {'width': '0.25', 'seeds': '0,1'} (typed later)."""
+    out = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise ValueError(f"--set expects key=value, got {pair!r}")
+        k, v = pair.split("=", 1)
+        out[k.strip()] = v
+    return out

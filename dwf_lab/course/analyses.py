@@ -1,0 +1,201 @@
+"""What the course notebooks compute and show (everything two notebooks need lives here, not in
+the notebooks): training curves and stage times from a run's metrics, clean/FGSM/PGD accuracy of
+several models, the per-epoch "catastrophic overfitting watch", and single adversarial examples
+(the smallest flipping eps, accuracy against eps). Disagreement, transfer and gate statistics are
+in :mod:`dwf_lab.evaluation.diagnostics`; readings in :mod:`dwf_lab.reporting.readings`.
+"""
+import re
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import torch
+import torch.nn as nn
+
+from dwf_lab import attacks
+from dwf_lab.attacks.pgd import pgd_trajectory
+from dwf_lab.course.setup import fgsm_label, pgd_label
+from dwf_lab.course.widgets import attack_images
+from dwf_lab.evaluation.diagnostics import class_probabilities
+from dwf_lab.reporting.figures import adversarial_example_figure
+from dwf_lab.store.checkpoints import load_model
+
+
+# ======================================================== training curves ==
+def training_curves(run, seed: int, stages: Sequence[str] | None = None) -> dict[str, dict]:
+    """Per-epoch training loss and accuracy from the run's metrics log.
+
+    ``{stage: {"epoch": [...], "train_loss": [...], "train_acc": [...], "seconds": [...]}}``
+    in the order of ``stages`` (default: every stage with epochs). If an epoch was
+    logged twice (a stage retrained), the last record wins.
+    """
+    recs: dict[str, dict[int, dict]] = {}
+    for r in run.metrics(seed):
+        if r.get("event") == "epoch":
+            recs.setdefault(r["stage"], {})[int(r["epoch"])] = r
+    order = list(stages) if stages is not None else list(recs)
+    out = {}
+    for s in order:
+        if s not in recs:
+            continue
+        eps = sorted(recs[s])
+        out[s] = {"epoch": eps,
+                  "train_loss": [recs[s][e]["train_loss"] for e in eps],
+                  "train_acc": [recs[s][e]["train_acc"] for e in eps],
+                  "seconds": [recs[s][e].get("seconds") for e in eps]}
+    return out
+
+
+def stage_seconds(run, seed: int) -> dict[str, float]:
+    """Training time per stage (seconds) as logged (``stage_time`` events)."""
+    out: dict[str, float] = {}
+    for r in run.metrics(seed):
+        if r.get("event") == "stage_time":
+            out[r["stage"]] = float(r["seconds"])
+    return out
+
+
+def robustness(models: Mapping[str, nn.Module], x: torch.Tensor, y: torch.Tensor,
+               fgsm_eps: Sequence[float] = (0.03,), pgd_steps: Sequence[int] = (10,),
+               pgd_eps: float = 8 / 255, pgd_alpha: float = 2 / 255, batch_size: int = 256,
+               seed: int = 0) -> list[dict]:
+    """Clean, FGSM and PGD accuracy (%) of each model on (x, y): one row per model.
+
+    Columns: "clean", "FGSM <ε>" per ε, "PGD-<k>" per k (one PGD trajectory read at
+    each k, uniform random start, ε/α in pixel units). White-box against each model.
+    """
+    rows = []
+    for name, model in models.items():
+        dev = next(model.parameters()).device
+        model.eval()
+        counts: dict[str, float] = {}
+        for b in range(0, len(x), batch_size):
+            xb, yb = x[b:b + batch_size].to(dev), y[b:b + batch_size].to(dev)
+            with torch.no_grad():
+                counts["clean"] = counts.get("clean", 0) + (model(xb).argmax(1) == yb).sum().item()
+            for e in fgsm_eps:
+                xa = attacks.fgsm(model, xb, yb, e, check=False)
+                with torch.no_grad():
+                    c = (model(xa).argmax(1) == yb).sum().item()
+                counts[fgsm_label(e)] = counts.get(fgsm_label(e), 0) + c
+            if pgd_steps:
+                g = torch.Generator(dev).manual_seed(seed * 1000 + b)
+                traj = pgd_trajectory(model, xb, yb, pgd_eps, pgd_alpha, tuple(pgd_steps), True, g)
+                for k in pgd_steps:
+                    counts[pgd_label(k)] = counts.get(pgd_label(k), 0) + traj[k].sum().item()
+        rows.append({"model": name, **{k: 100.0 * v / max(1, len(x)) for k, v in counts.items()}})
+    return rows
+
+
+# ============================================ catastrophic overfitting watch ==
+def epoch_checkpoints(run, seed: int, stage: str) -> list[tuple[int, Path]]:
+    """(epoch, path) of the stage's per-epoch model checkpoints, in order."""
+    d = run.ckpt_dir(seed, stage)
+    out = []
+    for path in sorted(d.glob("epoch-*.safetensors")):
+        m = re.match(r"epoch-(\d+)\.safetensors$", path.name)
+        if m:
+            out.append((int(m.group(1)), path))
+    return out
+
+
+def checkpoint_watch(run, seed: int, stages: Sequence[str], x: torch.Tensor, y: torch.Tensor,
+                     fgsm_eps: float = 8 / 255, pgd_steps: int = 10, pgd_eps: float = 8 / 255,
+                     pgd_alpha: float = 2 / 255, max_points: int = 20, device=None) -> dict:
+    """Clean / FGSM / PGD accuracy (%) of every epoch checkpoint of each stage.
+
+    The catastrophic-overfitting watch: an FGSM-trained model can suddenly become
+    robust to FGSM only, with PGD accuracy collapsing to ~0 within an epoch (Wong et
+    al. 2020). At most ``max_points`` evenly spaced epochs are evaluated (the last
+    one always). Returns ``{stage: {"epoch", "clean", "fgsm", "pgd", "labels"}}``.
+    """
+    out = {}
+    for stage in stages:
+        cks = epoch_checkpoints(run, seed, stage)
+        if not cks:
+            continue
+        if len(cks) > max_points:
+            idx = sorted({round(i * (len(cks) - 1) / (max_points - 1)) for i in range(max_points)})
+            cks = [cks[i] for i in idx]
+        w = {"epoch": [], "clean": [], "fgsm": [], "pgd": [],
+             "labels": {"clean": "clean", "fgsm": fgsm_label(fgsm_eps), "pgd": pgd_label(pgd_steps)}}
+        for epoch, path in cks:
+            model = load_model(path, map_location=device or "cpu")
+            r = robustness({stage: model}, x, y, (fgsm_eps,), (pgd_steps,), pgd_eps, pgd_alpha,
+                           seed=seed)[0]
+            w["epoch"].append(epoch)
+            w["clean"].append(r["clean"])
+            w["fgsm"].append(r[fgsm_label(fgsm_eps)])
+            w["pgd"].append(r[pgd_label(pgd_steps)])
+        out[stage] = w
+    return out
+
+
+def pick_example(model: nn.Module, x: torch.Tensor, y: torch.Tensor, start: int = 0) -> int:
+    """Index of the first test image (from ``start``) the model classifies correctly,
+    preferring a confident one; ``start`` if none is correct."""
+    dev = next(model.parameters()).device
+    p = class_probabilities(model, x.to(dev)).cpu()
+    ok = (p.argmax(1) == y.cpu())
+    conf = p.max(1).values
+    idx = [i for i in range(start, len(x)) if ok[i]]
+    if not idx:
+        return start
+    confident = [i for i in idx if conf[i] >= 0.5]
+    return (confident or idx)[0]
+
+
+def adversarial_example(model: nn.Module, x: torch.Tensor, y: torch.Tensor, index: int,
+                        classes: Sequence[str], eps: float = 8 / 255, attack: str = "fgsm",
+                        pgd_steps: int = 10) -> dict:
+    """Attack one test image and describe the result (and a figure of it).
+
+    Returns ``{"x", "x_adv", "delta", "label", "clean_pred", "adv_pred", "clean_probs",
+    "adv_probs", "linf", "figure", "text"}``; names are class names.
+    """
+    dev = next(model.parameters()).device
+    xi, yi = x[index:index + 1].to(dev), y[index:index + 1].to(dev)
+    x_adv = attack_images(model, xi, yi, attack, eps, pgd_steps)
+    pc, pa = class_probabilities(model, xi)[0].cpu(), class_probabilities(model, x_adv)[0].cpu()
+    names = list(classes)
+    label, cp, ap = names[int(yi)], names[int(pc.argmax())], names[int(pa.argmax())]
+    name = "FGSM" if attack == "fgsm" else f"PGD-{pgd_steps}"
+    text = (f"true label: {label}. Clean image → {cp} ({100 * float(pc.max()):.0f}%); "
+            f"{name} at ε = {eps:.4f} → {ap} ({100 * float(pa.max()):.0f}%). "
+            f"Largest pixel change: {float((x_adv - xi).abs().max()):.4f} "
+            f"(= {float((x_adv - xi).abs().max()) * 255:.1f}/255).")
+    fig = adversarial_example_figure(xi[0].cpu(), x_adv[0].cpu(), pc.numpy(), pa.numpy(), names,
+                                     eps, title=f"{name}: {cp} → {ap} (true: {label})")
+    return {"x": xi[0].cpu(), "x_adv": x_adv[0].cpu(), "delta": (x_adv - xi)[0].cpu(),
+            "label": label, "clean_pred": cp, "adv_pred": ap, "clean_probs": pc.numpy(),
+            "adv_probs": pa.numpy(), "linf": float((x_adv - xi).abs().max()), "figure": fig,
+            "text": text}
+
+
+def smallest_flipping_eps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, index: int,
+                          attack: str = "fgsm", eps_grid: Sequence[float] | None = None,
+                          pgd_steps: int = 10) -> float | None:
+    """The smallest ε on ``eps_grid`` (default 0, 1/255, ..., 25/255) at which the
+    prediction of test image ``index`` changes; None if it never does."""
+    grid = eps_grid if eps_grid is not None else [k / 255 for k in range(0, 26)]
+    dev = next(model.parameters()).device
+    xi, yi = x[index:index + 1].to(dev), y[index:index + 1].to(dev)
+    clean = int(class_probabilities(model, xi).argmax())
+    for e in grid:
+        if e <= 0:
+            continue
+        if int(class_probabilities(model, attack_images(model, xi, yi, attack, e, pgd_steps)).argmax()) != clean:
+            return float(e)
+    return None
+
+
+def accuracy_vs_eps(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                    eps_grid: Sequence[float]) -> list[float]:
+    """FGSM accuracy (%) at each ε of ``eps_grid`` (0 = clean)."""
+    dev = next(model.parameters()).device
+    xs, ys = x.to(dev), y.to(dev)
+    out = []
+    for e in eps_grid:
+        xa = attacks.fgsm(model, xs, ys, e, check=False) if e > 0 else xs
+        with torch.no_grad():
+            out.append(100.0 * float((model(xa).argmax(1) == ys).float().mean()))
+    return out

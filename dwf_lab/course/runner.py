@@ -1,0 +1,146 @@
+"""Running the notebook course headlessly: every notebook in order, with papermill.
+
+:func:`notebook_sequence` lists ``notebooks/NN_*.ipynb``; :func:`run_course` executes them in
+order (``python -m dwf_lab course``) with the parameters that rebuild the profile
+(:func:`notebook_parameters`), writing executed copies to ``runs/<run>/notebooks/`` and
+stopping at the first failure with a :class:`CourseError` that names the notebook, the cell
+and the exception, and says where the partly executed copy is.
+"""
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import papermill as pm
+
+from dwf_lab.core.config import PROFILES, Profile, get_profile, parse_sets
+from dwf_lab.course.display import STATIC_ENV
+from dwf_lab.store.runs import Run
+
+NOTEBOOKS_DIR = Path(__file__).resolve().parents[2] / "notebooks"
+NOTEBOOK_PATTERN = re.compile(r"^\d\d_[\w\-]+\.ipynb$")
+
+
+class CourseError(RuntimeError):
+    """A notebook of the course failed; the message says which, where, and what to look at."""
+
+
+# =============================================================== running ==
+def notebook_sequence(directory: str | Path | None = None) -> list[Path]:
+    """The course notebooks ``NN_name.ipynb`` in ``directory`` (default: the repo's notebooks/), sorted."""
+    d = Path(directory) if directory is not None else NOTEBOOKS_DIR
+    if not d.is_dir():
+        raise FileNotFoundError(f"no notebooks directory at {d}")
+    return sorted(p for p in d.iterdir() if NOTEBOOK_PATTERN.match(p.name))
+
+
+def _select_notebooks(all_nbs: list[Path], wanted: Iterable[str | Path] | None) -> list[Path]:
+    if not wanted:
+        return all_nbs
+    out = []
+    for w in wanted:
+        p = Path(w)
+        if p.suffix == ".ipynb" and p.exists() and p not in all_nbs:
+            out.append(p.resolve())
+            continue
+        key = p.name
+        hits = [nb for nb in all_nbs if nb.name == key or nb.stem == key or nb.name.startswith(key)]
+        if len(hits) != 1:
+            names = ", ".join(nb.name for nb in all_nbs)
+            raise ValueError(f"notebook {str(w)!r} matches {len(hits)} of the course's notebooks "
+                             f"({names}); give its number ('02') or its file name")
+        if hits[0] not in out:
+            out.append(hits[0])
+    return sorted(out, key=lambda nb: nb.name)
+
+
+def notebook_parameters(p: Profile, run_name: str, sets: Sequence[str] | None = None) -> dict:
+    """The papermill parameters that make a notebook rebuild exactly profile ``p``.
+
+    ``overrides`` holds every field that differs from the named profile (so a
+    profile changed in code travels too), plus the raw ``--set`` values.
+    """
+    if p.name not in PROFILES:
+        raise ValueError(f"profile {p.name!r} is not a named profile ({', '.join(PROFILES)}); "
+                         "the notebooks rebuild profiles by name plus overrides")
+    base = PROFILES[p.name].to_dict()
+    overrides = {}
+    for k, v in p.to_dict().items():
+        if k != "name" and json.dumps(v, default=str) != json.dumps(base[k], default=str):
+            overrides[k] = list(v) if isinstance(v, tuple) else v
+    for k, v in parse_sets(list(sets or [])).items():
+        overrides.setdefault(k, v)
+    get_profile(p.name, **overrides)  # fail here, not in the first notebook
+    return {"profile": p.name, "run_name": run_name, "overrides": overrides}
+
+
+def _failure_message(nb: Path, out: Path, err: Exception) -> str:
+    where, what = "", f"{type(err).__name__}: {err}"
+    try:
+        from papermill.exceptions import PapermillExecutionError
+    except ImportError:  # pragma: no cover
+        PapermillExecutionError = ()  # type: ignore
+    if PapermillExecutionError and isinstance(err, PapermillExecutionError):
+        where = f" in the cell numbered [{err.exec_count}] in the executed copy"
+        what = f"{err.ename}: {err.evalue}"
+        src = (err.source or "").strip().splitlines()
+        if src:
+            where += "; the cell begins: " + src[0][:100]
+    return (f"notebook {nb.name} failed{where}.\n  {what}\n  The partly executed copy, with the "
+            f"traceback in its outputs, is at {out}.\n  Earlier notebooks' results are kept: fix "
+            f"the problem and re-run the same command; finished stages are loaded, not retrained.")
+
+
+def run_course(profile: Profile | str | None = None, run_name: str | None = None,
+               sets: Sequence[str] | None = None, notebooks: Iterable[str | Path] | None = None,
+               out_dir: str | Path | None = None, kernel: str = "python3",
+               log=None) -> list[Path]:
+    """Execute the course notebooks in order with papermill; returns the executed copies.
+
+    Each notebook gets the parameters ``profile`` (the profile's name), ``run_name``
+    (default: the profile's name) and ``overrides`` (see :func:`notebook_parameters`),
+    runs with ``notebooks/`` as its working directory, and is written to
+    ``out_dir`` (default ``runs/<run>/notebooks/``). Figures are static there
+    (``$DWF_STATIC_FIGURES=1`` unless set), so they are stored in the copies.
+    The first failing notebook stops the course with a :class:`CourseError`.
+    """
+
+    say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    p = profile if isinstance(profile, Profile) else get_profile(profile, **parse_sets(list(sets or [])))
+    run = Run(run_name or p.name, p)  # checks the run directory's settings before any work
+    params = notebook_parameters(p, run.name, sets)
+    out_dir = Path(out_dir) if out_dir is not None else run.notebooks_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    nbs = _select_notebooks(notebook_sequence(), notebooks)
+    if not nbs:
+        raise CourseError(f"no notebooks to run in {NOTEBOOKS_DIR}")
+    say(f"[dwf-lab course] {len(nbs)} notebook(s), profile {p.name}, run {run.name} at {run.root}; "
+        f"executed copies go to {out_dir}")
+    old_env = os.environ.get(STATIC_ENV)
+    if old_env is None:
+        os.environ[STATIC_ENV] = "1"
+    done: list[Path] = []
+    t_all = time.time()
+    try:
+        for i, nb in enumerate(nbs, 1):
+            out = out_dir / nb.name
+            say(f"[dwf-lab course] ({i}/{len(nbs)}) {nb.name} ...")
+            t0 = time.time()
+            try:
+                pm.execute_notebook(str(nb), str(out), parameters=params, kernel_name=kernel,
+                                    cwd=str(nb.parent), progress_bar=False, log_output=False,
+                                    request_save_on_cell_execute=True)
+            except Exception as err:  # papermill, a dead kernel, a missing kernel ...
+                say(f"[dwf-lab course] ({i}/{len(nbs)}) {nb.name} FAILED after {time.time() - t0:.0f}s")
+                raise CourseError(_failure_message(nb, out, err)) from err
+            done.append(out)
+            say(f"[dwf-lab course] ({i}/{len(nbs)}) {nb.name} done in {time.time() - t0:.0f}s -> {out}")
+    finally:
+        if old_env is None:
+            os.environ.pop(STATIC_ENV, None)
+    say(f"[dwf-lab course] all {len(done)} notebook(s) ran in {time.time() - t_all:.0f}s; "
+        f"report: {run.report_dir / 'report.md'}")
+    return done

@@ -1,0 +1,145 @@
+"""Setting a course notebook up, and what its quick checks share.
+
+:func:`setup_notebook` (every notebook's second cell) resolves the profile, opens the run
+directory, loads the data, seeds and picks a sensible number of CPU threads
+(:func:`configure_threads`), and returns ``ctx``. :func:`load_stage` / :func:`load_stages`
+load finished models, with a clear error for one not trained yet; :func:`quick_batch` and
+:func:`quick_settings` are the notebooks' quick checks, :func:`fgsm_label` and
+:func:`pgd_label` their labels.
+"""
+import os
+from types import SimpleNamespace
+from typing import Mapping, Sequence
+
+import torch
+import torch.nn as nn
+
+from dwf_lab.core.config import Profile, get_profile
+from dwf_lab.core.runtime import Runtime
+from dwf_lab.course.display import configure_display, static_figures
+from dwf_lab.store.checkpoints import load_model
+from dwf_lab.store.runs import Run
+from dwf_lab.training.builders import load_data
+from dwf_lab.training.stages import plan_stages
+
+
+# ============================================================ notebook setup ==
+def configure_threads(p: Profile) -> int:
+    """Set torch's CPU threads: the profile's ``num_threads`` if > 0; else $OMP_NUM_THREADS
+    if set; else the cores that are not already busy (at least 1, at most 8). The kit's
+    small CPU models gain little from many threads and lose a lot when they compete."""
+    if p.num_threads > 0:
+        n = p.num_threads
+    elif os.environ.get("OMP_NUM_THREADS"):
+        return torch.get_num_threads()
+    else:
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except AttributeError:  # macOS, Windows
+            cores = os.cpu_count() or 1
+        try:
+            busy = os.getloadavg()[0]
+        except (AttributeError, OSError):
+            busy = 0.0
+        n = max(1, min(8, cores, int(cores - busy + 0.5)))
+    torch.set_num_threads(n)
+    return n
+
+
+def setup_notebook(profile: str | Profile | None = None, run_name: str | None = None,
+                   overrides: Mapping | None = None, seed: int | None = None,
+                   verbose: bool = True) -> SimpleNamespace:
+    """Everything a course notebook starts from, as ``ctx``.
+
+    ``profile``: a name, a Profile, or None = ``$DWF_PROFILE`` if set, else "laptop"
+    (papermill passes the name explicitly, so the environment never overrides it).
+    Returns a namespace with ``profile``, ``run`` (:class:`dwf_lab.store.runs.Run`, default
+    name = the profile's), ``data``, ``seed`` (the profile's first seed), ``device``,
+    ``threads``, ``static`` (figures static?), ``quick`` (:func:`quick_settings`) and
+    ``n_quick`` / ``n_small`` (how many test images the notebooks' quick checks use).
+    """
+
+    p = profile if isinstance(profile, Profile) else get_profile(profile, **dict(overrides or {}))
+    if isinstance(profile, Profile) and overrides:
+        p = p.replace(**dict(overrides))
+    threads = configure_threads(p)
+    run = Run(run_name or p.name, p)
+    data = load_data(p)
+    seed = p.seeds[0] if seed is None else int(seed)
+    torch.manual_seed(seed)
+    device = Runtime.from_profile(p).device
+    configure_display()
+    static = static_figures()
+    quick = quick_settings(p, device)
+    ctx = SimpleNamespace(profile=p, run=run, data=data, seed=seed, device=device,
+                          threads=threads, static=static, quick=quick,
+                          n_quick=min(len(data.x_test), quick["n"]),
+                          n_small=min(len(data.x_test), quick["n_small"]))
+    if verbose:
+        print(f"profile  {p.name}: {p.description}")
+        print(f"run      {run.name} at {run.root}")
+        print(f"data     {data.name}: {len(data.x_train)} train / {len(data.x_test)} test images "
+              f"{tuple(data.shape)}, {data.num_classes} classes; {data.source}")
+        print(f"models   ResNet-18 experts at width {p.width:g}; {p.n_fgsm_experts} FGSM + "
+              f"{p.n_pgd_experts} PGD experts; {p.expert_epochs} expert epochs, "
+              f"{p.mixture_epochs} mixture epochs")
+        print(f"device   {device} ({threads} CPU thread{'s' if threads != 1 else ''}); seed {seed}; "
+              f"figures {'static' if static else 'live widgets'}")
+    return ctx
+
+
+def quick_batch(data, n: int | None = None, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` test images and labels (all if None), on ``device``."""
+    x, y = data.x_test, data.y_test
+    if n is not None:
+        x, y = x[:n], y[:n]
+    if device is not None:
+        x, y = x.to(device), y.to(device)
+    return x, y
+
+
+# ============================================================ stages, models ==
+def stage_names(p: Profile, kind: str) -> list[str]:
+    """Stage names of one kind ("benign", "fgsm", "pgd", "fgsm_at", "pgd_at", "mixture")."""
+    return [s.name for s in plan_stages(p) if s.kind == kind]
+
+
+def load_stage(run, seed: int, stage: str, device=None) -> nn.Module:
+    """A finished stage's model (eval mode), with a clear error if it is not trained yet."""
+    path = run.model_path(seed, stage)
+    if not path.exists():
+        raise FileNotFoundError(f"stage {stage!r} of run {run.name!r} (seed {seed}) is not trained "
+                                f"yet: run pipeline.train_run(run, seed, data, {stage!r}) first")
+    return load_model(path, map_location=device or "cpu").eval()
+
+
+def load_stages(run, seed: int, stages: Sequence[str], device=None) -> dict[str, nn.Module]:
+    return {s: load_stage(run, seed, s, device) for s in stages}
+
+
+# =============================================================== robustness ==
+QUICK_FGSM_EPS = (0.01, 0.03, 0.09)   # both ends of the paper's FGSM range and ≈ 8/255
+
+
+def quick_settings(p: Profile, device=None) -> dict:
+    """The attacks and sizes of the notebooks' quick checks (notebook 05 runs the full protocol).
+
+    FGSM at ε 0.01, 0.03, 0.09; PGD with the profile's fewest evaluation iterations
+    (ε 8/255, α 2/255); ``n``: test images for accuracy tables (1000 on a GPU, 200 on a
+    CPU); ``n_small``: for the costlier looks — per-epoch checkpoints, transfer between
+    experts, attacks through the whole mixture (1000 / 128).
+    """
+    cuda = device is not None and torch.device(device).type == "cuda"
+    return {"fgsm_eps": QUICK_FGSM_EPS, "pgd_steps": (min(p.eval_pgd_steps),),
+            "pgd_eps": 8 / 255, "pgd_alpha": 2 / 255,
+            "n": 1000 if cuda else 200, "n_small": 1000 if cuda else 128}
+
+
+def fgsm_label(eps: float) -> str:
+    """'FGSM 0.03', or 'FGSM 8/255' when ε is a whole number of pixel levels."""
+    k = eps * 255
+    return f"FGSM {round(k)}/255" if eps > 0 and abs(k - round(k)) < 1e-6 else f"FGSM {eps:g}"
+
+
+def pgd_label(steps: int) -> str:
+    return f"PGD-{steps}"

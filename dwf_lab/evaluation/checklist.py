@@ -1,0 +1,442 @@
+"""A gradient-masking checklist (after Carlini et al. 2019, "On Evaluating Adversarial Robustness").
+
+A model can look robust because the attack cannot *see* how to fool it
+(vanishing, shattered or randomised gradients) rather than because it cannot be
+fooled. Such "robustness" falls to attacks that do not need the model's
+gradients. Each check below is computed, reported as pass/fail, and comes with
+the numbers it was decided on:
+
+1. ``eps-growth``: robust accuracy falls as eps grows, to ~0 at a large eps
+   (eps = 0.3 can turn most images into another class's image);
+2. ``iterative-vs-single-step``: PGD is at least as strong as FGSM at the same eps;
+3. ``more-steps-help-attacker``: PGD with many more steps and restarts is at least
+   as strong as the short PGD ...
+4. ``pgd-converged``: ... and not *much* stronger (a large drop means the short
+   attack had not converged and the short numbers overstate robustness);
+5. ``white-box-vs-black-box``: white-box PGD beats the black-box Square attack;
+6. ``white-box-vs-transfer``: white-box PGD beats PGD transferred from a surrogate
+   (for a mixture: the uniform average of its experts);
+7. ``non-zero-gradients``: few examples have an all-zero input gradient;
+8. ``deterministic-forward``: two forward passes on the same input agree
+   (a randomised model needs EoT, and its numbers mean something else);
+9. ``batchnorm-eval``: every BatchNorm (and Dropout) layer runs in eval mode
+   during the attack (forward pre-hooks record ``.training`` at every call).
+
+Two more are read off a model's stored evaluation (``eval/<name>_seed<k>.json``)
+once the adaptive attacks are in it, so they cost nothing and are refreshed
+whenever attacks are added (:func:`stored_checks`):
+
+10. ``pgd-vs-worst-case``: the paper's attack (cross-entropy PGD-20) leaves at most
+    ``convergence_tol`` points more than the per-example worst case over every
+    attack (AutoAttack's margin losses, Square, the attacks made for mixtures):
+    otherwise the PGD numbers measure the attack's limits, not the model's;
+11. ``own-vs-relaxed-gradient`` (only models with a non-differentiable selection,
+    e.g. SoE): the model's own gradient is as strong as the BPDA relaxation's.
+
+Tolerances: an attack comparison allows ``tol`` percentage points plus one
+example (100/n points) of noise. A check that cannot run (no surrogate, ART
+missing) is reported as not run (``passed=None``), never as passed.
+"""
+import json
+from dataclasses import asdict, dataclass, fields
+from typing import Callable, ClassVar
+
+import torch
+import torch.nn as nn
+
+from dwf_lab import attacks
+from dwf_lab.attacks import art_suite
+from dwf_lab.attacks.gate import uniform_mixture
+from dwf_lab.core.config import SizedSettings
+from dwf_lab.core.runtime import seed_from
+from dwf_lab.evaluation.metrics import WORST, accuracy_pct, batched, worst_case_keys
+
+MODE_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.Dropout, nn.Dropout2d, nn.AlphaDropout)
+
+
+@dataclass
+class CheckItem:
+    name: str
+    passed: bool | None          # None: the check could not run
+    evidence: dict
+    explanation: str
+    key: str = ""
+
+    @property
+    def status(self) -> str:
+        return {True: "pass", False: "FAIL", None: "not run"}[self.passed]
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CheckItem":
+        """An item back from :func:`items_to_json`'s output (a saved checklist)."""
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+
+
+@dataclass
+class ChecklistSettings(SizedSettings):
+    eps: float = attacks.PGD_EPS
+    alpha: float = attacks.PGD_ALPHA
+    steps: int = 20
+    long_steps: int = 100
+    long_restarts: int = 2
+    eps_grid: tuple[float, ...] = (2 / 255, 8 / 255, 16 / 255, 32 / 255, 0.3)
+    eps_grid_steps: int = 20
+    large_eps_max_acc: float = 10.0      # percent, at the largest eps of the grid
+    square_queries: int = 1000
+    tol: float = 2.0                     # percentage points (plus one example) of noise
+    convergence_tol: float = 5.0         # max drop PGD-short -> PGD-long still called converged
+    zero_grad_max_frac: float = 0.1
+    det_tol: float = 1e-5
+    n_examples: int | None = 500         # the checklist runs on the first n test images
+    batch_size: int = 500
+    name: str = "paper"
+    SIZES: ClassVar[dict[str, dict]] = {
+        "paper": dict(square_queries=5000, long_steps=500, long_restarts=5, n_examples=1000),
+        "laptop": dict(name="laptop", n_examples=200, square_queries=500),
+        "smoke": dict(steps=5, long_steps=6, long_restarts=2, eps_grid=(8 / 255, 0.3), eps_grid_steps=5,
+                      square_queries=10, n_examples=32, batch_size=256, name="smoke")}
+
+
+# ------------------------------------------------------------- helpers --
+def _pgd_acc(model, x, y, eps, alpha, steps, restarts, s: ChecklistSettings, seed: int, tag: int,
+             source: nn.Module | None = None) -> float:
+    """Accuracy of ``model`` under PGD (crafted on ``source`` if given: transfer)."""
+    src = source if source is not None else model
+
+    def run(xb, yb, b):
+        g = torch.Generator(xb.device).manual_seed(seed_from(seed, b, tag))
+        return attacks.pgd(src, xb, yb, eps, alpha, steps, True, restarts, generator=g, check=False)
+    x_adv = batched(run, x, y, s.batch_size)
+    return accuracy_pct(model, x_adv, y)
+
+
+def _slack(s: ChecklistSettings, n: int) -> float:
+    return s.tol + 100.0 / max(1, n)
+
+
+def _r(v: float) -> float:
+    return round(float(v), 2)
+
+
+# ------------------------------------------------------------- checks --
+def check_eps_growth(model, x, y, s: ChecklistSettings, seed: int = 0) -> CheckItem:
+    grid = sorted(set(s.eps_grid))
+    accs = []
+    for i, e in enumerate(grid):
+        alpha = max(e / 4, 2.5 * e / max(1, s.eps_grid_steps))
+        accs.append(_pgd_acc(model, x, y, e, alpha, s.eps_grid_steps, 1, s, seed, 300 + i))
+    slack = _slack(s, len(x))
+    monotone = all(b <= a + slack for a, b in zip(accs, accs[1:]))
+    low = accs[-1] <= s.large_eps_max_acc
+    return CheckItem(
+        "Robust accuracy falls to ~0 as eps grows", monotone and low,
+        {"eps": [_r(e * 255) for e in grid], "eps_unit": "/255", "pgd_steps": s.eps_grid_steps,
+         "pgd_acc": [_r(a) for a in accs], "max_acc_at_largest_eps": s.large_eps_max_acc,
+         "monotone": monotone},
+        "A large enough perturbation can turn any image into another class's image, so an "
+        "attack that still leaves accuracy high at a large eps (or gets weaker as eps grows) is "
+        "not finding the adversarial examples that exist: the gradients are masked.", "eps-growth")
+
+
+def run_checklist(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                  settings: ChecklistSettings | None = None, *, surrogate: nn.Module | None = None,
+                  seed: int = 0, square: bool = True) -> list[CheckItem]:
+    """Every check on ``model`` over (x, y); returns the items in the order of the module docstring.
+
+    ``surrogate``: a model to transfer PGD from (default for a mixture: the
+    uniform average of its experts; otherwise the transfer check is not run).
+    ``square=False`` skips the Square attack (ART) and reports it as not run.
+    """
+    s = settings or ChecklistSettings()
+    attacks.check_inputs(x, s.eps)
+    device = next(model.parameters()).device
+    x, y = x.to(device), y.to(device)
+    if s.n_examples:
+        x, y = x[:s.n_examples], y[:s.n_examples]
+    n = len(x)
+    slack = _slack(s, n)
+    was_training = model.training
+    model.eval()
+    items: list[CheckItem] = []
+    try:
+        clean = accuracy_pct(model, x, y)
+        fgsm_x = batched(lambda xb, yb, b: attacks.fgsm(model, xb, yb, s.eps, check=False), x, y,
+                          s.batch_size)
+        fgsm = accuracy_pct(model, fgsm_x, y)
+        pgd = _pgd_acc(model, x, y, s.eps, s.alpha, s.steps, 1, s, seed, 1)
+        long = _pgd_acc(model, x, y, s.eps, s.alpha, s.long_steps, s.long_restarts, s, seed, 2)
+        k_short, k_long = f"pgd-{s.steps}", f"pgd-{s.long_steps}x{s.long_restarts}"
+        base = {"eps": f"{s.eps * 255:.3g}/255", "n": n, "clean": _r(clean)}
+
+        items.append(check_eps_growth(model, x, y, s, seed))
+        items.append(CheckItem(
+            "Iterative attacks beat single-step attacks", pgd <= fgsm + slack,
+            {**base, "fgsm": _r(fgsm), k_short: _r(pgd), "tolerance": _r(slack)},
+            "PGD takes many small steps along the gradient and FGSM one: PGD should never do "
+            "worse. If it does, the loss surface is not what the gradient says it is (shattered "
+            "or noisy gradients).", "iterative-vs-single-step"))
+        items.append(CheckItem(
+            "More steps and restarts do not help the defender", long <= pgd + slack,
+            {**base, k_short: _r(pgd), k_long: _r(long), "tolerance": _r(slack)},
+            "A longer attack with restarts keeps, per example, its best result: it can only be "
+            "stronger. Higher accuracy under it means the attack is erratic.",
+            "more-steps-help-attacker"))
+        drop = pgd - long
+        items.append(CheckItem(
+            f"PGD-{s.steps} has converged", drop <= s.convergence_tol + 100.0 / max(1, n),
+            {**base, k_short: _r(pgd), k_long: _r(long), "drop": _r(drop),
+             "max_drop": s.convergence_tol},
+            "If many more steps and restarts still lower the accuracy a lot, the short attack "
+            "had not converged and numbers measured with it overstate robustness (the paper's "
+            "tables use 10-100 steps).", "pgd-converged"))
+
+        # white-box vs black-box
+        sq_item = CheckItem("White-box attacks beat the black-box Square attack", None,
+                            {**base, k_short: _r(pgd)},
+                            "Square never looks at a gradient. If it beats white-box PGD, the model's "
+                            "gradients are hiding its adversarial examples (gradient masking).",
+                            "white-box-vs-black-box")
+        if square:
+            try:
+                sq = 100.0 * batched(
+                    lambda xb, yb, b: art_suite.square(model, xb, yb, s.eps, max_iter=s.square_queries,
+                                                batch_size=s.batch_size, seed=seed_from(seed, b, 4) % 2 ** 31),
+                    x, y, s.batch_size).float().mean().item()
+                sq_item.passed = pgd <= sq + slack
+                sq_item.evidence.update(square=_r(sq), square_queries=s.square_queries, tolerance=_r(slack))
+            except ImportError as err:
+                sq_item.evidence["not_run"] = str(err)
+        else:
+            sq_item.evidence["not_run"] = "square=False"
+        items.append(sq_item)
+
+        # white-box vs transfer
+        src, src_name = surrogate, "given surrogate"
+        if src is None and hasattr(model, "experts") and isinstance(model.experts, nn.ModuleList):
+            src, src_name = uniform_mixture(model), "uniform average of the experts"
+        tr_item = CheckItem("White-box attacks beat transfer attacks", None,
+                            {**base, k_short: _r(pgd)},
+                            "An attack crafted on another model never differentiates through this one. "
+                            "If it does better than attacking this model directly, this model's own "
+                            "gradients are misleading (gradient masking).", "white-box-vs-transfer")
+        if src is not None:
+            tr = _pgd_acc(model, x, y, s.eps, s.alpha, s.steps, 1, s, seed, 5, source=src)
+            tr_item.passed = pgd <= tr + slack
+            tr_item.evidence.update(transfer=_r(tr), source=src_name, tolerance=_r(slack))
+        else:
+            tr_item.evidence["not_run"] = "no surrogate model to transfer from"
+        items.append(tr_item)
+
+        items.append(check_gradients(model, x, y, s))
+        items.append(check_deterministic(model, x, s))
+        items.append(check_bn_eval(model, x[:min(n, 16)], y[:min(n, 16)], eps=s.eps, alpha=s.alpha))
+    finally:
+        model.train(was_training)
+    return items
+
+
+def check_gradients(model, x, y, s: ChecklistSettings | None = None) -> CheckItem:
+    s = s or ChecklistSettings()
+    grads = []
+    with attacks.attack_mode(model):
+        for i in range(0, len(x), s.batch_size):
+            grads.append(attacks.input_gradient(model, x[i:i + s.batch_size], y[i:i + s.batch_size]))
+    g = torch.cat(grads).flatten(1)
+    zero = (g.abs().amax(1) == 0)
+    nan = ~torch.isfinite(g).all(1)
+    frac = (zero | nan).float().mean().item()
+    l1 = g.abs().sum(1)
+    return CheckItem(
+        "Input gradients are non-zero", frac <= s.zero_grad_max_frac,
+        {"n": len(x), "fraction_zero_gradient": _r(frac), "fraction_nan": _r(nan.float().mean().item()),
+         "median_l1_norm": float(f"{l1.median().item():.3g}") if len(l1) else 0.0,
+         "max_fraction": s.zero_grad_max_frac},
+        "A gradient-based attack cannot move an image whose loss gradient is exactly zero (a "
+        "non-differentiable step such as rounding, a detached output, saturated softmax). Such "
+        "examples look robust to PGD whether they are or not.", "non-zero-gradients")
+
+
+def check_deterministic(model, x, s: ChecklistSettings | None = None) -> CheckItem:
+    s = s or ChecklistSettings()
+    with torch.no_grad(), attacks.attack_mode(model):
+        xb = x[:s.batch_size]
+        a, b = model(xb).float(), model(xb).float()
+    diff = (a - b).abs().max().item() if len(xb) else 0.0
+    same_pred = (a.argmax(1) == b.argmax(1)).float().mean().item() if len(xb) else 1.0
+    return CheckItem(
+        "The forward pass is deterministic", diff <= s.det_tol,
+        {"n": len(xb), "max_abs_logit_diff": float(f"{diff:.3g}"), "same_prediction": _r(same_pred),
+         "tolerance": s.det_tol},
+        "A randomised model gives a different answer each call; a single-sample gradient then "
+        "points nowhere in particular and robustness must be measured with EoT (averaged "
+        "gradients) and the expected prediction.", "deterministic-forward")
+
+
+def check_bn_eval(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                  attack: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                  eps: float = attacks.PGD_EPS, alpha: float = attacks.PGD_ALPHA) -> CheckItem:
+    """Hooks on every BatchNorm/Dropout layer record ``.training`` at each call during ``attack``.
+
+    ``attack(model, x, y)`` defaults to 2 steps of :func:`dwf_lab.attacks.pgd.pgd` and
+    FGSM. The model's mode must also be the same after the attack as before.
+    """
+    if attack is None:
+        def attack(m, xb, yb):
+            attacks.fgsm(m, xb, yb, eps)
+            return attacks.pgd(m, xb, yb, eps, alpha, steps=2)
+    layers = [m for m in model.modules() if isinstance(m, MODE_LAYERS)]
+    calls, train_calls = [0], [0]
+
+    def hook(mod, inp):
+        calls[0] += 1
+        train_calls[0] += int(mod.training)
+
+    handles = [m.register_forward_pre_hook(hook) for m in layers]
+    before = [m.training for m in model.modules()]
+    try:
+        attack(model, x, y)
+    finally:
+        for h in handles:
+            h.remove()
+    restored = before == [m.training for m in model.modules()]
+    passed = train_calls[0] == 0 and restored
+    return CheckItem(
+        "BatchNorm runs in eval mode during attacks", passed,
+        {"mode_layers": len(layers), "calls": calls[0], "calls_in_train_mode": train_calls[0],
+         "mode_restored": restored},
+        "In train mode BatchNorm normalises with the statistics of the attacked batch itself, so "
+        "the attack optimises against a different function from the one evaluated (and updates "
+        "the running statistics). Attacks must run the model in eval mode and give its mode back.",
+        "batchnorm-eval")
+
+
+# ------------------------------------------------- checks on stored results --
+STORED_CHECKS = ("pgd-vs-worst-case", "own-vs-relaxed-gradient")
+
+
+def _pgd_key(metrics: dict, s: ChecklistSettings) -> str | None:
+    """The paper's PGD column (``pgd:<steps>``), else the adaptive run's ``pgd-<steps>``."""
+    for k in (f"pgd:{s.steps}", f"pgd-{s.steps}"):
+        if k in metrics:
+            return k
+    return None
+
+
+def check_pgd_vs_worst_case(rec: dict, s: ChecklistSettings | None = None) -> CheckItem:
+    """PGD (cross-entropy, ``s.steps`` steps) against the per-example worst case over every
+    stored attack in the same eps-ball (``rec``: an evaluation record with adaptive attacks)."""
+    s = s or ChecklistSettings()
+    m = rec.get("metrics", {})
+    n = int(rec.get("n_test") or 0)
+    pk = _pgd_key(m, s)
+    item = CheckItem(
+        f"PGD-{s.steps} is close to the worst case over all attacks", None, {"n": n},
+        "The paper measures robustness with cross-entropy PGD. If other attacks (AutoAttack's "
+        "margin losses and targeted runs, the black-box Square attack, attacks made for the "
+        "model) break many more images, numbers measured with PGD show the limits of the attack "
+        "rather than of the model, and the per-example worst case is the number to report.",
+        "pgd-vs-worst-case")
+    if pk is None or WORST not in m:
+        item.evidence["not_run"] = ("no adaptive attacks stored: python -m dwf_lab adaptive"
+                                    if WORST not in m else f"no PGD-{s.steps} result stored")
+        return item
+    attacks_in_ball = [k for k in worst_case_keys(m, s.eps) if k != "SA"]
+    strongest = min(attacks_in_ball, key=m.get)
+    gap = m[pk] - m[WORST]
+    limit = s.convergence_tol + 100.0 / max(1, n)
+    item.passed = gap <= limit
+    item.evidence.update({pk: _r(m[pk]), "worst_case_all": _r(m[WORST]), "gap": _r(gap),
+                          "strongest_attack": strongest, "strongest_acc": _r(m[strongest]),
+                          "max_gap": _r(limit)})
+    return item
+
+
+def check_own_vs_relaxed_gradient(rec: dict, s: ChecklistSettings | None = None) -> CheckItem | None:
+    """For a model evaluated under several gradient modes (``rec["gradient_modes"]``, the first
+    being its own gradient): PGD with its own gradient is as strong as with each relaxation.
+    None for a model with a single gradient."""
+    s = s or ChecklistSettings()
+    modes = rec.get("gradient_modes") or {}
+    if len(modes) < 2:
+        return None
+    own, *relaxed = list(modes)
+    pk = _pgd_key(modes[own], s)
+    n = int(rec.get("n_test") or 0)
+    item = CheckItem(
+        "The model's own gradient is as strong as a relaxed one (BPDA)", None,
+        {"n": n, "own_gradient": own},
+        "A hard (argmax) selection has no gradient: the model's own gradient is blind to which "
+        "expert answers. If attacking a smooth relaxation of the selection (BPDA, Athalye et al. "
+        "2018) does better, the hard selection is masking gradients and numbers measured with "
+        "the model's own gradient overstate its robustness.", "own-vs-relaxed-gradient")
+    if pk is None:
+        item.evidence["not_run"] = f"no PGD-{s.steps} result per gradient mode"
+        return item
+    slack = _slack(s, n)
+    best = min(relaxed, key=lambda mode: modes[mode].get(pk, float("inf")))
+    item.passed = modes[own][pk] <= modes[best][pk] + slack
+    item.evidence.update({f"{pk} ({own})": _r(modes[own][pk]), f"{pk} ({best})": _r(modes[best][pk]),
+                          "tolerance": _r(slack)})
+    return item
+
+
+def stored_checks(rec: dict, s: ChecklistSettings | None = None) -> list[CheckItem]:
+    """The checks read off an evaluation record (items 10-11 of the module docstring)."""
+    items = [check_pgd_vs_worst_case(rec, s), check_own_vs_relaxed_gradient(rec, s)]
+    return [it for it in items if it is not None]
+
+
+def with_stored_checks(items: list[CheckItem], rec: dict, s: ChecklistSettings | None = None) -> list[CheckItem]:
+    """``items`` with the stored-result checks recomputed from ``rec`` (any earlier ones dropped,
+    the fresh ones last)."""
+    return [it for it in items if it.key not in STORED_CHECKS] + stored_checks(rec, s)
+
+
+# ------------------------------------------------------------- output --
+def items_to_json(items: list[CheckItem]) -> list[dict]:
+    return [{**asdict(it), "status": it.status} for it in items]
+
+
+def summary(items: list[CheckItem]) -> dict:
+    return {"passed": sum(it.passed is True for it in items),
+            "failed": sum(it.passed is False for it in items),
+            "not_run": sum(it.passed is None for it in items),
+            "failed_checks": [it.key or it.name for it in items if it.passed is False]}
+
+
+def all_passed(items: list[CheckItem]) -> bool:
+    """True when every check that ran passed (and at least one ran)."""
+    ran = [it for it in items if it.passed is not None]
+    return bool(ran) and all(it.passed for it in ran)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}" if (v != 0 and abs(v) < 0.01) else f"{v:.2f}".rstrip("0").rstrip(".")
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_fmt(u) for u in v) + "]"
+    return str(v)
+
+
+def checklist_markdown(items: list[CheckItem], title: str | None = "Gradient-masking checklist") -> str:
+    """A markdown table (check, result, evidence) and the reasoning behind each check."""
+    sm = summary(items)
+    lines = [f"## {title}", ""] if title else []
+    verdict = ("every check that ran passed" if sm["failed"] == 0 else
+               f"**{sm['failed']} check(s) FAILED**: the robust accuracy of this model is not "
+               "trustworthy until they are explained")
+    lines += [f"{sm['passed']} passed, {sm['failed']} failed, {sm['not_run']} not run: {verdict}.", "",
+              "| # | check | result | evidence |", "|---|---|---|---|"]
+    for i, it in enumerate(items, 1):
+        ev = "; ".join(f"{k} = {_fmt(v)}" for k, v in it.evidence.items())
+        res = {True: "✅ pass", False: "❌ **FAIL**", None: "➖ not run"}[it.passed]
+        lines.append(f"| {i} | {it.name} | {res} | {ev.replace('|', '/')} |")
+    lines += ["", "Why each check:", ""]
+    lines += [f"{i}. **{it.name}**: {it.explanation}" for i, it in enumerate(items, 1)]
+    lines += ["", "After Carlini et al. 2019, *On Evaluating Adversarial Robustness* (arXiv:1902.06705), "
+              "and Athalye, Carlini & Wagner 2018, *Obfuscated Gradients Give a False Sense of Security*."]
+    return "\n".join(lines) + "\n"
+
+
+def checklist_json(items: list[CheckItem], **extra) -> str:
+    return json.dumps({**extra, "summary": summary(items), "items": items_to_json(items)}, indent=1)

@@ -1,0 +1,153 @@
+"""Evaluation records on disk: one JSON file per model and seed, per-example results included::
+
+    {"model": "dwf", "row": "DWF", "seed": 0, "dataset": "cifar10-subset",
+     "n_test": 1017, "metrics": {"SA": 84.1, "fgsm:0.01": 70.2, ..., "pgd:100-a": 27.5},
+     "settings": {...}, "elapsed_s": 12.3, "per_example": {metric: hex bits}}
+
+:func:`write_result` writes one; :func:`merge_into_result` adds per-example results
+(recomputing ``"worst-case (all)"``); :func:`check_result` / :func:`load_results` validate
+what the report reads; :func:`infer_dataset` and :func:`record_eps` read a record's dataset
+and threat-model eps; :func:`load_checklist` reads a checklist written by
+:func:`dwf_lab.pipeline.adaptive.evaluate_adaptive_run`.
+"""
+import json
+import math
+from dataclasses import asdict
+from pathlib import Path
+from typing import Iterable
+
+import torch
+
+from dwf_lab.core.io import atomic_write_text
+from dwf_lab.evaluation.metrics import DERIVED, WORST, pack_bits, unpack_bits, worst_case
+
+
+def write_result(path: Path, *, model: str, row: str, seed: int, dataset: str, metrics: dict,
+                 correct: dict, settings, elapsed_s: float, extra: dict | None = None) -> dict:
+    n = len(next(iter(correct.values()))) if correct else 0
+    rec = {"model": model, "row": row, "seed": seed, "dataset": dataset, "n_test": n,
+           "metrics": metrics, "settings": asdict(settings), "elapsed_s": round(elapsed_s, 2),
+           "per_example": {k: pack_bits(v) for k, v in correct.items()}, **(extra or {})}
+    atomic_write_text(Path(path), json.dumps(rec, indent=1))
+    return rec
+
+
+# ------------------------------------------------------- run integration --
+def merge_into_result(rec: dict, correct: dict[str, torch.Tensor], overwrite: bool = False) -> list[str]:
+    """Add per-example results to an evaluation record; recompute ``"worst-case (all)"``.
+
+    New keys go into ``rec["metrics"]`` (percent) and ``rec["per_example"]`` (packed
+    bits); keys already there are kept unless ``overwrite``. Then
+    ``"worst-case (all)"`` is recomputed from the stored bits as the per-example
+    worst case over the paper's attacks AND the adaptive ones. Returns the keys added.
+    """
+    if rec.get("n_test") is None and not correct:
+        return []
+    n = int(rec["n_test"] if rec.get("n_test") is not None else len(next(iter(correct.values()))))
+    metrics = rec.setdefault("metrics", {})
+    bits = rec.setdefault("per_example", {})
+    added = []
+    for k, v in correct.items():
+        if k in DERIVED or (k in bits and not overwrite):
+            continue
+        v = v.bool().cpu()
+        if len(v) != n:
+            raise ValueError(f"metric {k!r} covers {len(v)} examples, the result has {n}")
+        bits[k] = pack_bits(v)
+        metrics[k] = 100.0 * v.float().mean().item()
+        added.append(k)
+    stored = {k: unpack_bits(h, n) for k, h in bits.items() if k not in DERIVED}
+    if stored:
+        wc = worst_case(stored, record_eps(rec))
+        bits[WORST] = pack_bits(wc)
+        metrics[WORST] = 100.0 * wc.float().mean().item()
+    return added
+
+
+def record_eps(rec: dict) -> float:
+    """The threat model's eps of an evaluation record (its paper-protocol settings)."""
+    eps = (rec.get("settings") or {}).get("pgd_eps")
+    if eps is None:
+        raise ValueError(f"the result for {rec.get('model')!r} names no threat model (settings.pgd_eps); "
+                         "re-evaluate it")
+    return float(eps)
+
+
+# --------------------------------------------------------------- loading --
+def check_result(data, source: str) -> dict:
+    """A validated, normalized copy of one evaluation result; ValueError naming ``source``."""
+    def bad(why: str) -> ValueError:
+        return ValueError(f"{source}: malformed evaluation result: {why}. "
+                          "Re-run the evaluation for this model, or remove the file.")
+
+    if not isinstance(data, dict):
+        raise bad(f"expected a JSON object, got {type(data).__name__}")
+    row = data.get("row") or data.get("model")
+    if not isinstance(row, str) or not row:
+        raise bad('no "row" (the table label, e.g. "DWF") and no "model" name')
+    metrics = data.get("metrics")
+    if not isinstance(metrics, dict):
+        raise bad('no "metrics" object (metric name -> accuracy in percent)')
+    clean: dict[str, float] = {}
+    for key, value in metrics.items():
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            continue  # not measured
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad(f"metric {key!r} is {value!r}, expected a number (percent) or null")
+        if not 0.0 <= value <= 100.0:
+            raise bad(f"metric {key!r} = {value} is outside [0, 100]; accuracies are percent")
+        clean[key] = float(value)
+    out = dict(data)
+    out.update(row=row, metrics=clean, source=str(data.get("source", source)))
+    return out
+
+
+def load_results(eval_dir) -> list[dict]:
+    """Every ``*.json`` in ``eval_dir`` (sorted by name), validated.
+
+    Each result gets a ``"source"`` key (its path). A file that is not valid JSON
+    or not an evaluation result raises one ValueError naming the file.
+    """
+    eval_dir = Path(eval_dir)
+    if not eval_dir.is_dir():
+        raise FileNotFoundError(f"no evaluation directory {eval_dir}: run the evaluation first")
+    files = sorted(eval_dir.glob("*.json"))
+    if not files:
+        raise FileNotFoundError(f"no evaluation results (*.json) in {eval_dir}: "
+                                "run the evaluation first")
+    results = []
+    for path in files:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{path}: malformed evaluation result: not valid JSON ({err}). "
+                             "Re-run the evaluation for this model, or remove the file.") from None
+        results.append(check_result(data, str(path)))
+    return results
+
+
+def validated(results: Iterable[dict]) -> list[dict]:
+    return [check_result(r, r.get("source", f"result #{i}") if isinstance(r, dict)
+                          else f"result #{i}") for i, r in enumerate(results)]
+
+
+def infer_dataset(results: list[dict], dataset: str | None = None) -> str | None:
+    """The one dataset of ``results`` (checked against ``dataset`` when given)."""
+    seen = sorted({r["dataset"] for r in results if r.get("dataset")})
+    if dataset is None:
+        if len(seen) > 1:
+            raise ValueError(f"the results mix datasets {seen}; a report covers one dataset "
+                             "(pass dataset=..., and keep one dataset per eval directory)")
+        return seen[0] if seen else None
+    others = [d for d in seen if d != dataset]
+    if others:
+        files = [r["source"] for r in results if r.get("dataset") in others]
+        raise ValueError(f"asked for a {dataset!r} report, but {files[:3]} hold results "
+                         f"for {others}; keep one dataset per eval directory")
+    return dataset
+
+
+def load_checklist(path) -> dict:
+    """A checklist written by :func:`dwf_lab.pipeline.adaptive.evaluate_adaptive_run` (its JSON file)."""
+    from pathlib import Path
+    return json.loads(Path(path).read_text(encoding="utf-8"))

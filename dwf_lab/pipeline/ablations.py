@@ -1,0 +1,132 @@
+"""The ablations of a run: train and evaluate each variant of :mod:`dwf_lab.training.variants`.
+
+Each variant starts from the run's trained experts, trains for the profile's
+``mixture_epochs`` on the same data order and with the same per-step random draws
+as the run's "mixture" stage, and is evaluated the same way: clean accuracy (SA),
+PGD-20 (eps 8/255, step 2/255, random start) through the whole model, and the
+per-example worst case of the two.
+
+Layout (idempotent: a variant with an ``eval.json`` is not touched again)::
+
+    runs/<run>/seed-<k>/ablations/<variant>/
+        model.safetensors   checkpoints/   metrics.jsonl   eval.json
+    runs/<run>/report/ablations.json, ablations.md   (all seeds found)
+
+Main entry point: :func:`run_ablations`.
+"""
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from dwf_lab.core.config import Profile
+from dwf_lab.core.runtime import Runtime, seed_from
+from dwf_lab.evaluation.protocol import ablation_eval_settings, evaluate_and_write
+from dwf_lab.reporting.render import write_ablation_report
+from dwf_lab.reporting.tables import ablation_row
+from dwf_lab.store.checkpoints import load_model
+from dwf_lab.training.builders import build_expert
+from dwf_lab.training.loop import train_stage
+from dwf_lab.training.stages import expert_stage_names, plan_stages
+from dwf_lab.training.variants import (
+    Ablation,
+    CommonSeedStage,
+    build_variant,
+    composition_order,
+    select_ablations,
+    skip_reason,
+    variant_profile,
+)
+
+
+def _expert_paths(run, seed: int, data, a: Ablation, pv: Profile, rt: Runtime, log,
+                  progress: bool) -> list[Path]:
+    """The trained experts the variant starts from (retrained ones under its directory)."""
+    p = run.profile
+    names = composition_order(p)[:a.experts] if a.experts else expert_stage_names(p)
+    missing = [n for n in names if not run.is_done(seed, n)]
+    if missing:
+        raise FileNotFoundError(f"ablations start from the run's trained experts; missing: "
+                                f"{', '.join(missing)}. Train them first (pipeline.train_run).")
+    paths = {n: run.model_path(seed, n) for n in names}
+    if a.retrain_experts:
+        for stage in plan_stages(pv):
+            if stage.name not in paths or stage.kind not in ("fgsm", "pgd"):
+                continue
+            path = run.ablation_dir(seed, a.name) / "experts" / f"{stage.name}.safetensors"
+            if not path.exists():
+                torch.manual_seed(seed_from(seed, stage.sid))   # as the run's own expert
+                train_stage(build_expert(pv, data), data, stage, pv, seed=seed,
+                            ckpt_dir=run.ablation_dir(seed, a.name) / "checkpoints" / stage.name,
+                            final_path=path, runtime=rt, log=log, progress=progress)
+            paths[stage.name] = path
+    return [paths[n] for n in names]
+
+
+def run_variant(run, seed: int, data, a: Ablation, progress: bool = True,
+                device: str | None = None) -> dict:
+    """Train (if needed) and evaluate one variant; returns its row."""
+    p = run.profile
+    vdir = run.ablation_dir(seed, a.name)
+    eval_path = vdir / "eval.json"
+    if eval_path.exists():
+        return ablation_row(json.loads(eval_path.read_text()))
+    pv = variant_profile(p, a)
+    rt = Runtime.from_profile(p)
+    dev = torch.device(device) if device else rt.device
+    log_path = vdir / "metrics.jsonl"
+
+    def log(rec: dict) -> None:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "a") as f:
+            f.write(json.dumps(rec, default=str) + "\n")
+
+    model_path = vdir / "model.safetensors"
+    note, train_s = "", 0.0
+    n_experts = a.experts or p.n_experts
+    if a.kind == "none":
+        model = build_variant(p, data, a, _expert_paths(run, seed, data, a, pv, rt, log, progress), seed)
+        note = "no end-to-end training"
+    elif model_path.exists():
+        model = load_model(model_path)
+    elif a.name == "reference" and p.gate_epochs == 0 and run.is_done(seed, "mixture"):
+        model = load_model(run.model_path(seed, "mixture"))
+        note = "the run's DWF model (trained exactly as this variant would be)"
+    else:
+        paths = _expert_paths(run, seed, data, a, pv, rt, log, progress)
+        model = build_variant(pv, data, a, paths, seed)
+        stage = CommonSeedStage(f"ablation-{a.name}", a.kind, p.mixture_epochs, p.mixture_batch, a.label)
+        t0 = time.time()
+        train_stage(model, data, stage, pv, seed=seed, ckpt_dir=vdir / "checkpoints",
+                    final_path=model_path, runtime=rt, log=log, progress=progress)
+        train_s = time.time() - t0
+    model = model.to(dev).eval()
+    extra = {"variant": a.name, "question": a.question, "experts": n_experts, "routing": a.routing,
+             "k": a.k, "kind": a.kind, "train_s": round(train_s, 2), "note": note,
+             "attack_strengths": {"fgsm_eps_choices": list(pv.fgsm_eps_choices),
+                                  "pgd_steps_choices": list(pv.pgd_steps_choices)}}
+    rec = evaluate_and_write(model, data.x_test, data.y_test, ablation_eval_settings(p), eval_path,
+                             name=f"ablation:{a.name}", row=a.label, seed=seed, dataset=data.name,
+                             device=dev, progress=progress, extra=extra)
+    return ablation_row(rec)
+
+
+def run_ablations(run, seed: int, data, names=None, progress: bool = True,
+                  device: str | None = None) -> list[dict]:
+    """Train and evaluate the selected variants (default: every ``default`` one) for one seed.
+
+    Variants that do not apply to the profile (e.g. 5 experts of 3) are
+    skipped and listed in the report. Writes ``report/ablations.{json,md}``
+    over every seed found, and returns this seed's rows in table order.
+    """
+    p = run.profile
+    rows, skipped = [], {}
+    for a in select_ablations(names):
+        why = skip_reason(a, p)
+        if why:
+            skipped[a.name] = why
+            continue
+        rows.append(run_variant(run, seed, data, a, progress=progress, device=device))
+    write_ablation_report(run, skipped)
+    return rows

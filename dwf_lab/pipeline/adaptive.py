@@ -1,0 +1,201 @@
+"""The adaptive evaluation of a run: every finished model under the attacks beyond the paper.
+
+:func:`evaluate_adaptive_run` runs :func:`dwf_lab.evaluation.adaptive.evaluate_adaptive`
+(attacks made for mixtures, AutoAttack, Square, long PGD, and the per-example worst case
+``"worst-case (all)"``) on the finished stages and baselines of one seed and merges the
+numbers into the seed's evaluation files, so the report's "Beyond the paper" table shows
+them beside Tables 2 and 3. It also writes each model's gradient-masking checklist
+(``report/checklist_<name>_seed<k>.md`` / ``.json``, :mod:`dwf_lab.evaluation.checklist`),
+with another finished single model of the run as the transfer surrogate.
+"""
+import json
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+import torch.nn as nn
+
+from dwf_lab.attacks.gate import is_mixture
+from dwf_lab.core.config import pixel_fraction
+from dwf_lab.core.io import atomic_write_text
+from dwf_lab.core.runtime import Runtime
+from dwf_lab.evaluation.adaptive import AdaptiveSettings, evaluate_any
+from dwf_lab.evaluation.checklist import (
+    CheckItem,
+    ChecklistSettings,
+    checklist_markdown,
+    items_to_json,
+    run_checklist,
+    with_stored_checks,
+)
+from dwf_lab.evaluation.metrics import unpack_bits
+from dwf_lab.evaluation.records import load_checklist, merge_into_result, record_eps
+from dwf_lab.pipeline.reproduce import evaluate_run
+from dwf_lab.store.checkpoints import load_model
+from dwf_lab.training.builders import uniform_ensemble
+from dwf_lab.training.stages import BASELINE_ROWS, select_stages, stages_done
+
+
+def _surrogate_stage(name: str, done: list) -> str | None:
+    """A different finished single model of the run, as a transfer source for the checklist."""
+    for other in ("benign", "pgd-at", "fgsm-at"):
+        if other != name and other in done:
+            return other
+    others = [n for n in done if n != name and n not in ("mixture", "gate")]
+    return others[0] if others else None
+
+
+@dataclass
+class _Target:
+    """One model of a run that the adaptive evaluation covers."""
+    name: str                       # stage name / eval file stem
+    row: str
+    load: Callable[[], nn.Module]
+    mixture: bool                   # gets the gate-aware attacks (known before loading)
+
+
+def _targets(run, seed: int, data, which: str | None, dev) -> list[_Target]:
+    """Finished training stages (as ``which`` selects) and, for ``which`` None/"all"/"baselines"
+    or their names, the evaluated baselines of ``python -m dwf_lab baselines`` (SoE, ADVMoE,
+    uniform ensemble)."""
+    p = run.profile
+    tokens = [t.strip() for t in (which or "all").split(",") if t.strip()]
+    stage_tokens = [t for t in tokens if t not in BASELINE_ROWS]
+    out = []
+    for st in select_stages(p, ",".join(stage_tokens)) if stage_tokens else []:
+        if st.kind != "gate" and run.is_done(seed, st.name):
+            out.append(_Target(st.name, st.row, lambda n=st.name: load_model(run.model_path(seed, n),
+                                                                            map_location=dev),
+                               st.kind in ("mixture", "gate")))
+    for name, row in BASELINE_ROWS.items():
+        if {"all", "baselines", name} & set(tokens):
+            if not run.eval_path(seed, name).exists():
+                continue    # not run yet: python -m dwf_lab baselines
+            if name == "uniform-ensemble":
+                out.append(_Target(name, row, lambda: uniform_ensemble(run, seed, data).to(dev), True))
+            elif run.is_done(seed, name):
+                out.append(_Target(name, row, lambda n=name: load_model(run.model_path(seed, n),
+                                                                         map_location=dev), False))
+    if not out and tokens and not stage_tokens:
+        raise FileNotFoundError(f"no evaluated baseline among {', '.join(tokens)}: "
+                                "run python -m dwf_lab baselines first")
+    return out
+
+
+def evaluate_adaptive_run(run, seed: int, data, settings: AdaptiveSettings | None = None,
+                          progress: bool = True, which: str | None = None, checklist: bool = True,
+                          checklist_settings=None, device: str | None = None,
+                          redo: Sequence[str] = ()) -> list[dict]:
+    """Adaptive attacks for every finished model of one seed, merged into its eval JSON.
+
+    Models: each finished stage (``which`` as in :func:`dwf_lab.training.stages.select_stages`)
+    and, unless ``which`` picks stages, the baselines already evaluated by
+    :func:`dwf_lab.pipeline.baselines.train_and_evaluate_baselines` (SoE is attacked with
+    both of its gradient modes, per example the worse one counts). Makes sure the
+    paper-protocol evaluation exists (runs it if not), computes the adaptive
+    metrics that are not stored yet, adds them and their per-example bits to
+    ``eval/<name>_seed<k>.json``, recomputes ``"worst-case (all)"`` over every
+    stored attack, and writes the file atomically. With ``checklist`` it also
+    writes the gradient-masking checklist to ``report/checklist_<name>_seed<k>.md``
+    and ``.json``; its checks read off the stored results are refreshed on every call.
+    Idempotent: no attack already stored is rerun, except the attack keys in ``redo``
+    (e.g. ``("autoattack",)`` after a library upgrade), which replace the stored ones.
+    The robust accuracy after each stage of AutoAttack goes to
+    ``rec["adaptive"]["autoattack_stages"]``. Returns the records.
+    """
+
+    p = run.profile
+    s = settings or AdaptiveSettings.from_profile(p)
+    dev = torch.device(device) if device else Runtime.from_profile(p).device
+    known = set(s.attack_names(True))
+    if set(redo) - known:
+        raise ValueError(f"cannot redo {sorted(set(redo) - known)}: the attacks are {sorted(known)}")
+    done = [st.name for st in stages_done(run, seed)]
+    out = []
+    for target in _targets(run, seed, data, which, dev):
+        path = run.eval_path(seed, target.name)
+        if not path.exists():
+            evaluate_run(run, seed, data, which=target.name, progress=progress,
+                         device=str(dev) if device else None)
+        rec = json.loads(path.read_text())
+        n = int(rec.get("n_test") or 0)
+        if n != len(data.x_test):
+            raise ValueError(f"{path} covers {n} test images but the data has {len(data.x_test)}: "
+                             "evaluate with the same data (profile) the run was evaluated with")
+        if abs(record_eps(rec) - s.eps) > 1e-9:
+            raise ValueError(f"{path} was evaluated at eps {pixel_fraction(record_eps(rec))} but the adaptive "
+                             f"attacks run at eps {pixel_fraction(s.eps)}: one worst case cannot pool two "
+                             "threat models. Use the run's own settings, or another run for another eps")
+        model = None
+        stored = set(rec.get("per_example", {})) - set(redo)
+        missing = [k for k in s.attack_names(target.mixture) if k not in stored]
+        if missing:
+            model = target.load().eval()
+            mixture = is_mixture(model)
+            skip = [k for k in s.attack_names(mixture) if k in stored]
+            t0 = time.time()
+            _, correct, found = evaluate_any(model, data.x_test, data.y_test, s, seed, dev, progress,
+                                              skip, f"adaptive {target.name}")
+            sa_stored = rec.get("per_example", {}).get("SA")
+            if sa_stored is not None:
+                differ = (unpack_bits(sa_stored, n) != correct["SA"].cpu()).float().mean().item()
+                if differ > 0.01:   # a few borderline flips are float noise (e.g. GPU kernels)
+                    raise ValueError(f"{path}: the stored clean predictions differ from this model's "
+                                     f"on {100 * differ:.1f}% of the images (another model or other "
+                                     "data?); re-evaluate the run")
+            merge_into_result(rec, {k: v for k, v in correct.items() if k in redo}, overwrite=True)
+            merge_into_result(rec, correct)
+            info = rec.setdefault("adaptive", {})
+            info["settings"] = s.to_dict()
+            info.setdefault("elapsed_s", {}).update(found["elapsed_s"])
+            if "autoattack_stages" in found:
+                info["autoattack_stages"] = found["autoattack_stages"]
+            info["elapsed_s_total"] = round(info.get("elapsed_s_total", 0.0) + time.time() - t0, 2)
+            info["note"] = ("attacks beyond the paper (dwf_lab.evaluation.adaptive); 'worst-case (all)' is the "
+                            "per-example worst case over every stored attack, the paper's included")
+        else:
+            merge_into_result(rec, {})   # keeps worst-case (all) in step with what is stored
+        atomic_write_text(path, json.dumps(rec, indent=1))
+        out.append(rec)
+
+        if checklist:
+            _write_checklist(run, seed, target, rec, model, data, dev, done, checklist_settings)
+    return out
+
+
+def _write_checklist(run, seed: int, target: _Target, rec: dict, model: nn.Module | None, data, dev,
+                     done: list, settings=None) -> None:
+    """``report/checklist_<name>_seed<k>.md`` and ``.json``: the checks that run attacks (once; a
+    saved checklist is kept) and the checks read off the evaluation record ``rec`` (recomputed
+    every time, so they follow the attacks stored since)."""
+    md = run.checklist_path(seed, target.name, ".md")
+    js = md.with_suffix(".json")
+    if md.exists() and js.exists():
+        try:
+            saved = load_checklist(js)
+            known = set(ChecklistSettings.__dataclass_fields__)
+            cs = ChecklistSettings(**{k: v for k, v in saved["settings"].items() if k in known})
+            items = [CheckItem.from_dict(d) for d in saved["items"]]
+            m = int(saved["n_examples"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"{js} is not a readable checklist ({err}); delete it and its .md "
+                             "to recompute it") from err
+    else:
+        if model is None:
+            model = target.load().eval()
+        cs = settings or ChecklistSettings.from_profile(run.profile)
+        surrogate = None
+        if not is_mixture(model):
+            other = _surrogate_stage(target.name, done)
+            if other is not None:
+                surrogate = load_model(run.model_path(seed, other), map_location=dev)
+        m = min(len(data.x_test), cs.n_examples or len(data.x_test))
+        items = run_checklist(model, data.x_test[:m].to(dev), data.y_test[:m].to(dev), cs,
+                              surrogate=surrogate, seed=seed)
+    items = with_stored_checks(items, rec, cs)
+    title = f"Gradient-masking checklist: {target.row} ({target.name}), seed {seed}"
+    atomic_write_text(md, checklist_markdown(items, title=title))
+    atomic_write_text(js, json.dumps({"model": target.name, "row": target.row, "seed": seed,
+                                      "n_examples": m, "settings": cs.to_dict(),
+                                      "items": items_to_json(items)}, indent=1))

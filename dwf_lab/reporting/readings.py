@@ -1,0 +1,251 @@
+"""Prose computed from numbers: what a run's results say, never written by hand.
+
+- :func:`protocol_reading`: the paper's protocol (Tables 2-3) of a run, beside the published numbers;
+- :func:`adaptive_reading`: per model, the strongest attack beyond the paper and how far the
+  worst case over all attacks falls below the paper's attacks;
+- :func:`gate_reading`: what the gate does with clean, FGSM and PGD inputs;
+- :func:`overfitting_verdicts`: catastrophic overfitting in a per-epoch checkpoint watch;
+- :func:`describe_profile`: a profile's settings beside the paper's Table 5.
+"""
+import math
+import re
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from dwf_lab.core.config import PROFILES, Profile
+from dwf_lab.evaluation.metrics import WORST
+from dwf_lab.evaluation.records import infer_dataset
+from dwf_lab.reporting.paper import comparability_note, is_comparable, paper_value
+from dwf_lab.reporting.render import markdown_table
+from dwf_lab.reporting.tables import aggregate
+from dwf_lab.training.stages import expert_kind
+
+
+def adaptive_reading(rows: Sequence[dict]) -> str:
+    """A few sentences per model, computed from :func:`comparison_rows` (markdown bullets)."""
+    skip = {"model", "seed", "SA", "worst-case", WORST, "paper PGD-20", "paper 100 (MS)"}
+    lines = []
+    for r in rows:
+        att = {k: v for k, v in r.items() if k not in skip and v is not None}
+        if not att:
+            continue
+        strongest = min(att, key=att.get)
+        text = f"- **{r['model']}**: the strongest single attack is `{strongest}` ({att[strongest]:.1f}%)"
+        ours, wc = r.get("worst-case"), r.get(WORST)
+        if wc is not None:
+            if ours is not None:
+                drop = ours - wc
+                text += (f"; per image, the paper's attacks together leave {ours:.1f}% and all attacks "
+                         f"{wc:.1f}%" + (f", **{drop:.1f} points lower**" if drop >= 0.05 else
+                                          ", no lower: the adaptive attacks found nothing new"))
+            else:
+                text += f"; the worst case over all attacks leaves {wc:.1f}%"
+        gate = {k: att[k] for k in ("routing", "transfer-best") if k in att}
+        plain = [v for k, v in att.items() if k.startswith("pgd-") and k[4:].isdigit()]
+        if gate and plain:
+            best_gate = min(gate, key=gate.get)
+            if gate[best_gate] < min(plain) - 0.05:
+                text += (f". The gate-aware `{best_gate}` attack beats plain PGD "
+                         f"({gate[best_gate]:.1f}% vs {min(plain):.1f}%): the mixture's PGD numbers "
+                         "overstate its robustness")
+            else:
+                text += (f". The gate-aware attacks do not beat plain PGD here ({gate[best_gate]:.1f}% "
+                         f"vs {min(plain):.1f}%)")
+        paper = r.get("paper PGD-20")
+        if paper is not None and wc is not None:
+            text += f". The paper reports {paper:.1f}% under PGD-20 for this row"
+        lines.append(text + ".")
+    return "\n".join(lines) if lines else "- No adaptive results yet."
+
+
+# ===================================================== reading the results ==
+def _mean(agg: Mapping, row: str, metric: str) -> float | None:
+    cell = agg.get(row, {}).get(metric)
+    return None if cell is None else cell["mean"]
+
+
+def _pgd_metrics(agg: Mapping, rows: Sequence[str]) -> list[int]:
+    ks = None
+    for r in rows:
+        have = {int(m.split(":")[1]) for m in agg.get(r, {}) if re.fullmatch(r"pgd:\d+", m)}
+        ks = have if ks is None else ks & have
+    return sorted(ks or [])
+
+
+def _vs(a: float, b: float) -> str:
+    d = a - b
+    if abs(d) < 0.05:
+        return "level with"
+    return f"{abs(d):.1f} points {'above' if d > 0 else 'below'}"
+
+
+def protocol_reading(results: Sequence[Mapping], dataset: str | None = None) -> str:
+    """A short reading of an evaluation, every statement computed from the numbers.
+
+    ``results``: evaluation records (``dwf_lab.report.load_results(run.eval_dir)``).
+    Compares DWF with PGD-AT, FGSM-AT and the plain ResNet-18 where measured, with the
+    paper's gap where the paper has one, checks the usual signs of gradient masking,
+    and says how comparable the run is. Returns markdown (a bullet list).
+    """
+    results = list(results)
+    if not results:
+        return "- No evaluation results yet: run `pipeline.evaluate_run` first."
+    dataset = infer_dataset(results, dataset)
+    agg = aggregate(results, dataset)
+    dwf, pat, fat, plain = "DWF", "ResNet-18 (PGD-AT)", "ResNet-18 (FGSM-AT)", "ResNet-18"
+    lines = []
+    comparable = is_comparable(dataset)
+
+    def paper_gap(table, a, b, col) -> str:
+        if not comparable:
+            return ""
+        pa, pb = paper_value(table, dataset, a, col), paper_value(table, dataset, b, col)
+        if not pa or not pb or pa[0] is None or pb[0] is None:
+            return ""
+        return f" (the paper: {pa[0]:.2f} vs {pb[0]:.2f}, {_vs(pa[0], pb[0])})"
+
+    if dwf not in agg:
+        lines.append("- DWF has not been evaluated in this run yet.")
+    else:
+        for other in (pat, fat):
+            ks = _pgd_metrics(agg, [dwf, other])
+            if ks:
+                k = 20 if 20 in ks else ks[-1]
+                a, b = _mean(agg, dwf, f"pgd:{k}"), _mean(agg, other, f"pgd:{k}")
+                lines.append(f"- DWF's PGD-{k} accuracy is **{_vs(a, b)}** {other} here "
+                             f"({a:.1f}% vs {b:.1f}%){paper_gap('table3', dwf, other, str(k))}.")
+        for other in (plain, pat):
+            a, b = _mean(agg, dwf, "SA"), _mean(agg, other, "SA")
+            if a is not None and b is not None:
+                lines.append(f"- DWF's clean accuracy is {_vs(a, b)} {other}'s ({a:.1f}% vs "
+                             f"{b:.1f}%){paper_gap('table2', dwf, other, 'SA')}.")
+        a, b = _mean(agg, dwf, "fgsm:0.03"), _mean(agg, fat, "fgsm:0.03")
+        if a is not None and b is not None:
+            lines.append(f"- Under FGSM at ε = 0.03, DWF is {_vs(a, b)} FGSM-AT ({a:.1f}% vs "
+                         f"{b:.1f}%){paper_gap('table2', dwf, fat, '0.03')}.")
+        a, b = _mean(agg, dwf, "worst-case"), _mean(agg, pat, "worst-case")
+        if a is not None:
+            tail = f"; PGD-AT's is {b:.1f}%" if b is not None else ""
+            lines.append(f"- Worst case over every attack run, per image (not in the paper): DWF "
+                         f"keeps {a:.1f}% of the test images{tail}.")
+        ks = _pgd_metrics(agg, [dwf])
+        longs = sorted(m for m in agg[dwf] if re.fullmatch(r"pgd:\d+-ms", m))
+        if ks and longs:
+            a, b = _mean(agg, dwf, f"pgd:{ks[-1]}"), _mean(agg, dwf, longs[-1])
+            lines.append(f"- A stronger attack ({longs[-1].split(':')[1].replace('-ms', '')} steps, "
+                         f"restarts) moves DWF from {a:.1f}% (PGD-{ks[-1]}) to {b:.1f}%"
+                         + (": longer attacks still find new adversarial examples."
+                            if b < a - 0.5 else "."))
+    # gradient-masking checks, per row
+    flags = []
+    for row, mets in agg.items():
+        fg = sorted((float(m.split(":")[1]), c["mean"]) for m, c in mets.items()
+                    if re.fullmatch(r"fgsm:[0-9.]+", m))
+        rises = [(e1, e2) for (e1, a1), (e2, a2) in zip(fg, fg[1:]) if a2 > a1 + 2.0]
+        if rises:
+            flags.append(f"{row}: FGSM accuracy *rises* with ε (from ε={rises[0][0]:g} to "
+                         f"{rises[0][1]:g})")
+        f03 = mets.get("fgsm:0.03")
+        pk = [c["mean"] for m, c in mets.items() if re.fullmatch(r"pgd:\d+", m)]
+        if f03 is not None and pk and min(pk) > f03["mean"] + 2.0:
+            flags.append(f"{row}: PGD (ε = 8/255 ≈ 0.031) leaves more accuracy ({min(pk):.1f}%) "
+                         f"than one FGSM step at ε = 0.03 ({f03['mean']:.1f}%)")
+    if flags:
+        lines.append("- **Signs of gradient masking** (a multi-step attack should beat a single "
+                     "step, and larger ε should not help the model): " + "; ".join(flags)
+                     + ". Treat those rows' robustness as unproven.")
+    else:
+        lines.append("- No model shows the usual signs of gradient masking here (FGSM accuracy "
+                     "never rises with ε by more than 2 points, and PGD is never weaker than one "
+                     "FGSM step of the same size).")
+    seeds = {row: cells.get("SA", {}).get("n") for row, cells in agg.items()}
+    if seeds.get(dwf):
+        lines.append(f"- DWF numbers are over {seeds[dwf]} training run(s)"
+                     + (" — a single seed: differences of a point or two are noise."
+                        if seeds[dwf] == 1 else "."))
+    lines.append(f"- {comparability_note(dataset)}")
+    return "\n".join(lines)
+
+
+def describe_profile(p: Profile) -> str:
+    """The settings that shape the results, as a markdown table beside the paper's."""
+    paper = PROFILES["paper"]
+    keys = [("dataset", "dataset"), ("n_train", "training images (None = all)"),
+            ("n_test", "test images (None = all)"), ("width", "ResNet-18 width"),
+            ("n_fgsm_experts", "FGSM experts"), ("n_pgd_experts", "PGD experts"),
+            ("expert_epochs", "expert epochs"), ("mixture_epochs", "end-to-end epochs"),
+            ("baseline_epochs", "baseline epochs"), ("pgd_steps_choices", "training PGD steps"),
+            ("eval_pgd_steps", "evaluation PGD steps"), ("eval_long_steps", "long PGD steps"),
+            ("seeds", "seeds")]
+    rows = [{"setting": label, "this run": str(getattr(p, k)), "paper": str(getattr(paper, k))}
+            for k, label in keys]
+    return markdown_table(rows, ["setting", "this run", "paper"])
+
+
+def gate_reading(stats: Mapping) -> str:
+    """A few sentences on what the gate does, computed from
+    :func:`dwf_lab.evaluation.diagnostics.gate_statistics`."""
+    names = list(stats["experts"])
+    n = len(names)
+    uniform = math.log(n) if n > 1 else 0.0
+    inputs = list(stats["inputs"].values())
+    lines = []
+    for st in inputs:
+        h = st["entropy"]
+        ratio = h / uniform if uniform > 0 else 1.0
+        shape = ("almost uniform — the mixture behaves like a plain average of its experts"
+                 if ratio > 0.95 else "spread over several experts" if ratio > 0.6
+                 else "concentrated on few experts")
+        gw = st["group_weight"]
+        top_group = max(gw, key=gw.get)
+        size = sum(expert_kind(nm) == top_group for nm in names)
+        lines.append(f"- {st['label']} inputs: gate entropy {h:.2f} nats of at most {uniform:.2f} ({shape}); "
+                     f"the {size} {top_group} expert{'s' if size != 1 else ''} get "
+                     f"{100 * gw[top_group]:.0f}% of the weight ({100 * size / n:.0f}% if uniform); "
+                     f"mixture accuracy {st['accuracy']:.1f}%.")
+    if len(inputs) >= 2:
+        first, last = inputs[0], inputs[-1]
+        w, acc = np.asarray(last["mean_weights"]), np.asarray(last["expert_accuracy"])
+        tv = 0.5 * float(np.abs(np.asarray(first["mean_weights"]) - w).sum())
+        lines.append(f"- From {first['label']} to {last['label']} inputs the average routing moves by a "
+                     f"total variation of {tv:.3f} (0 = the same weights, 1 = disjoint experts)"
+                     + (": the gate hardly reacts to the attack." if tv < 0.02 else "."))
+        k, heavy, best = last["label"], int(np.argmax(w)), int(np.argmax(acc))
+        if acc[heavy] >= acc[best] - 1e-9:
+            lines.append(f"- On {k} inputs the heaviest expert, {names[heavy]}, is also (one of) the "
+                         f"most accurate on them ({acc[heavy]:.1f}%).")
+        else:
+            lines.append(f"- On {k} inputs the heaviest expert is {names[heavy]} (accuracy "
+                         f"{acc[heavy]:.1f}% on those inputs), but {names[best]} is right more often "
+                         f"({acc[best]:.1f}%): the gate does not trust the best expert most.")
+    return "\n".join(lines)
+
+
+def overfitting_verdicts(watch: Mapping[str, Mapping]) -> list[str]:
+    """One sentence per stage on whether its PGD accuracy collapsed during training.
+
+    "Collapsed": the last checkpoint's PGD accuracy is below half of its best
+    earlier value and at least 10 points lower, while FGSM accuracy did not fall.
+    """
+    lines = []
+    for stage, w in watch.items():
+        pgd, fg, ep = w["pgd"], w["fgsm"], w["epoch"]
+        if not pgd:
+            continue
+        best = int(np.argmax(pgd))
+        last = pgd[-1]
+        if len(pgd) == 1:
+            lines.append(f"{stage}: one checkpoint only (epoch {ep[0]}): PGD {last:.1f}%, "
+                         f"FGSM {fg[0]:.1f}% — too short a run to see a trend.")
+            continue
+        drop = pgd[best] - last
+        if last < 0.5 * pgd[best] and drop >= 10 and fg[-1] >= fg[best] - 1:
+            lines.append(f"{stage}: **PGD accuracy collapsed** from {pgd[best]:.1f}% (epoch "
+                         f"{ep[best]}) to {last:.1f}% (epoch {ep[-1]}) while FGSM accuracy went "
+                         f"{fg[best]:.1f}% → {fg[-1]:.1f}% — the signature of catastrophic "
+                         f"overfitting.")
+        else:
+            lines.append(f"{stage}: no collapse — PGD accuracy best {pgd[best]:.1f}% (epoch "
+                         f"{ep[best]}), last {last:.1f}% (epoch {ep[-1]}); FGSM last {fg[-1]:.1f}%.")
+    return lines

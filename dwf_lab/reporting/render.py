@@ -1,0 +1,398 @@
+"""The report as files: markdown, standalone HTML and Figures 6-7, beside the published numbers.
+
+:func:`write_report` reads a run's evaluation records (``runs/<run>/eval/*.json``) and writes
+report.json, report.md, report.html, fig6_fgsm.html, fig7_pgd.html, and the figures as PNG
+when a working exporter (kaleido) is installed. Cells read "ours / paper": ours ``mean ± std``
+over seeds, the paper's value as published; a missing metric is shown as "—". Every number
+is as measured; nothing is rescaled or rounded before it is stored. Also the report's other
+sections: the ablations, AutoAttack stage by stage, the gradient-masking checklists.
+"""
+import html
+import importlib.util
+import json
+import math
+from dataclasses import asdict
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import plotly.graph_objects as go
+
+from dwf_lab.core.config import Profile
+from dwf_lab.core.io import atomic_write_bytes, atomic_write_text
+from dwf_lab.evaluation.protocol import ablation_eval_settings
+from dwf_lab.evaluation.records import infer_dataset, load_checklist, load_results
+from dwf_lab.reporting.figures import figure_fgsm, figure_pgd
+from dwf_lab.reporting.paper import DATASET_LABELS
+from dwf_lab.reporting.tables import (
+    AA_STAGES,
+    ablation_table,
+    autoattack_stage_rows,
+    build_tables,
+    checklist_overview,
+    collect_ablation_rows,
+    row_order,
+)
+from dwf_lab.training.recipes import FIXED_FGSM_EPS
+from dwf_lab.training.variants import BY_NAME, fixed_pgd_steps
+
+DEFAULT_TITLE = "Divided We Fall: this run beside the paper's Tables 2 and 3"
+FIGURE_FILES = ("fig6_fgsm", "fig7_pgd")
+DASH = "—"
+
+
+# ----------------------------------------------------------- formatting --
+def fmt_ours(cell: dict | None, runs: int | None = None) -> str:
+    """``mean ± std`` with one decimal; no ± for one seed; "(n=k)" if fewer seeds than runs."""
+    if not cell:
+        return DASH
+    text = f"{cell['mean']:.1f}"
+    if cell.get("std") is not None:
+        text += f" ± {cell['std']:.1f}"
+    if runs is not None and cell.get("n", runs) < runs:
+        text += f" (n={cell['n']})"
+    return text
+
+
+def fmt_paper(cell: dict | None) -> str:
+    """The paper's value as published (two decimals), ``± std`` where it gives one."""
+    if not cell or cell.get("mean") is None:
+        return DASH
+    text = f"{cell['mean']:.2f}"
+    if cell.get("std") is not None:
+        text += f" ± {cell['std']:.2f}"
+    return text
+
+
+def _settings_line(settings: dict) -> str | None:
+    parts = []
+    if isinstance(settings.get("pgd_eps"), (int, float)):
+        parts.append(f"ε = {settings['pgd_eps']:.4f} (8/255 = {8 / 255:.4f})")
+    if isinstance(settings.get("pgd_alpha"), (int, float)):
+        parts.append(f"α = {settings['pgd_alpha']:.4f} (2/255 = {2 / 255:.4f})")
+    if "random_start" in settings:
+        start = "uniform in the ε-ball (Madry et al.)" if settings["random_start"] else "none"
+        parts.append(f"random start: {start} — the paper does not say")
+    return "PGD: " + ", ".join(parts) if parts else None
+
+
+def _notes(meta: dict, cells: str) -> list[str]:
+    ds = meta.get("dataset")
+    pds = meta.get("paper_dataset")
+    paper_label = DATASET_LABELS.get(pds, "none") if pds else "none"
+    notes = [f"Dataset: {ds or 'unknown'} (paper columns: {paper_label}). "
+             f"{meta.get('comparability', '')}"]
+    n_test = meta.get("n_test") or []
+    if n_test:
+        text = ", ".join(str(n) for n in n_test)
+        notes.append(f"Test images per evaluation: {text}"
+                     + (" (differs across files!)" if len(n_test) > 1 else "") + ".")
+    seeds = meta.get("seeds") or {}
+    if seeds:
+        notes.append("Seeds: " + "; ".join(
+            f"{row} {', '.join('?' if s is None else str(s) for s in ss)}"
+            for row, ss in seeds.items()) + ".")
+    notes.append("Numbers are as measured (accuracy in %): ours = mean ± sample std over seeds, "
+                 "one decimal, no ± for a single seed, \"(n=k)\" when only k seeds measured a "
+                 "column; paper = as published (DWF: mean ± std over five runs).")
+    line = _settings_line(meta.get("settings") or {})
+    if line:
+        notes.append(line + ".")
+    if meta.get("settings_differ"):
+        notes.append("Warning: evaluation settings differ across files: "
+                     + ", ".join(meta["settings_differ"]) + ".")
+    notes.append(f"{cells}; {DASH} = not measured or not reported.")
+    return notes
+
+
+def _table_rows(table: dict, meta: dict):
+    """(row label, runs text, [ours text], [paper text] or None) for each row."""
+    runs = meta.get("runs") or {}
+    for entry in table["rows"]:
+        row = entry["row"]
+        ours = entry.get("ours")
+        ours_cells = [fmt_ours(ours.get(c) if ours else None, runs.get(row))
+                      for c in table["columns"]]
+        paper = entry.get("paper")
+        paper_cells = [fmt_paper(paper.get(c)) for c in table["columns"]] if paper else None
+        runs_text = str(runs[row]) if ours and row in runs else "paper only"
+        yield row, runs_text, ours_cells, paper_cells, ours is None
+
+
+def _md_escape(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def to_markdown(tables: dict, title: str = DEFAULT_TITLE,
+                figures: dict[str, str] | None = None, sections: list[dict] | None = None) -> str:
+    """The tables as readable markdown: one line per row, cells "ours / paper".
+
+    ``sections`` (see :func:`write_report`) follow the tables; ``figures``
+    (label -> relative link) adds a list of figure links at the end.
+    """
+    meta = tables.get("meta", {})
+    lines = [f"# {title}", ""]
+    lines += [f"- {n}" for n in _notes(meta, 'Cells read "ours / paper"')]
+    for key in ("table2", "table3", "beyond"):
+        table = tables.get(key)
+        if not table or not table["rows"]:
+            continue
+        has_paper = key != "beyond"
+        lines += ["", f"## {table['title']}", ""]
+        header = ["Model", "runs"] + list(table["columns"])
+        lines.append("| " + " | ".join(_md_escape(h) for h in header) + " |")
+        lines.append("| --- | ---: |" + " ---: |" * len(table["columns"]))
+        for row, runs_text, ours, paper, _ in _table_rows(table, meta):
+            if has_paper:
+                cells = [f"{o} / {p}" for o, p in zip(ours, paper or [DASH] * len(ours))]
+            else:
+                cells = ours
+            label = row if runs_text == "paper only" else f"**{row}**"
+            cells = [label, runs_text] + cells
+            lines.append("| " + " | ".join(_md_escape(c) for c in cells) + " |")
+    for sec in sections or []:
+        lines += ["", f"## {sec['title']}", ""]
+        lines += [f"- {n}" for n in sec.get("notes", [])]
+        lines += [""] if sec.get("notes") else []
+        lines.append("| " + " | ".join(_md_escape(c) for c in sec["columns"]) + " |")
+        lines.append("| --- |" + " ---: |" * (len(sec["columns"]) - 1))
+        lines += ["| " + " | ".join(_md_escape(str(c)) for c in row) + " |" for row in sec["rows"]]
+    if figures:
+        lines += ["", "## Figures", ""]
+        lines += [f"- [{label}]({link})" for label, link in figures.items()]
+    return "\n".join(lines) + "\n"
+
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
+table { border-collapse: collapse; margin: 1em 0 2em; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; vertical-align: top; }
+th:first-child, td:first-child { text-align: left; }
+thead th { background: #f2f2f2; }
+.paper { color: #777; font-size: 0.85em; }
+tr.paper-only td { color: #777; font-style: italic; }
+li { margin: 0.2em 0; }
+"""
+
+
+def to_html(tables: dict, title: str = DEFAULT_TITLE,
+            figures: dict[str, str] | None = None, sections: list[dict] | None = None) -> str:
+    """A standalone HTML page with the same tables: ours on top, the paper's value below in grey."""
+    esc = html.escape
+    meta = tables.get("meta", {})
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+             f"<title>{esc(title)}</title><style>{_CSS}</style></head><body>",
+             f"<h1>{esc(title)}</h1>", "<ul>"]
+    parts += [f"<li>{esc(n)}</li>" for n in _notes(meta, "Cells: this run on top, the paper below")]
+    parts.append("</ul>")
+    for key in ("table2", "table3", "beyond"):
+        table = tables.get(key)
+        if not table or not table["rows"]:
+            continue
+        parts.append(f"<h2>{esc(table['title'])}</h2>")
+        parts.append("<table><thead><tr><th>Model</th><th>runs</th>"
+                     + "".join(f"<th>{esc(c)}</th>" for c in table["columns"])
+                     + "</tr></thead><tbody>")
+        for row, runs_text, ours, paper, paper_only in _table_rows(table, meta):
+            cls = ' class="paper-only"' if paper_only else ""
+            cells = []
+            for i, o in enumerate(ours):
+                cell = esc(o)
+                if key != "beyond":
+                    cell += f'<br><span class="paper">{esc(paper[i] if paper else DASH)}</span>'
+                cells.append(f"<td>{cell}</td>")
+            parts.append(f"<tr{cls}><td>{esc(row)}</td><td>{esc(runs_text)}</td>"
+                         + "".join(cells) + "</tr>")
+        parts.append("</tbody></table>")
+    for sec in sections or []:
+        parts.append(f"<h2>{esc(sec['title'])}</h2>")
+        if sec.get("notes"):
+            parts.append("<ul>" + "".join(f"<li>{esc(n)}</li>" for n in sec["notes"]) + "</ul>")
+        parts.append("<table><thead><tr>" + "".join(f"<th>{esc(c)}</th>" for c in sec["columns"])
+                     + "</tr></thead><tbody>")
+        parts += ["<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in row) + "</tr>" for row in sec["rows"]]
+        parts.append("</tbody></table>")
+    if figures:
+        parts.append("<h2>Figures</h2><ul>")
+        parts += [f'<li><a href="{esc(link)}">{esc(label)}</a></li>'
+                  for label, link in figures.items()]
+        parts.append("</ul>")
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+# ---------------------------------------------------------------- writing --
+def _png(fig: go.Figure) -> tuple[bytes | None, str | None]:
+    """PNG bytes if an exporter works here, else (None, why)."""
+    if importlib.util.find_spec("kaleido") is None:
+        return None, "kaleido is not installed"
+    try:
+        return fig.to_image(format="png", scale=2), None
+    except Exception as err:  # any exporter failure (no Chrome, ...): skip the PNG
+        return None, f"{type(err).__name__}: {err}".splitlines()[0][:200]
+
+
+def write_report(eval_dir, out_dir, dataset: str | None = None, title: str = DEFAULT_TITLE,
+                 png: bool = True, sections: list[dict] | None = None) -> dict[str, Path]:
+    """Read ``eval_dir/*.json``, write the report into ``out_dir``; return {file name: path}.
+
+    ``sections``: further tables after the paper's, each
+    ``{"title", "notes": [str], "columns": [str], "rows": [[cell, ...]]}``
+    (the run's gradient-masking checklist and ablations: :func:`dwf_lab.pipeline.run_all.report_run`).
+
+    Writes report.md, report.html, fig6_fgsm.html, fig7_pgd.html (plotly.js
+    embedded: they open offline), fig6_fgsm.png and fig7_pgd.png when ``png`` and
+    an exporter works (skipped silently otherwise), and report.json (the tables,
+    plus which files were written and why PNGs were skipped). Each file is
+    written atomically.
+    """
+    results = load_results(eval_dir)
+    dataset = infer_dataset(results, dataset)
+    tables = build_tables(results, dataset)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+
+    def put(name: str, data: str | bytes) -> None:
+        path = out_dir / name
+        atomic_write_bytes(path, data.encode("utf-8") if isinstance(data, str) else data)
+        written[name] = path
+
+    figures = {"fig6_fgsm": figure_fgsm(results, dataset), "fig7_pgd": figure_pgd(results, dataset)}
+    png_note = "not requested" if not png else None
+    for stem, fig in figures.items():
+        put(f"{stem}.html", fig.to_html(include_plotlyjs=True, full_html=True))
+        data, why = _png(fig) if png else (None, png_note)
+        if data:
+            put(f"{stem}.png", data)
+        else:
+            png_note = why
+            (out_dir / f"{stem}.png").unlink(missing_ok=True)  # no stale PNG beside new data
+    links = {"Figure 6: robust accuracy vs FGSM ε (interactive)": "fig6_fgsm.html",
+             "Figure 7: robust accuracy vs PGD iterations (interactive)": "fig7_pgd.html"}
+    if "fig6_fgsm.png" in written:
+        links.update({"Figure 6 (PNG)": "fig6_fgsm.png", "Figure 7 (PNG)": "fig7_pgd.png"})
+    sections = list(sections or [])
+    put("report.md", to_markdown(tables, title, figures=links, sections=sections))
+    put("report.html", to_html(tables, title, figures=links, sections=sections))
+    record = dict(tables, title=title, sections=sections,
+                  written=sorted(list(written) + ["report.json"]),
+                  png=("written" if "fig6_fgsm.png" in written else f"skipped: {png_note}"))
+    put("report.json", json.dumps(record, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
+    return written
+
+
+def markdown_table(rows: Sequence[Mapping], columns: Sequence[str] | None = None,
+                   fmt: str = "{:.1f}") -> str:
+    """Rows of dicts as a markdown table (numbers formatted with ``fmt``)."""
+    if not rows:
+        return "_(nothing to show)_"
+    cols = list(columns) if columns is not None else list(rows[0])
+
+    def cell(v) -> str:
+        if v is None:
+            return "—"
+        if isinstance(v, float):
+            return fmt.format(v)
+        return str(v).replace("|", "\\|")
+    lines = ["| " + " | ".join(cols) + " |",
+             "|" + "|".join(" --- " if i == 0 else " ---: " for i in range(len(cols))) + "|"]
+    lines += ["| " + " | ".join(cell(r.get(c)) for c in cols) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _fmt_ablation(cell: dict) -> str:
+    if cell["mean"] is None:
+        return "-"
+    if cell["std"] is None or (isinstance(cell["std"], float) and math.isnan(cell["std"])):
+        return f"{cell['mean']:.2f}"
+    return f"{cell['mean']:.2f} ± {cell['std']:.2f}"
+
+
+def ablation_markdown(table: list[dict], skipped: dict | None = None, profile: Profile | None = None) -> str:
+    lines = ["# Ablations", "",
+             "Accuracy in percent on the run's test set. PGD-20: eps 8/255, step 2/255, random "
+             "start, through the whole model (gate included). Worst case: correct both clean "
+             "and under PGD-20, per example. Mean ± std over seeds where there are several.", ""]
+    if profile is not None:
+        lines += [f"Profile `{profile.name}`: end-to-end phase {profile.mixture_epochs} epoch(s), "
+                  f"{profile.mixture_batch} clean images per step; fixed strengths = FGSM eps "
+                  f"{FIXED_FGSM_EPS}, PGD-{fixed_pgd_steps(profile)}.", ""]
+    lines += ["| Variant | Question | Experts | SA | PGD-20 | Worst case | Seeds |",
+              "|---|---|---|---|---|---|---|"]
+    for r in table:
+        lines.append(f"| {r['label']} | {r['question']} | {r['experts']} | {_fmt_ablation(r['SA'])} | "
+                     f"{_fmt_ablation(r['PGD-20'])} | {_fmt_ablation(r['worst-case'])} | {len(r['seeds'])} |")
+    if skipped:
+        lines += ["", "Not run for this profile: " + "; ".join(
+            f"{BY_NAME[n].label if n in BY_NAME else n} ({why})" for n, why in skipped.items()) + "."]
+    lines += ["", "Variants:", ""]
+    lines += [f"- **{r['label']}** (`{r['variant']}`): {r['description']}" for r in table]
+    return "\n".join(lines) + "\n"
+
+
+def write_ablation_report(run, skipped: dict | None = None) -> dict:
+    table = ablation_table(run)
+    rep = {"profile": run.profile.name, "columns": ["SA", "PGD-20", "worst-case"],
+           "eval": asdict(ablation_eval_settings(run.profile)), "rows": table,
+           "per_seed": collect_ablation_rows(run), "skipped": skipped or {}}
+    run.report_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run.report_dir / "ablations.json", json.dumps(rep, indent=1, default=str))
+    atomic_write_text(run.report_dir / "ablations.md", ablation_markdown(table, skipped, run.profile))
+    return rep
+
+
+def autoattack_section(eval_dir) -> dict | None:
+    """:func:`autoattack_stage_rows` of a run's evaluation files as a report section (None: none)."""
+    records = load_results(eval_dir)
+    names = list(dict.fromkeys(r.get("row") or r.get("model") for r in records))
+    order = row_order(names, records[0].get("dataset") if records else None)
+    records.sort(key=lambda r: (order.index(r.get("row") or r.get("model")), str(r.get("seed"))))
+    rows = autoattack_stage_rows(records)
+    if not rows:
+        return None
+    fmt = lambda v: "-" if v is None else f"{v:.1f}"   # noqa: E731
+    return {"title": "AutoAttack stage by stage (%)",
+            "notes": ["Robust accuracy after each attack of the cascade, which only attacks the images "
+                      "still classified correctly: a large drop at APGD-T or FAB-T (margin losses, "
+                      "targeted) and none at APGD-CE means cross-entropy is a poor objective for the "
+                      "model; a drop at Square (no gradients) after the white-box stages means its "
+                      "gradients hide adversarial examples."],
+            "columns": ["model", "seed", *AA_STAGES],
+            "rows": [[r["model"], r["seed"], *(fmt(r[k]) for k in AA_STAGES)] for r in rows]}
+
+
+def checklist_section(report_dir) -> dict | None:
+    """The run's checklists (``checklist_*_seed*.json`` in ``report_dir``) as one report table:
+    a row per check, a column per model; None when there are none yet."""
+    from pathlib import Path
+    found = sorted(Path(report_dir).glob("checklist_*_seed*.json"))
+    loaded = [load_checklist(f) for f in found]
+    if not loaded:
+        return None
+    seeds = {c.get("seed") for c in loaded}
+    named = {(c.get("row") or c.get("model")) + (f" (seed {c.get('seed')})" if len(seeds) > 1 else ""):
+             c["items"] for c in loaded}
+    rows, cols = checklist_overview(named)
+    n = sorted({c.get("n_examples") for c in loaded})
+    return {"title": "Gradient-masking checklist (Carlini et al. 2019)",
+            "notes": ["✅ pass, ❌ fail, ➖ could not run. Evidence for every item: "
+                      "report/checklist_<model>_seed<k>.md.",
+                      f"Test images per checklist: {', '.join(str(v) for v in n)}."],
+            "columns": cols, "rows": [[r.get(c, "➖") for c in cols] for r in rows]}
+
+
+def ablation_section(run) -> dict | None:
+    """The ablation table as a section of the run's main report (None: no variant run yet)."""
+    table = ablation_table(run)
+    if not table:
+        return None
+    p = run.profile
+    return {"title": "Ablations the paper left open (%)",
+            "notes": ["One change to DWF per row, the same experts and end-to-end phase otherwise "
+                      f"({p.mixture_epochs} epoch(s), {p.mixture_batch} clean images per step). "
+                      "PGD-20: eps 8/255, step 2/255, random start, through the whole model; worst "
+                      "case: correct clean and under PGD-20, per example.",
+                      "Details and the variants that did not apply: report/ablations.md."],
+            "columns": ["Variant", "Question", "Experts", "SA", "PGD-20", "Worst case", "Seeds"],
+            "rows": [[r["label"], r["question"], r["experts"], _fmt_ablation(r["SA"]), _fmt_ablation(r["PGD-20"]),
+                      _fmt_ablation(r["worst-case"]), len(r["seeds"])] for r in table]}

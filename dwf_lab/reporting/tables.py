@@ -1,0 +1,308 @@
+"""Tables 2-3 and the "Beyond the paper" table of a run, beside the published numbers, as data.
+
+From a run's evaluation records (``runs/<run>/eval/*.json``, :mod:`dwf_lab.evaluation.records`),
+:func:`aggregate` averages the seeds of each row (mean and sample standard deviation) and
+:func:`build_tables` builds the paper's two tables (the paper's rows in its order, then the
+kit's) and a third, "Beyond the paper", for the metrics they have no column for (AutoAttack,
+per-example worst case, ...). Also the comparison rows of the adaptive attacks, AutoAttack
+stage by stage, the ablation table and the checklist overview. Accuracies are percent; a
+missing metric stays missing; nothing is rescaled. Rendering: :mod:`dwf_lab.reporting.render`.
+"""
+import json
+import re
+import statistics
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from dwf_lab.evaluation.checklist import CheckItem
+from dwf_lab.evaluation.metrics import WORST
+from dwf_lab.evaluation.records import infer_dataset, validated
+from dwf_lab.reporting.paper import (
+    COLUMN_FOR_METRIC,
+    METRIC_FOR_COLUMN,
+    TABLE2_COLUMNS,
+    TABLE3_COLUMNS,
+    TABLE_COLUMNS,
+    comparability_note,
+    is_comparable,
+    paper_dataset,
+    paper_row_order,
+    paper_rows,
+    paper_tables,
+    paper_value,
+)
+from dwf_lab.training.variants import ABLATIONS, BY_NAME
+
+FGSM_EPS: tuple[float, ...] = tuple(float(c) for c in TABLE2_COLUMNS[1:])   # 0.01 ... 0.09
+FGSM_METRICS: tuple[str, ...] = tuple(METRIC_FOR_COLUMN[c] for c in TABLE2_COLUMNS[1:])
+PGD_ITERS: tuple[int, ...] = (10, 20, 30, 40, 50)
+PGD_METRICS: tuple[str, ...] = tuple(f"pgd:{k}" for k in PGD_ITERS)
+
+
+TABLE_TITLES = {
+    "table2": "Table 2: clean accuracy (SA) and robust accuracy under FGSM, by ε (%)",
+    "table3": "Table 3: robust accuracy under PGD (ε = 8/255, α = 2/255), by iterations (%)",
+    "beyond": "Beyond the paper: further attacks and checks (%)",
+}
+
+
+# ------------------------------------------------------------ aggregation --
+def _stats(values: list[float]) -> dict:
+    n = len(values)
+    return {"mean": sum(values) / n,
+            "std": statistics.stdev(values) if n > 1 else None,
+            "n": n}
+
+
+def row_order(rows_seen: list[str], dataset: str | None) -> list[str]:
+    """Rows the paper has (in the paper's order) first, then the kit's rows as first seen."""
+    paper = paper_row_order(dataset) if paper_dataset(dataset) else paper_row_order(None)
+    return [r for r in paper if r in rows_seen] + [r for r in rows_seen if r not in paper]
+
+
+def _metric_order(keys_seen: list[str]) -> list[str]:
+    canonical = [METRIC_FOR_COLUMN[c] for c in TABLE2_COLUMNS + TABLE3_COLUMNS]
+    return [k for k in canonical if k in keys_seen] + [k for k in keys_seen if k not in canonical]
+
+
+def aggregate(results: Iterable[dict], dataset: str | None = None) -> dict:
+    """``{row: {metric: {"mean", "std", "n"}}}`` over the seeds of each row.
+
+    ``std`` is the sample standard deviation (ddof = 1), None for a single seed;
+    ``n`` counts the seeds that measured that metric. Rows the paper has come first
+    in the paper's order, then the kit's own rows in the order first seen. Two
+    files for the same row and seed are an error (they would count twice).
+    """
+    results = validated(results)
+    dataset = infer_dataset(results, dataset)
+    values: dict[str, dict[str, list[float]]] = {}
+    keys_seen: list[str] = []
+    seeds_seen: dict[tuple, str] = {}
+    for r in results:
+        seed = r.get("seed")
+        if seed is not None:
+            other = seeds_seen.setdefault((r["row"], seed), r["source"])
+            if other != r["source"]:
+                raise ValueError(f"two evaluation results for row {r['row']!r}, seed {seed}: "
+                                 f"{other} and {r['source']}; remove one")
+        per_metric = values.setdefault(r["row"], {})
+        for key, v in r["metrics"].items():
+            per_metric.setdefault(key, []).append(v)
+            if key not in keys_seen:
+                keys_seen.append(key)
+    metric_order = _metric_order(keys_seen)
+    return {row: {m: _stats(values[row][m]) for m in metric_order if m in values[row]}
+            for row in row_order(list(values), dataset)}
+
+
+# ----------------------------------------------------------------- tables --
+def _seed_key(seed) -> tuple:
+    number = isinstance(seed, (int, float)) and not isinstance(seed, bool)
+    return (seed is None, not number, seed if number else 0, str(seed))
+
+
+# settings that only choose which columns are measured (a missing column reads "—"), never
+# how: they may differ across files without a warning
+WHICH_ATTACKS = ("fgsm_eps", "pgd_steps", "long")
+
+
+def _meta(results: list[dict], dataset: str | None) -> dict:
+    rows: dict[str, list] = {}
+    for r in results:
+        rows.setdefault(r["row"], []).append(r.get("seed"))
+    all_settings = [r.get("settings") or {} for r in results]
+    keys = sorted({k for s in all_settings for k in s})
+    shared, differ = {}, []
+    for k in keys:
+        vals = [json.dumps(s.get(k), sort_keys=True, default=str) for s in all_settings]
+        if len(set(vals)) == 1:
+            shared[k] = all_settings[0].get(k)
+        elif k not in WHICH_ATTACKS:
+            differ.append(k)
+    elapsed = [r["elapsed_s"] for r in results if isinstance(r.get("elapsed_s"), (int, float))]
+    return {
+        "dataset": dataset,
+        "paper_dataset": paper_dataset(dataset),
+        "comparable": is_comparable(dataset),
+        "comparability": comparability_note(dataset),
+        "n_test": sorted({r["n_test"] for r in results if r.get("n_test") is not None}),
+        "seeds": {row: sorted(s, key=_seed_key) for row, s in rows.items()},
+        "runs": {row: len(s) for row, s in rows.items()},
+        "settings": shared,
+        "settings_differ": differ,
+        "elapsed_s_total": sum(elapsed) if elapsed else None,
+        "files": [r["source"] for r in results],
+        "paper_source": paper_tables().get("source"),
+    }
+
+
+def _paper_table(name: str, agg: dict, dataset: str | None) -> dict:
+    cols = TABLE_COLUMNS[name]
+    prows = paper_rows(name, dataset)
+    rows = []
+    for row in prows + [r for r in agg if r not in prows]:
+        ours = None
+        if row in agg and any(METRIC_FOR_COLUMN[c] in agg[row] for c in cols):
+            ours = {c: agg[row].get(METRIC_FOR_COLUMN[c]) for c in cols}
+        paper = None
+        if row in prows:
+            paper = {}
+            for c in cols:
+                value = paper_value(name, dataset, row, c)
+                paper[c] = None if value is None else {"mean": value[0], "std": value[1]}
+        if ours is not None or paper is not None:
+            rows.append({"row": row, "ours": ours, "paper": paper})
+    return {"title": TABLE_TITLES[name], "columns": list(cols),
+            "metrics": [METRIC_FOR_COLUMN[c] for c in cols], "rows": rows}
+
+
+def _beyond_table(agg: dict) -> dict:
+    cols: list[str] = []
+    for mets in agg.values():
+        cols += [m for m in mets if m not in COLUMN_FOR_METRIC and m not in cols]
+    rows = [{"row": row, "ours": {c: mets.get(c) for c in cols}, "paper": None}
+            for row, mets in agg.items() if any(c in mets for c in cols)]
+    return {"title": TABLE_TITLES["beyond"], "columns": cols, "metrics": list(cols), "rows": rows}
+
+
+def build_tables(results: Iterable[dict], dataset: str | None = None) -> dict:
+    """The three tables (JSON-able) with the run's metadata.
+
+    ``{"meta": {...}, "table2": T, "table3": T, "beyond": T}`` where each T is
+    ``{"title", "columns", "metrics", "rows": [{"row", "ours", "paper"}]}``;
+    ``ours`` maps each column to ``{"mean", "std", "n"}`` (None where not measured)
+    or is None for a paper-only row; ``paper`` maps each column to
+    ``{"mean", "std"}`` or is None for a kit-only row. Every row the paper has for
+    the dataset is included, so the run sits beside the whole published table.
+    ``dataset=None`` takes it from the results.
+    """
+    results = validated(results)
+    dataset = infer_dataset(results, dataset)
+    agg = aggregate(results, dataset)
+    meta = _meta(results, dataset)
+    for key in ("seeds", "runs"):  # in table row order
+        meta[key] = {row: meta[key][row] for row in agg}
+    return {"meta": meta,
+            "table2": _paper_table("table2", agg, dataset),
+            "table3": _paper_table("table3", agg, dataset),
+            "beyond": _beyond_table(agg)}
+
+
+# ------------------------------------------------------------ reading --
+def adaptive_keys(keys: Sequence[str]) -> list[str]:
+    """The adaptive attack keys among ``keys``, in a fixed reading order."""
+    short = sorted((k for k in keys if re.fullmatch(r"pgd-\d+", k)), key=lambda k: int(k[4:]))
+    long = sorted((k for k in keys if re.fullmatch(r"pgd-\d+x\d+", k)),
+                  key=lambda k: tuple(int(v) for v in k[4:].split("x")))
+    return short + [k for k in ("pgd-dlr", "routing", "transfer-best") if k in keys] + long + \
+        [k for k in ("autoattack", "square") if k in keys]
+
+
+def comparison_rows(records: Sequence[dict], dataset: str | None = None) -> tuple[list[dict], list[str]]:
+    """One row per evaluated model: the paper's protocol, the adaptive attacks, both worst cases,
+    and the paper's Table 3 numbers for that row (PGD-20 and "100 (MS)").
+
+    ``records``: evaluation records (``eval/<stage>_seed<k>.json`` contents), e.g. what
+    :func:`evaluate_adaptive_run` returns. Returns ``(rows, columns)``; accuracies in percent,
+    None where not measured. The "paper" columns are the published numbers for the row's
+    label (CIFAR-10's for synthetic data: see :func:`dwf_lab.reporting.paper.comparability_note`).
+    """
+
+    keys: list[str] = []
+    for r in records:
+        keys += [k for k in r.get("metrics", {}) if k not in keys]
+    pgd_k = sorted(int(k[4:]) for k in keys if re.fullmatch(r"pgd:\d+", k))
+    short = [f"pgd:{20 if 20 in pgd_k else pgd_k[-1]}"] if pgd_k else []
+    ms = sorted((k for k in keys if re.fullmatch(r"pgd:\d+-ms", k)), key=lambda k: int(k[4:-3]))[-1:]
+    cols = ["SA"] + short + ms + ["worst-case"] + adaptive_keys(keys) + [WORST]
+    cols = [c for c in cols if c in keys]
+    ds = dataset or (records[0].get("dataset") if records else None)
+    rows = []
+    for r in records:
+        row = {"model": r.get("row") or r.get("model"), "seed": r.get("seed")}
+        row.update({c: r["metrics"].get(c) for c in cols})
+        for col, label in (("20", "paper PGD-20"), ("100 (MS)", "paper 100 (MS)")):
+            v = paper_value("table3", ds, row["model"], col) if ds else None
+            row[label] = None if v is None else v[0]
+        rows.append(row)
+    return rows, ["model", "seed"] + cols + ["paper PGD-20", "paper 100 (MS)"]
+
+
+AA_STAGES = ("clean", "after APGD-CE", "after APGD-T", "after FAB-T", "after Square")
+
+
+def autoattack_stage_rows(records: Sequence[dict]) -> list[dict]:
+    """Robust accuracy (%) after each stage of the AutoAttack cascade, one row per model (and per
+    gradient mode for a model attacked under several, e.g. SoE): which part of AutoAttack broke it.
+    Models whose stages were not recorded are left out."""
+    rows = []
+    for r in records:
+        stages = r.get("adaptive", {}).get("autoattack_stages")
+        if not stages:
+            continue
+        per_mode = stages if all(isinstance(v, dict) for v in stages.values()) else {None: stages}
+        for mode, st in per_mode.items():
+            name = r.get("row") or r.get("model")
+            rows.append({"model": name if mode is None else f"{name} ({mode} gradient)",
+                         "seed": r.get("seed"), **{k: st.get(k) for k in AA_STAGES}})
+    return rows
+
+
+def ablation_row(rec: dict) -> dict:
+    m = rec["metrics"]
+    return {"variant": rec["variant"], "label": rec["row"], "question": rec.get("question", ""),
+            "seed": rec["seed"], "experts": rec.get("experts"),
+            "SA": m.get("SA"), "PGD-20": m.get("pgd:20"), "worst-case": m.get("worst-case"),
+            "train_s": rec.get("train_s"), "eval_s": rec.get("elapsed_s"), "note": rec.get("note", "")}
+
+
+ABLATION_METRICS = ("SA", "pgd:20", "worst-case")
+ABLATION_COLUMNS = {"SA": "SA", "pgd:20": "PGD-20", "worst-case": "Worst case"}
+
+
+def collect_ablation_rows(run) -> list[dict]:
+    """Every finished variant of every seed of the run (one row per variant and seed)."""
+    out = []
+    for path in sorted(Path(run.root).glob("seed-*/ablations/*/eval.json")):
+        try:
+            out.append(ablation_row(json.loads(path.read_text())))
+        except (json.JSONDecodeError, KeyError):
+            continue
+    return out
+
+
+def _stats_ablations(values: list[float]) -> dict:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return {"mean": None, "std": None, "n": 0}
+    std = statistics.stdev(vals) if len(vals) > 1 else None
+    return {"mean": statistics.mean(vals), "std": std, "n": len(vals)}
+
+
+def ablation_table(run) -> list[dict]:
+    """Rows aggregated over seeds, in :data:`ABLATIONS` order: SA / PGD-20 / worst case mean and std."""
+    per = collect_ablation_rows(run)
+    order = {a.name: i for i, a in enumerate(ABLATIONS)}
+    table = []
+    for name in sorted({r["variant"] for r in per}, key=lambda n: order.get(n, len(order))):
+        rs = [r for r in per if r["variant"] == name]
+        a = BY_NAME.get(name)
+        table.append({"variant": name, "label": rs[0]["label"], "question": rs[0]["question"],
+                      "experts": rs[0]["experts"], "seeds": sorted(r["seed"] for r in rs),
+                      "description": a.description if a else "",
+                      **{c: _stats_ablations([r[c] for r in rs]) for c in ("SA", "PGD-20", "worst-case")}})
+    return table
+
+
+def checklist_overview(named: dict) -> tuple[list[dict], list[str]]:
+    """One row per check, one column per model: ``named`` maps a model name to its items
+    (CheckItem objects, or the dicts of a saved checklist JSON). Returns (rows, columns)."""
+    mark = {True: "✅", False: "❌", None: "➖"}
+    models = list(named)
+    rows: dict[str, dict] = {}
+    for m, items in named.items():
+        for it in items:
+            name = it.name if isinstance(it, CheckItem) else it["name"]
+            passed = it.passed if isinstance(it, CheckItem) else it["passed"]
+            rows.setdefault(name, {"check": name})[m] = mark[passed]
+    return list(rows.values()), ["check"] + models

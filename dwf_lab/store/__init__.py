@@ -1,0 +1,1 @@
+"""What a run keeps on disk: safe checkpoints (``checkpoints``) and run directories (``runs``)."""

@@ -1,0 +1,174 @@
+"""The course notebooks: how they are stored, and that the whole sequence runs headlessly.
+
+- storage: every ``notebooks/NN_*.ipynb`` is stored without outputs or execution
+  counts, with the ``python3`` kernel, one ``parameters`` cell (papermill) defining
+  ``profile``, ``run_name`` and ``overrides``, then a ``setup_notebook`` cell;
+  notebooks define no functions or classes (logic lives in ``dwf_lab``);
+- the course runner: notebook selection, the parameters that rebuild a profile, and a
+  failing notebook reported with the notebook, the cell and the partial copy;
+- the papermill smoke run of the whole sequence (``run_course`` at the ``smoke`` profile,
+  with ``$DWF_RUNS_DIR`` in a temporary directory), as ``python -m dwf_lab course`` does.
+
+nbval runs separately (Makefile): ``DWF_PROFILE=smoke pytest --nbval-lax notebooks/
+--nbval-sanitize-with tests/nbval_sanitize.cfg``.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from dwf_lab.core.config import get_profile
+from dwf_lab.course.runner import (
+    NOTEBOOKS_DIR,
+    CourseError,
+    _select_notebooks,
+    notebook_parameters,
+    notebook_sequence,
+    run_course,
+)
+from dwf_lab.course.setup import setup_notebook
+from dwf_lab.evaluation.records import load_results
+from dwf_lab.reporting.readings import protocol_reading
+from dwf_lab.reporting.tables import aggregate
+
+NOTEBOOKS = notebook_sequence()
+CORE = ["00_threat_models", "01_benign_expert", "02_fgsm_experts", "03_pgd_experts",
+        "04_mixture_of_experts", "05_robustness_evaluation"]
+FIXTURE_EVAL = Path(__file__).resolve().parents[1] / "fixtures" / "eval_small"
+
+
+def _read(path: Path):
+    return nbformat.read(str(path), as_version=4)
+
+
+# ------------------------------------------------------------------ storage --
+def test_the_course_notebooks_exist_in_order():
+    stems = [p.stem for p in NOTEBOOKS]
+    assert stems[:len(CORE)] == CORE
+    assert stems == sorted(stems)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_is_stored_clean(path):
+    nb = _read(path)
+    nbformat.validate(nb)
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+    assert nb.metadata["kernelspec"].get("language") == "python"
+    assert "papermill" not in nb.metadata and "widgets" not in nb.metadata
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type == "code":
+            assert cell.outputs == [], f"{path.name} cell {i} has stored outputs"
+            assert cell.execution_count is None, f"{path.name} cell {i} has an execution count"
+            assert not re.search(r"^\s*(def|class)\s", cell.source, re.M), \
+                f"{path.name} cell {i} defines a function/class: put it in dwf_lab"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_has_parameters_then_setup(path):
+    from papermill.translators import PythonTranslator
+    nb = _read(path)
+    tagged = [i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1, f"{path.name}: expected one cell tagged 'parameters', got {len(tagged)}"
+    cell = nb.cells[tagged[0]]
+    assert cell.cell_type == "code"
+    names = {p.name for p in PythonTranslator.inspect(cell)}
+    assert {"profile", "run_name", "overrides"} <= names
+    ns: dict = {}
+    exec(cell.source, ns)  # noqa: S102 - our own notebook's parameter defaults
+    assert ns["profile"] is None and ns["run_name"] is None and ns["overrides"] == {}
+    nxt = next(c for c in nb.cells[tagged[0] + 1:] if c.cell_type == "code")
+    assert "setup_notebook(profile, run_name, overrides)" in nxt.source
+    assert nb.cells[0].cell_type == "markdown"
+
+
+@pytest.mark.parametrize("stem", CORE)
+def test_core_notebook_says_what_you_will_learn(stem):
+    nb = _read(NOTEBOOKS_DIR / f"{stem}.ipynb")
+    assert "## What you will learn" in nb.cells[0].source
+    text = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    assert "Try it yourself" in text and "<details>" in text
+
+
+# ------------------------------------------------------------ course runner --
+def test_notebook_parameters_rebuild_the_profile():
+    p = get_profile("smoke", width=0.125, seeds="0,1")
+    params = notebook_parameters(p, "r", ["width=0.125", "seeds=0,1"])
+    assert params["profile"] == "smoke" and params["run_name"] == "r"
+    assert params["overrides"]["width"] == 0.125 and params["overrides"]["seeds"] == [0, 1]
+    json.dumps(params)  # papermill needs plain values
+    assert get_profile(params["profile"], **params["overrides"]) == p
+    assert notebook_parameters(get_profile("smoke"), "s")["overrides"] == {}
+
+
+def test_select_notebooks_by_number_or_name():
+    picked = _select_notebooks(NOTEBOOKS, ["02", "00_threat_models.ipynb"])
+    assert [p.stem for p in picked] == ["00_threat_models", "02_fgsm_experts"]
+    with pytest.raises(ValueError, match="matches 0"):
+        _select_notebooks(NOTEBOOKS, ["99"])
+
+
+def test_setup_notebook_honours_dwf_profile(monkeypatch, tmp_path):
+    monkeypatch.setenv("DWF_RUNS_DIR", str(tmp_path))
+    monkeypatch.setenv("DWF_PROFILE", "smoke")
+    ctx = setup_notebook(None, None, {"n_test": 16}, verbose=False)
+    assert ctx.profile.name == "smoke" and ctx.profile.n_test == 16
+    assert ctx.run.root == tmp_path / "smoke" and len(ctx.data.x_test) == 16
+    assert ctx.seed == 0 and ctx.threads >= 1 and ctx.n_quick == 16
+
+
+def test_a_failing_notebook_stops_the_course(monkeypatch, tmp_path):
+    monkeypatch.setenv("DWF_RUNS_DIR", str(tmp_path / "runs"))
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("profile = None\nrun_name = None\noverrides = {}",
+                                  metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("x = 1"),
+        nbformat.v4.new_code_cell("raise ValueError('broken on purpose')")])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    bad = tmp_path / "98_broken.ipynb"
+    nbformat.write(nb, str(bad))
+    out = tmp_path / "out"
+    with pytest.raises(CourseError) as err:
+        run_course(get_profile("smoke"), run_name="broken", notebooks=[bad], out_dir=out)
+    msg = str(err.value)
+    assert "98_broken.ipynb" in msg and "ValueError: broken on purpose" in msg
+    assert "the cell numbered [" in msg and "raise ValueError('broken on purpose')" in msg
+    assert str(out / "98_broken.ipynb") in msg and (out / "98_broken.ipynb").exists()
+
+
+def test_reading_is_computed_from_the_numbers():
+    results = load_results(FIXTURE_EVAL)
+    agg = aggregate(results)
+    text = protocol_reading(results)
+    dwf, pat = agg["DWF"]["pgd:20"]["mean"], agg["ResNet-18 (PGD-AT)"]["pgd:20"]["mean"]
+    word = "above" if dwf > pat else "below"
+    assert f"DWF's PGD-20 accuracy is **{abs(dwf - pat):.1f} points {word}** ResNet-18 (PGD-AT)" in text
+    assert "the paper: 64.70 vs 58.35" in text
+    assert protocol_reading([]).startswith("- No evaluation results")
+
+
+# ---------------------------------------------------- papermill smoke run --
+@pytest.mark.slow
+def test_course_runs_headlessly_at_smoke(monkeypatch, tmp_path):
+    monkeypatch.setenv("DWF_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.delenv("DWF_PROFILE", raising=False)
+    out = tmp_path / "executed"
+    done = run_course(get_profile("smoke"), run_name="ci", out_dir=out)
+    assert [p.name for p in done] == [p.name for p in NOTEBOOKS]
+    for path in done:
+        nb = _read(path)
+        assert nb.metadata["papermill"]["parameters"]["profile"] == "smoke"
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        assert all(c.execution_count is not None for c in code), path.name
+        outputs = [o for c in code for o in c.outputs]
+        assert outputs, f"{path.name} produced no outputs"
+        assert not [o for o in outputs if o.output_type == "error"], path.name
+    run = tmp_path / "runs" / "ci"
+    assert (run / "report" / "report.md").exists()
+    assert (run / "seed-0" / "models" / "mixture.safetensors").exists()
+    executed_00 = _read(out / "00_threat_models.ipynb")
+    assert any(o.get("data", {}).get("application/vnd.plotly.v1+json")
+               for c in executed_00.cells if c.cell_type == "code" for o in c.outputs)

@@ -1,0 +1,205 @@
+"""The gradient-masking checklist: it passes an honest model and FLAGS masked ones.
+
+The second half is the point: a model whose gradients vanish (a detached output,
+a rounding step on the input) looks perfectly robust to PGD and FGSM; the
+checklist must say so, with the numbers.
+"""
+import dataclasses
+import importlib.util
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from dwf_lab import attacks
+from dwf_lab.evaluation.checklist import (
+    CheckItem,
+    ChecklistSettings,
+    all_passed,
+    check_bn_eval,
+    check_deterministic,
+    check_own_vs_relaxed_gradient,
+    check_pgd_vs_worst_case,
+    checklist_json,
+    checklist_markdown,
+    items_to_json,
+    run_checklist,
+    summary,
+    with_stored_checks,
+)
+from dwf_lab.evaluation.metrics import WORST
+
+EPS, ALPHA = 8 / 255, 2 / 255
+from tinymodels import tiny_trained  # noqa: E402  (tests/ is on sys.path)
+
+HAVE_ART = importlib.util.find_spec("art") is not None
+
+
+class DetachedLogits(nn.Module):
+    """Same predictions, zero gradient: ``logits * 0 + logits.detach()``."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        z = self.model(x)
+        return z * 0 + z.detach()
+
+
+class QuantizedInput(nn.Module):
+    """Rounds the input to 8 levels first: a non-differentiable step (gradient 0 almost everywhere)."""
+
+    def __init__(self, model, levels: int = 8):
+        super().__init__()
+        self.model, self.levels = model, levels
+
+    def forward(self, x):
+        return self.model(torch.round(x * (self.levels - 1)) / (self.levels - 1))
+
+
+class NoisyLogits(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        z = self.model(x)
+        return z + torch.randn_like(z)
+
+
+def settings(**kw) -> ChecklistSettings:
+    return ChecklistSettings.smoke(eps=EPS, alpha=ALPHA, steps=8, long_steps=12, long_restarts=2,
+                                   eps_grid=(EPS, 16 / 255, 0.3), eps_grid_steps=8, square_queries=60,
+                                   n_examples=32, **kw)
+
+
+def by_key(items):
+    return {it.key: it for it in items}
+
+
+def test_checklist_passes_an_honest_model():
+    model, data = tiny_trained(0)
+    surrogate, _ = tiny_trained(1)
+    items = run_checklist(model, data.x_test, data.y_test, settings(), surrogate=surrogate, square=HAVE_ART)
+    assert len(items) == 9 and all(isinstance(it, CheckItem) for it in items)
+    failed = [(it.key, it.evidence) for it in items if it.passed is False]
+    assert not failed, failed
+    assert all_passed(items)
+    k = by_key(items)
+    assert k["white-box-vs-transfer"].passed is True
+    assert k["eps-growth"].evidence["pgd_acc"][-1] <= 10
+    assert k["non-zero-gradients"].evidence["fraction_zero_gradient"] == 0
+    if HAVE_ART:
+        assert k["white-box-vs-black-box"].passed is True
+    md = checklist_markdown(items)
+    assert "FAIL" not in md and md.count("✅ pass") == sum(it.passed is True for it in items)
+    json.loads(checklist_json(items, model="tiny"))
+
+
+@pytest.mark.parametrize("wrapper", [DetachedLogits, QuantizedInput])
+def test_checklist_flags_a_gradient_masked_model(wrapper):
+    honest, data = tiny_trained(0)
+    masked = wrapper(honest).eval()
+    x, y = data.x_test, data.y_test
+    # what makes masking dangerous: it looks robust to the gradient attacks
+    pgd = attacks.pgd(masked, x[:32], y[:32], EPS, ALPHA, 8)
+    assert attacks.accuracy(masked, pgd, y[:32]) > attacks.accuracy(
+        honest, attacks.pgd(honest, x[:32], y[:32], EPS, ALPHA, 8), y[:32]) + 0.2
+
+    # Square gets enough queries to be a real attack: at 60 it beat masked PGD by only ~4 points
+    # (a margin one CPU's kernels can erase), at 300 by 30+ on both wrappers
+    items = run_checklist(masked, x, y, dataclasses.replace(settings(), square_queries=300),
+                          surrogate=honest, square=HAVE_ART)
+    k = by_key(items)
+    assert not all_passed(items)
+    assert k["non-zero-gradients"].passed is False
+    assert k["non-zero-gradients"].evidence["fraction_zero_gradient"] >= 0.9
+    # attacks that do not need this model's gradients expose it
+    assert k["white-box-vs-transfer"].passed is False
+    assert k["eps-growth"].passed is False
+    if HAVE_ART:
+        assert k["white-box-vs-black-box"].passed is False
+    assert len(summary(items)["failed_checks"]) >= 3
+    md = checklist_markdown(items)
+    assert "FAIL" in md and "fraction_zero_gradient = 1" in md
+
+
+def test_batchnorm_hook_check():
+    model, data = tiny_trained(0)
+    x, y = data.x_test[:8], data.y_test[:8]
+    model.train()
+    try:
+        ok = check_bn_eval(model, x, y, eps=EPS, alpha=ALPHA)   # our FGSM + PGD
+        assert ok.passed and ok.evidence["calls"] > 0 and ok.evidence["calls_in_train_mode"] == 0
+        assert ok.evidence["mode_restored"] and model.training
+
+        def careless_attack(m, xb, yb):            # forgets eval mode
+            xg = xb.clone().requires_grad_(True)
+            F.cross_entropy(m(xg), yb).backward()
+            return (xb + EPS * xg.grad.sign()).clamp(0, 1)
+        bad = check_bn_eval(model, x, y, attack=careless_attack)
+        assert bad.passed is False and bad.evidence["calls_in_train_mode"] > 0
+
+        def leaves_eval(m, xb, yb):                # eval mode, but never gives the mode back
+            m.eval()
+            return m(xb)
+        bad2 = check_bn_eval(model, x, y, attack=leaves_eval)
+        assert bad2.passed is False and bad2.evidence["mode_restored"] is False
+    finally:
+        model.eval()
+
+
+def test_determinism_check_flags_a_randomised_model():
+    model, data = tiny_trained(0)
+    assert check_deterministic(model, data.x_test[:16]).passed
+    item = check_deterministic(NoisyLogits(model), data.x_test[:16])
+    assert item.passed is False and item.evidence["max_abs_logit_diff"] > 0.1
+
+
+# ------------------------------------------------- checks on stored results --
+def _record(**metrics):
+    return {"n_test": 200, "metrics": {"SA": 37.5, "fgsm:0.09": 5.0, **metrics}}
+
+
+def test_pgd_vs_worst_case_flags_a_model_that_other_attacks_break():
+    s = ChecklistSettings(steps=20)             # max gap: 5 points + one example (0.5)
+    # the laptop run's DWF: PGD-20 21.0, AutoAttack 15.0
+    bad = check_pgd_vs_worst_case(_record(**{"pgd:20": 21.0, "autoattack": 15.0, "square": 26.0,
+                                             WORST: 15.0}), s)
+    assert bad.passed is False
+    ev = bad.evidence
+    assert ev["gap"] == 6.0 and ev["strongest_attack"] == "autoattack" and ev["max_gap"] == 5.5
+    # FGSM at eps = 0.09 is another threat model: never the "strongest attack" of the 8/255 ball
+    assert ev["strongest_attack"] != "fgsm:0.09"
+    ok = check_pgd_vs_worst_case(_record(**{"pgd:20": 21.0, "autoattack": 19.5, WORST: 19.5}), s)
+    assert ok.passed is True and ok.evidence["gap"] == 1.5
+    # without adaptive attacks the check cannot run, and says how to make it run
+    none = check_pgd_vs_worst_case(_record(**{"pgd:20": 21.0}), s)
+    assert none.passed is None and "dwf_lab adaptive" in none.evidence["not_run"]
+
+
+def test_own_vs_relaxed_gradient_flags_a_hard_selection():
+    s = ChecklistSettings(steps=20)
+    rec = {"n_test": 200, "gradient_modes": {"hard": {"pgd:20": 21.0}, "bpda": {"pgd:20": 13.5}}}
+    item = check_own_vs_relaxed_gradient(rec, s)
+    assert item.passed is False and item.evidence["own_gradient"] == "hard"
+    assert item.evidence["pgd:20 (bpda)"] == 13.5
+    rec["gradient_modes"]["bpda"]["pgd:20"] = 20.0     # within 2 points + one example
+    assert check_own_vs_relaxed_gradient(rec, s).passed is True
+    # a model with one gradient has nothing to compare
+    assert check_own_vs_relaxed_gradient({"n_test": 200, "metrics": {}}, s) is None
+
+
+def test_stored_checks_are_replaced_not_repeated_and_survive_a_json_round_trip():
+    base = [CheckItem("x", True, {}, "", "batchnorm-eval")]
+    rec = _record(**{"pgd:20": 21.0, "autoattack": 15.0, WORST: 15.0})
+    first = with_stored_checks(base, rec)
+    assert [it.key for it in first] == ["batchnorm-eval", "pgd-vs-worst-case"] and not first[-1].passed
+    rec["metrics"][WORST] = rec["metrics"]["autoattack"] = 20.0        # a weaker set of attacks
+    back = [CheckItem.from_dict(d) for d in items_to_json(first)]
+    second = with_stored_checks(back, rec)
+    assert [it.key for it in second] == ["batchnorm-eval", "pgd-vs-worst-case"]
+    assert second[-1].passed is True and second[0] == base[0]

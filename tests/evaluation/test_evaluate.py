@@ -1,0 +1,194 @@
+"""dwf_lab.evaluation (protocol, metrics): the shared PGD trajectory, the protocol's bookkeeping, per-example bits."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from dwf_lab import attacks
+from dwf_lab.attacks.pgd import pgd_trajectory
+from dwf_lab.core.runtime import seed_from
+from dwf_lab.evaluation.metrics import over_gradient_modes, pack_bits, unpack_bits, worst_case_keys
+from dwf_lab.evaluation.protocol import EvalSettings, evaluate_model
+from dwf_lab.evaluation.records import write_result
+from dwf_lab.models.registry import build_model
+
+EPS, ALPHA = 8 / 255, 2 / 255
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _correct(model, x, y):
+    with torch.no_grad():
+        return model(x).argmax(1) == y
+
+
+def test_trajectory_at_k_is_pgd_with_k_steps(trained_model, attack_batch):
+    x, y = attack_batch[0][:64], attack_batch[1][:64]
+    traj = pgd_trajectory(trained_model, x, y, EPS, ALPHA, (1, 4), generator=gen(3))
+    assert sorted(traj) == [1, 4]
+    for k in (1, 4):
+        x_adv = attacks.pgd(trained_model, x, y, EPS, ALPHA, steps=k, generator=gen(3))
+        assert torch.equal(traj[k], _correct(trained_model, x_adv, y)), k
+    assert not trained_model.training
+    assert all(p.grad is None for p in trained_model.parameters())
+
+
+def test_trajectory_without_random_start(trained_model, attack_batch):
+    x, y = attack_batch[0][:32], attack_batch[1][:32]
+    traj = pgd_trajectory(trained_model, x, y, EPS, ALPHA, (2,), random_start=False)
+    x_adv = attacks.pgd(trained_model, x, y, EPS, ALPHA, steps=2, random_start=False)
+    assert torch.equal(traj[2], _correct(trained_model, x_adv, y))
+
+
+SMALL = EvalSettings(fgsm_eps=(0.01, 0.03), pgd_steps=(2, 4), long_steps=3, restarts=2,
+                     batch_size=40)
+
+
+@pytest.fixture(scope="module")
+def evaluated(_trained, attack_batch):
+    import copy
+    model = copy.deepcopy(_trained).train()  # evaluate_model must use eval mode and restore
+    x, y = attack_batch[0][:80], attack_batch[1][:80]
+    metrics, correct = evaluate_model(model, x, y, SMALL, seed=4, progress=False)
+    return model, x, y, metrics, correct
+
+
+def test_metrics_names_and_mode(evaluated):
+    model, x, y, metrics, correct = evaluated
+    assert model.training  # mode restored
+    assert all(p.grad is None for p in model.parameters())
+    names = SMALL.metric_names()
+    assert names == ["SA", "fgsm:0.01", "fgsm:0.03", "pgd:2", "pgd:4", "pgd:3-ms", "pgd:3-a"]
+    assert list(metrics) == names + ["worst-case"] and list(correct) == list(metrics)
+    for k, v in correct.items():
+        assert v.dtype == torch.bool and v.shape == (80,), k
+        assert metrics[k] == pytest.approx(100.0 * v.float().mean().item())
+    assert metrics["SA"] == pytest.approx(100.0 * attacks.accuracy(model, x, y))
+
+
+def test_worst_case_is_below_every_metric(evaluated):
+    _, _, _, metrics, correct = evaluated
+    everything = torch.stack([v for k, v in correct.items() if k != "worst-case"]).all(0)
+    assert torch.equal(correct["worst-case"], everything)
+    for k, v in metrics.items():
+        assert metrics["worst-case"] <= v, k
+    assert metrics["pgd:4"] <= metrics["SA"]
+
+
+def test_protocol_pgd_columns_are_reproducible_attacks(evaluated):
+    # pgd:k of batch b is PGD-k from generator seed_from(seed, b, 1): the same numbers a
+    # separate attacks.pgd call gives (so "one trajectory" really equals five runs)
+    model, x, y, _, correct = evaluated
+    model.eval()
+    for b in range(2):
+        xb, yb = x[40 * b:40 * (b + 1)], y[40 * b:40 * (b + 1)]
+        for k in (2, 4):
+            x_adv = attacks.pgd(model, xb, yb, EPS, ALPHA, steps=k,
+                                generator=gen(seed_from(4, b, 1)))
+            assert torch.equal(correct[f"pgd:{k}"][40 * b:40 * (b + 1)],
+                               _correct(model, x_adv, yb)), (b, k)
+
+
+def test_evaluate_rejects_normalized_inputs(trained_model, attack_batch):
+    x, y = attack_batch[0][:4], attack_batch[1][:4]
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        evaluate_model(trained_model, trained_model.normalize(x), y, SMALL, progress=False)
+
+
+def test_clean_only_settings_have_no_worst_case(trained_model, attack_batch):
+    x, y = attack_batch[0][:10], attack_batch[1][:10]
+    s = EvalSettings(fgsm_eps=(), pgd_steps=(), long=False)
+    metrics, correct = evaluate_model(trained_model, x, y, s, progress=False)
+    assert list(metrics) == ["SA"]
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 100])
+def test_pack_unpack_round_trip(n):
+    bits = torch.rand(n, generator=gen(n)) < 0.5
+    hexstr = pack_bits(bits)
+    assert len(hexstr) == 2 * ((n + 7) // 8)
+    back = unpack_bits(hexstr, n)
+    assert back.dtype == torch.bool and torch.equal(back, bits)
+
+
+def test_pack_bits_first_example_is_the_most_significant_bit():
+    assert pack_bits(torch.tensor([True] + [False] * 7)) == "80"
+    assert pack_bits(torch.tensor([False] * 7 + [True])) == "01"
+    assert pack_bits(torch.tensor([True, True, True])) == "e0"
+
+
+def test_write_result_round_trips_the_per_example_bits(tmp_path, evaluated):
+    _, _, _, metrics, correct = evaluated
+    path = tmp_path / "r" / "result.json"
+    rec = write_result(path, model="tiny", row="DWF", seed=4, dataset="synthetic",
+                       metrics=metrics, correct=correct, settings=SMALL, elapsed_s=1.234)
+    on_disk = json.loads(path.read_text())
+    assert on_disk == json.loads(json.dumps(rec))
+    assert on_disk["n_test"] == 80 and on_disk["metrics"] == metrics
+    assert on_disk["settings"]["restarts"] == 2 and on_disk["elapsed_s"] == 1.23
+    for k, v in correct.items():
+        assert torch.equal(unpack_bits(on_disk["per_example"][k], 80), v), k
+    assert [p.name for p in path.parent.iterdir()] == ["result.json"]
+
+
+def test_worst_case_pools_only_attacks_inside_the_same_eps_ball():
+    keys = ["SA", "fgsm:0.01", "fgsm:0.03", "fgsm:0.04", "fgsm:0.09", "pgd:10", "pgd:100-ms",
+            "autoattack", "worst-case", "worst-case (all)"]
+    assert worst_case_keys(keys, 8 / 255) == ["SA", "fgsm:0.01", "fgsm:0.03", "pgd:10", "pgd:100-ms",
+                                              "autoattack"]
+    # a larger-eps FGSM column never lowers the worst case
+    s = SMALL.__class__(**{**SMALL.__dict__, "fgsm_eps": (0.01, 0.5)})
+    torch.manual_seed(0)
+    model = build_model("resnet18", width=0.0625, dataset="synthetic")
+    x = torch.rand(8, 3, 32, 32)
+    y = torch.zeros(8, dtype=torch.long)
+    metrics, correct = evaluate_model(model, x, y, s, progress=False)
+    expected = torch.stack([correct[k] for k in correct if k not in ("worst-case", "fgsm:0.5")]).all(0)
+    assert torch.equal(correct["worst-case"], expected)
+
+
+class _TwoModes(torch.nn.Module):
+    """Stands in for SoE: a mode switch whose state the evaluation can observe."""
+    gradient_modes = ("hard", "bpda")
+
+    def __init__(self):
+        super().__init__()
+        self.mode = "hard"
+        self.seen = []
+
+    def selection_mode(self, mode):
+        import contextlib
+
+        @contextlib.contextmanager
+        def switch():
+            old, self.mode = self.mode, mode
+            try:
+                yield
+            finally:
+                self.mode = old
+        return switch()
+
+
+def test_over_gradient_modes_keeps_the_worse_outcome_per_example_and_restores_the_mode():
+    m = _TwoModes()
+    by_mode = {"hard": torch.tensor([True, True, False, True]),
+               "bpda": torch.tensor([True, False, True, True])}
+
+    def one(mode):
+        m.seen.append(m.mode)
+        return {"pgd": by_mode[mode], "SA": torch.ones(4, dtype=torch.bool)}, f"extra {mode}"
+
+    combined, per_mode = over_gradient_modes(m, one)
+    assert m.seen == ["hard", "bpda"] and m.mode == "hard"
+    assert combined["pgd"].tolist() == [True, False, False, True]
+    assert combined["SA"].all()
+    assert per_mode == {"hard": "extra hard", "bpda": "extra bpda"}
+    # an explicit subset of modes, and no mode at all is refused
+    only, _ = over_gradient_modes(m, one, modes=("bpda",))
+    assert only["pgd"].tolist() == by_mode["bpda"].tolist()
+    with pytest.raises(ValueError, match="no gradient mode"):
+        over_gradient_modes(m, one, modes=())
