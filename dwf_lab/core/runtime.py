@@ -43,12 +43,20 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+def mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
 def resolve_device(name: str = "auto") -> torch.device:
+    """``auto``: CUDA, else an Apple-silicon GPU (``mps``), else the CPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps_available() else "cpu")
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {name!r} requested but CUDA is not available; use device=cpu")
+    if dev.type == "mps" and not mps_available():
+        raise RuntimeError(f"device {name!r} requested but no Apple-silicon GPU (mps) is available; use device=cpu")
     return dev
 
 
@@ -72,9 +80,18 @@ class Runtime:
     compile: bool = False
     expert_batching: str | None = None
     sync_batchnorm: bool = False
+    fast_path: dict | None = None    # how "auto" was decided on a CPU (the probe's numbers), for the log
+
+    def cpu_auto(self, p: Profile) -> bool:
+        """True when amp or channels_last is "auto" on a CPU, where only a measurement can decide
+        (bf16 and channels_last are faster on CPUs with AMX / AVX-512 BF16 units, slower without).
+        A ``deterministic`` run keeps the reference path (fp32, contiguous)."""
+        return self.device.type == "cpu" and not p.deterministic and "auto" in (p.amp, p.channels_last)
 
     @classmethod
     def from_profile(cls, p: Profile) -> "Runtime":
+        """The profile's switches; "auto" means on for CUDA and off elsewhere until a probe
+        (:func:`dwf_lab.training.fast_path.training_runtime`) decides for a CPU."""
         dev = distributed.init_from_env(resolve_device(p.device))
         cuda = dev.type == "cuda"
         amp = p.amp == "bf16" or (p.amp == "auto" and cuda)
