@@ -10,6 +10,10 @@
     report     write Tables 2-3 and Figures 6-7 beside the paper's numbers
     profiles   list the profiles and their settings
     inspect    print a checkpoint's metadata (never unpickles)
+
+A mistake (a bad setting, a missing run, a dataset that cannot be used, a damaged config.json,
+a run another process is using) prints one line ``dwf-lab: error: ...`` and exits with 2,
+before anything is written; ``--debug`` shows the traceback instead.
 """
 import argparse
 import json
@@ -20,6 +24,11 @@ def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m dwf_lab", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", help="show the traceback of an error")
+
+    def parser(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, parents=[debug])
 
     def common(sp, stage=False):
         sp.add_argument("--profile", default=None, help="smoke | laptop | paper (default: $DWF_PROFILE or laptop)")
@@ -33,23 +42,23 @@ def _parser() -> argparse.ArgumentParser:
                             help="all | experts | baselines | mixture | a kind (fgsm) | a stage (pgd-2); "
                                  "adaptive also: soe | advmoe | uniform-ensemble")
 
-    common(sub.add_parser("course", help="run the notebooks headlessly (papermill)"))
-    run_p = sub.add_parser("run", help="train + evaluate + report without Jupyter")
+    common(parser("course", help="run the notebooks headlessly (papermill)"))
+    run_p = parser("run", help="train + evaluate + report without Jupyter")
     common(run_p, stage=True)
     run_p.add_argument("--beyond", action="store_true",
                        help="also SoE/ADVMoE/uniform ensemble, adaptive attacks and ablations")
-    common(sub.add_parser("train", help="train stages"), stage=True)
-    common(sub.add_parser("evaluate", help="evaluate finished stages"), stage=True)
-    adaptive_p = sub.add_parser("adaptive", help="attacks beyond the paper + checklist")
+    common(parser("train", help="train stages"), stage=True)
+    common(parser("evaluate", help="evaluate finished stages"), stage=True)
+    adaptive_p = parser("adaptive", help="attacks beyond the paper + checklist")
     common(adaptive_p, stage=True)
     adaptive_p.add_argument("--redo", default="", metavar="ATTACKS",
                             help="comma-separated attack keys to run again although stored "
                                  "(e.g. autoattack); the new results replace the old")
-    common(sub.add_parser("baselines", help="SoE, ADVMoE, uniform ensemble"))
-    common(sub.add_parser("ablations", help="the ablation table"))
-    common(sub.add_parser("report", help="write the report"))
-    sub.add_parser("profiles", help="list profiles")
-    ins = sub.add_parser("inspect", help="print a checkpoint's metadata")
+    common(parser("baselines", help="SoE, ADVMoE, uniform ensemble"))
+    common(parser("ablations", help="the ablation table"))
+    common(parser("report", help="write the report"))
+    parser("profiles", help="list profiles")
+    ins = parser("inspect", help="print a checkpoint's metadata")
     ins.add_argument("path")
     return ap
 
@@ -62,14 +71,30 @@ def _profile(args):
     return get_profile(args.profile, **sets)
 
 
+# the user's mistakes (bad settings, missing or busy runs, unusable files and folders, damaged
+# JSON -- all ValueError, OSError or RuntimeError subclasses); anything else is a bug: a traceback
+USER_ERRORS = (ValueError, OSError, RuntimeError)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return _dispatch(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        # one clear line for the user's mistakes; programming errors still show a traceback
-        print(f"dwf-lab: error: {e}", file=sys.stderr)
+    except USER_ERRORS as e:
+        if args.debug:
+            raise
+        print(f"dwf-lab: error: {' '.join(str(e).split()) or type(e).__name__}", file=sys.stderr)
         return 2
+
+
+def _check_stages(p, command: str, which: str) -> None:
+    """--stage names stages of this profile (adaptive: also the baselines); else a ValueError."""
+    from dwf_lab.training.stages import BASELINE_ROWS, select_stages
+    tokens = [t.strip() for t in which.split(",") if t.strip()]
+    if command == "adaptive":
+        tokens = [t for t in tokens if t not in BASELINE_ROWS]
+    if tokens:
+        select_stages(p, ",".join(tokens))
 
 
 def _dispatch(args) -> int:
@@ -83,25 +108,39 @@ def _dispatch(args) -> int:
         print(json.dumps(read_metadata(args.path), indent=1))
         return 0
 
-    from dwf_lab.pipeline import reproduce, run_all
+    from dwf_lab.pipeline import run_all
     from dwf_lab.store.runs import Run
     from dwf_lab.training.builders import load_data
+    # everything is checked before a run folder is made: settings, stages, the run, the data
     p = _profile(args)
     progress = not args.quiet
+    name = args.run or p.name
+    if hasattr(args, "stage"):
+        _check_stages(p, args.command, args.stage)
+    if args.command in ("evaluate", "adaptive", "report"):
+        run = Run.open(name, p)   # a run that does not exist is an error, never created
+        if args.command == "report":
+            paths = run_all.report_run(run)
+            print(json.dumps({k: str(v) for k, v in paths.items()}, indent=1))
+            return 0
+    data = load_data(p)
+    if args.command not in ("evaluate", "adaptive"):
+        run = Run(name, p)
+    with run.lock(args.command):
+        return _work(args, p, run, data, progress)
+
+
+def _work(args, p, run, data, progress: bool) -> int:
+    from dwf_lab.pipeline import reproduce, run_all
     if args.command == "course":
         from dwf_lab.course.runner import run_course
-        run_course(p, run_name=args.run, sets=args.sets + ([f"seeds={args.seeds}"] if args.seeds else []))
+        run_course(p, run_name=run.name, sets=args.sets + ([f"seeds={args.seeds}"] if args.seeds else []))
         return 0
     if args.command == "run":
-        run = run_all.run_all(p, args.run, args.stage, progress, beyond=args.beyond)
+        del data   # run_all loads it again (it was loaded above only to check it)
+        run = run_all.run_all(p, run.name, args.stage, progress, beyond=args.beyond)
         print(f"report: {run.report_dir / 'report.md'}")
         return 0
-    run = Run(args.run or p.name, p)
-    if args.command == "report":
-        paths = run_all.report_run(run)
-        print(json.dumps({k: str(v) for k, v in paths.items()}, indent=1))
-        return 0
-    data = load_data(p)
     for seed in p.seeds:
         if args.command == "train":
             reproduce.train_run(run, seed, data, args.stage, progress)

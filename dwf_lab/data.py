@@ -12,7 +12,9 @@ Where the data comes from:
   by env ``DWF_CIFAR10_SUBSET`` if the requested sizes fit in it; else a
   torchvision download (when allowed). No network and no subset: a
   :class:`DatasetUnavailableError` that says how to get the data, or, with
-  ``fallback="synthetic"``, a loud warning and generated data.
+  ``fallback="synthetic"``, a loud warning and generated data -- but only when
+  nothing was asked for: a subset file or data directory set in the environment
+  that cannot be used is an :class:`UnusableDatasetError` (never a fallback).
 - ``"cifar10-subset"``: only the subset file (6,102 real images, see
   ``data/README.md``).
 - ``"svhn"``, ``"mnist"``: torchvision, same rules (no subset).
@@ -39,6 +41,7 @@ import torch
 import torch.nn.functional as F
 import torchvision.datasets as tvd
 
+from dwf_lab.core.config import canonical_dataset
 from dwf_lab.core.runtime import seed_from
 
 DATA_DIR_ENV = "DWF_DATA_DIR"
@@ -52,12 +55,17 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
 DIGIT_CLASSES = tuple(str(i) for i in range(10))
 SYNTHETIC_CLASSES = tuple(f"class{i}" for i in range(10))
 SYNTHETIC_DEFAULT_SIZES = (2000, 500)  # (n_train, n_test) when not given
-KNOWN_DATASETS = ("cifar10", "cifar10-subset", "svhn", "mnist", "synthetic")
 AUGMENT_MODES = ("crop_flip", "none")
 
 
 class DatasetUnavailableError(RuntimeError):
     """A dataset is neither on disk nor downloadable; the message says how to get it."""
+
+
+class UnusableDatasetError(DatasetUnavailableError):
+    """A dataset file or directory that was asked for (``$DWF_CIFAR10_SUBSET``, ``$DWF_DATA_DIR``)
+    cannot be used -- missing, unreadable, corrupt, wrong shape or dtype, labels outside the
+    classes, not writable -- or data on disk is corrupt. Never replaced by generated data."""
 
 
 # --------------------------------------------------------------- container --
@@ -74,6 +82,8 @@ class ImageData:
     norm_key: str  # for dwf_lab.models.normalization_for
     augment: str  # "crop_flip" or "none" (see augment_batch)
     source: str  # human-readable provenance
+    generated: bool = False  # synthetic images, not a real dataset
+    fallback_reason: str | None = None  # set when generated data stands in for the dataset asked for
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -101,6 +111,7 @@ class ImageData:
             "n_train": int(self.x_train.shape[0]), "n_test": int(self.x_test.shape[0]),
             "shape": list(self.shape), "num_classes": self.num_classes,
             "norm_key": self.norm_key, "augment": self.augment,
+            "generated": self.generated, "fallback_reason": self.fallback_reason,
             "train_class_counts": counts(self.y_train),
             "test_class_counts": counts(self.y_test),
         }
@@ -129,11 +140,24 @@ def subset_path() -> Path | None:
         return None
     path = Path(env).expanduser()
     if not path.is_file():
-        raise DatasetUnavailableError(
-            f"{SUBSET_ENV} is set to {env!r}, but there is no file at {path.resolve()}. "
+        what = "a directory, not a file" if path.is_dir() else "no file"
+        raise UnusableDatasetError(
+            f"{SUBSET_ENV} is set to {env!r}, but there is {what} at {path.resolve()}. "
             f"Point {SUBSET_ENV} at a cifar10-subset.npz (see data/README.md), "
             "or unset it.")
     return path
+
+
+def _dir_problem(root: Path) -> str | None:
+    """Why a data directory cannot receive a download (not a directory, not writable), or None."""
+    if root.exists() and not root.is_dir():
+        return "is not a directory"
+    existing = next(d for d in (root, *root.parents) if d.exists())
+    if not existing.is_dir():
+        return f"cannot be created ({existing} is a file)"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return "is not writable" if existing == root else f"cannot be created ({existing} is not writable)"
+    return None
 
 
 _LAYOUT = {  # what torchvision expects to find in the cache directory
@@ -213,8 +237,21 @@ def _to_tensors(x: np.ndarray, y, channels_last: bool) -> tuple[torch.Tensor, to
     return xt, yt
 
 
+def _check_labels(y: np.ndarray, n_classes: int, where: str) -> None:
+    """Labels are whole numbers in 0..n_classes-1, one per image; else an UnusableDatasetError."""
+    if not np.issubdtype(y.dtype, np.integer) or y.ndim != 1:
+        raise UnusableDatasetError(f"{where}: labels must be whole numbers, one per image, got "
+                                   f"{y.dtype} of shape {y.shape}")
+    bad = (y < 0) | (y >= n_classes)
+    if bad.any():
+        raise UnusableDatasetError(f"{where}: {int(bad.sum())} label(s) outside the classes "
+                                   f"0..{n_classes - 1} (e.g. {int(y[bad][0])})")
+
+
 def _build(name, xtr, ytr, xte, yte, n_train, n_test, seed, channels_last, **meta) -> ImageData:
-    """Stratify (on uint8, before the float copy) and wrap."""
+    """Check the labels, stratify (on uint8, before the float copy) and wrap."""
+    for split, y in (("training", ytr), ("test", yte)):
+        _check_labels(np.asarray(y).reshape(-1), len(meta["classes"]), f"{meta['source']} ({split} set)")
     xtr, ytr = _select(xtr, np.asarray(ytr), n_train, seed_from(seed, 1), "training")
     xte, yte = _select(xte, np.asarray(yte), n_test, seed_from(seed, 2), "test")
     x_train, y_train = _to_tensors(xtr, ytr, channels_last)
@@ -265,20 +302,22 @@ def _load_torchvision(dataset, n_train, n_test, seed, root, download, check_only
 
 
 def _read_subset(path: Path) -> dict[str, np.ndarray]:
-    """The subset file's arrays, checked: x uint8 (N, 32, 32, 3), y uint8 labels 0..9."""
+    """The subset file's arrays, checked: x uint8 (N, 32, 32, 3), y whole-number labels 0..9."""
     try:
-        with np.load(path) as f:
+        with open(path, "rb") as fh, np.load(fh) as f:   # our handle: closed even when np.load fails
             arrays = {k: f[k] for k in ("x_train", "y_train", "x_test", "y_test")}
-    except Exception as err:
-        raise DatasetUnavailableError(
-            f"{path} is not a readable CIFAR-10 subset file (need arrays x_train, y_train, "
-            f"x_test, y_test; see data/README.md): {type(err).__name__}: {err}") from err
+    except Exception as err:   # missing arrays, not a .npz, truncated, unreadable, pickled objects ...
+        raise UnusableDatasetError(
+            f"{path} is not a readable CIFAR-10 subset file (unreadable, corrupt, or without the "
+            f"arrays x_train, y_train, x_test, y_test; see data/README.md): "
+            f"{type(err).__name__}: {err}") from err
     for split in ("train", "test"):
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
-        if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != (32, 32, 3) or len(y) != len(x):
-            raise DatasetUnavailableError(
+        if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != (32, 32, 3) or y.shape != (len(x),):
+            raise UnusableDatasetError(
                 f"{path}: x_{split} must be uint8 (N, 32, 32, 3) with one label per image, "
-                f"got {x.dtype} {x.shape} and {len(y)} labels")
+                f"got {x.dtype} {x.shape} and labels of shape {y.shape}")
+        _check_labels(y, len(CIFAR10_CLASSES), f"{path} (y_{split})")
     return arrays
 
 
@@ -290,12 +329,12 @@ def _load_subset(path: Path, n_train, n_test, seed, arrays=None) -> ImageData:
 
 
 def _load_cifar10(n_train, n_test, seed, root: Path, download: bool) -> ImageData:
+    path = subset_path()  # a subset file that was set must exist, even when the full set is there
     try:  # 1. the full dataset, if it is already on disk
         return _load_torchvision("cifar10", n_train, n_test, seed, root, False, check_only=True)
     except DatasetUnavailableError:
         pass
-    path = subset_path()  # 2. the real subset, if configured and big enough
-    too_small = ""
+    too_small = ""  # 2. the real subset, if configured and big enough
     if path is not None:
         a = _read_subset(path)
         n_tr, n_te = len(a["y_train"]), len(a["y_test"])
@@ -306,8 +345,8 @@ def _load_cifar10(n_train, n_test, seed, root: Path, download: bool) -> ImageDat
     try:  # 3. download
         return _load_torchvision("cifar10", n_train, n_test, seed, root, download)
     except DatasetUnavailableError as err:
-        if too_small:
-            raise DatasetUnavailableError(f"{err}{too_small}") from err
+        if too_small:   # the subset asked for cannot serve this request: never a fallback
+            raise UnusableDatasetError(f"{err}{too_small}") from err
         raise
 
 
@@ -374,20 +413,11 @@ def synthetic(n_train: int | None = None, n_test: int | None = None, seed: int =
     x_test, y_test = _synthetic_split(n_test, protos, _generator(seed, 0x5EED, 2))
     return ImageData(name="synthetic", x_train=x_train, y_train=y_train, x_test=x_test,
                      y_test=y_test, classes=SYNTHETIC_CLASSES, norm_key="synthetic",
-                     augment="crop_flip", source=f"generated synthetic data (seed={seed})")
+                     augment="crop_flip", source=f"generated synthetic data (seed={seed})",
+                     generated=True)
 
 
 # -------------------------------------------------------------- entry point --
-def _canonical(name: str) -> str:
-    key = name.strip().lower().replace("_", "-")
-    aliases = {"cifar10": "cifar10", "cifar-10": "cifar10", "cifar10-subset": "cifar10-subset",
-               "cifar-10-subset": "cifar10-subset", "cifar10subset": "cifar10-subset",
-               "svhn": "svhn", "mnist": "mnist", "synthetic": "synthetic"}
-    if key not in aliases:
-        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(KNOWN_DATASETS)}")
-    return aliases[key]
-
-
 def load_dataset(name: str, n_train: int | None = None, n_test: int | None = None,
                  seed: int = 0, root: str | Path | None = None, download: bool = True,
                  fallback: str | None = None) -> ImageData:
@@ -396,17 +426,21 @@ def load_dataset(name: str, n_train: int | None = None, n_test: int | None = Non
     ``n_train`` / ``n_test``: size of a class-stratified subset drawn with ``seed``
     (None: everything; synthetic: 2000 / 500). ``root``: cache directory
     (default :func:`data_dir`). ``download``: allow torchvision to fetch.
-    ``fallback="synthetic"``: when the dataset is unavailable, warn loudly and
-    return generated data of the same sizes instead of raising.
+    ``fallback="synthetic"``: when the dataset is unavailable and nothing else was asked for,
+    warn loudly and return generated data of the same sizes (``generated`` and
+    ``fallback_reason`` set) instead of raising. A subset file or data directory set in the
+    environment that cannot be used, or labels outside the classes, raise
+    :class:`UnusableDatasetError` whatever ``fallback`` says.
     """
-    dataset = _canonical(name)
-    if fallback is not None and _canonical(fallback) != "synthetic":
+    dataset = canonical_dataset(name)
+    if fallback is not None and canonical_dataset(fallback) != "synthetic":
         raise ValueError(f"fallback must be None or 'synthetic', got {fallback!r}")
     for n, what in ((n_train, "n_train"), (n_test, "n_test")):
         if n is not None and n < 0:
             raise ValueError(f"{what} must be >= 0 or None, got {n}")
     if dataset == "synthetic":
         return synthetic(n_train, n_test, seed)
+    dir_env = os.environ.get(DATA_DIR_ENV) if root is None else None   # a directory the user set
     root = Path(root).expanduser() if root is not None else data_dir()
     try:
         if dataset == "cifar10":
@@ -420,7 +454,16 @@ def load_dataset(name: str, n_train: int | None = None, n_test: int | None = Non
                     'dataset="cifar10" for the full set, or dataset="synthetic".')
             return _load_subset(path, n_train, n_test, seed)
         return _load_torchvision(dataset, n_train, n_test, seed, root, download)
+    except UnusableDatasetError:
+        raise
     except DatasetUnavailableError as err:
+        if dir_env and dataset != "cifar10-subset":
+            problem = _dir_problem(root) if download else None
+            raise UnusableDatasetError(
+                f"{DATA_DIR_ENV} is set to {dir_env!r}, which {problem}, so {dataset} cannot be "
+                f"downloaded into it; make it writable or point {DATA_DIR_ENV} elsewhere"
+                if problem else f"{DATA_DIR_ENV} is set to {dir_env!r}, so no generated data stands "
+                                f"in: {err}") from err
         if fallback is None:
             raise
         data = synthetic(n_train, n_test, seed)
@@ -429,6 +472,7 @@ def load_dataset(name: str, n_train: int | None = None, n_test: int | None = Non
             f"NOT {dataset.upper()}. Results say nothing about {dataset}. !!!\nReason: {err}",
             RuntimeWarning, stacklevel=2)
         data.source = f"FALLBACK (instead of unavailable {dataset}): {data.source}"
+        data.fallback_reason = str(err)
         return data
 
 

@@ -10,7 +10,10 @@ evaluation step into every attack, evaluation, worst case, checklist and report.
 import dataclasses
 import hashlib
 import json
+import math
 import os
+import re
+import typing
 from dataclasses import dataclass, fields
 from typing import ClassVar
 
@@ -120,8 +123,7 @@ class Profile:
 
     def digest(self) -> str:
         """A short hash of the settings that change results (device/speed switches excluded)."""
-        d = {k: v for k, v in self.to_dict().items() if k not in NOT_IN_DIGEST}
-        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
+        return settings_digest(self.to_dict())
 
     @property
     def threat_model(self) -> ThreatModel:
@@ -137,6 +139,7 @@ class Profile:
 NOT_IN_DIGEST = frozenset({"device", "amp", "channels_last", "compile", "data_on_device", "num_threads",
                            "expert_batching", "sync_batchnorm", "description", "ckpt_every",
                            "keep_epoch_checkpoints", "seeds", "eval_batch"})
+_FIELDS = {f.name: f for f in fields(Profile)}
 
 
 PROFILES: dict[str, Profile] = {
@@ -145,8 +148,9 @@ PROFILES: dict[str, Profile] = {
         n_fgsm_experts=1, n_pgd_experts=1, expert_epochs=1, expert_batch=64, gate_epochs=0,
         mixture_epochs=1, mixture_batch=32, pgd_steps_choices=(1, 2), baseline_epochs=1,
         pgd_at_steps=2, eval_fgsm_eps=(0.01, 0.03, 0.09), eval_pgd_steps=(2, 4), eval_long_steps=4,
-        eval_restarts=2, eval_long_for="key", eval_batch=64, ckpt_every=0,
-        description="seconds on a CPU: CI, tests and notebook checks (generated data, tiny models)"),
+        eval_restarts=2, eval_long_for="key", eval_batch=64, ckpt_every=0, amp="off", channels_last="off",
+        description="seconds on a CPU: CI, tests and notebook checks (generated data, tiny models; the "
+                    "reference fp32 path, so results do not depend on the machine's speed)"),
     "laptop": Profile(
         name="laptop", dataset="cifar10", n_train=5000, n_test=200, width=0.125, gate_hidden=128,
         lr=0.05,
@@ -164,35 +168,105 @@ PROFILES: dict[str, Profile] = {
 }
 
 
-def _coerce(value, current, name: str):
-    """Parse a command-line string into the type of the field's current value."""
-    if not isinstance(value, str):
-        if isinstance(current, tuple) and isinstance(value, list):
-            return tuple(value)
-        return value
-    v = value.strip()
-    if v.lower() in ("none", "null"):
-        return None
-    if isinstance(current, bool):
+# ------------------------------------------------------------- datasets --
+KNOWN_DATASETS = ("cifar10", "cifar10-subset", "svhn", "mnist", "synthetic")
+_DATASET_ALIASES = {"cifar-10": "cifar10", "cifar-10-subset": "cifar10-subset",
+                    "cifar10subset": "cifar10-subset"}
+
+
+def canonical_dataset(name: str) -> str:
+    """'CIFAR-10' -> 'cifar10'; an unknown name is a ValueError that lists the known ones."""
+    key = name.strip().lower().replace("_", "-")
+    key = _DATASET_ALIASES.get(key, key)
+    if key not in KNOWN_DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(KNOWN_DATASETS)}")
+    return key
+
+
+# ------------------------------------------------------------- settings --
+def settings_digest(settings: dict) -> str:
+    """The digest of a profile's settings as a dict (what :meth:`Profile.digest` hashes)."""
+    d = {k: v for k, v in settings.items() if k not in NOT_IN_DIGEST}
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _field_type(name: str) -> tuple[type, bool, type | None]:
+    """(type, None allowed, element type of a tuple) of a Profile field, from its annotation."""
+    t = _FIELDS[name].type
+    args = typing.get_args(t)
+    optional = type(None) in args
+    if optional:
+        t = next(a for a in args if a is not type(None))
+    if typing.get_origin(t) is tuple:
+        return tuple, optional, typing.get_args(t)[0]
+    return t, optional, None
+
+
+_TYPE_TEXT = {bool: "true or false", int: "a whole number", float: "a number (or a fraction like 8/255)",
+              str: "a text"}
+_ITEMS_TEXT = {int: "whole numbers", float: "numbers (or fractions like 8/255)", str: "names"}
+
+
+def _type_text(name: str) -> str:
+    kind, optional, item = _field_type(name)
+    text = f"a comma-separated list of {_ITEMS_TEXT[item]}" if kind is tuple else _TYPE_TEXT[kind]
+    return text + (" or none" if optional else "")
+
+
+def _parse_one(v: str, kind: type):
+    if kind is bool:
         if v.lower() in ("1", "true", "yes", "on"):
             return True
         if v.lower() in ("0", "false", "no", "off"):
             return False
-        raise ValueError(f"{name} expects true/false, got {value!r}")
-    if isinstance(current, tuple):
-        items = [s for s in v.strip("()[]").split(",") if s.strip()]
-        kind = type(current[0]) if current else float
-        return tuple(kind(s) for s in items)
-    if isinstance(current, int):
+        raise ValueError("not true or false")
+    if kind is int:
         return int(v)
-    if isinstance(current, float):
-        return float(eval_fraction(v))
-    if current is None:  # n_train / n_test / fallback
-        try:
-            return int(v)
-        except ValueError:
-            return v
+    if kind is float:
+        return eval_fraction(v)
     return v
+
+
+def _typed(value, kind: type) -> bool:
+    """True when a (non-string) value already has the field's type."""
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+def _has_type(name: str, value) -> bool:
+    kind, optional, item = _field_type(name)
+    if value is None:
+        return optional
+    if kind is tuple:
+        return isinstance(value, tuple) and all(_typed(x, item) for x in value)
+    return _typed(value, kind)
+
+
+def _coerce(value, name: str):
+    """A command-line string (or a Python value) as the field's type; else a ValueError that says
+    what the field takes."""
+    kind, optional, item = _field_type(name)
+    wrong = ValueError(f"{name} must be {_type_text(name)}, got {value!r}")
+    if isinstance(value, str):
+        v = value.strip()
+        if optional and v.lower() in ("none", "null"):
+            return None
+        try:
+            if kind is tuple:
+                return tuple(_parse_one(s.strip(), item) for s in v.strip("()[]").split(",") if s.strip())
+            return _parse_one(v, kind)
+        except ZeroDivisionError:
+            raise ValueError(f"{name} must be {_type_text(name)}, got {value!r} (a division by zero)") from None
+        except (ValueError, OverflowError, TypeError):
+            raise wrong from None
+    if kind is tuple and isinstance(value, list):
+        value = tuple(value)
+    if _has_type(name, value):
+        return value
+    raise wrong
 
 
 def eval_fraction(v: str) -> float:
@@ -204,40 +278,91 @@ def eval_fraction(v: str) -> float:
 
 
 def apply_overrides(profile: Profile, overrides: dict) -> Profile:
-    known = {f.name: f for f in fields(Profile)}
     changes = {}
     for key, value in overrides.items():
-        if key not in known:
-            raise ValueError(f"unknown setting {key!r}; settings are: {', '.join(sorted(known))}")
+        if key not in _FIELDS:
+            raise ValueError(f"unknown setting {key!r}; settings are: {', '.join(sorted(_FIELDS))}")
         try:
-            changes[key] = _coerce(value, getattr(profile, key), key)
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"bad value for {key}: {value!r} ({e})") from None
+            changes[key] = _coerce(value, key)
+        except ValueError as e:
+            raise ValueError(f"invalid profile: {e}") from None
     p = dataclasses.replace(profile, **changes)
     validate(p)
     return p
 
 
+# what each field allows beyond its type: (test, text after "must be")
+def _finite(v) -> bool:
+    return math.isfinite(v)
+
+
+_POSITIVE = (lambda v: _finite(v) and v > 0, "a finite number > 0")
+_AT_LEAST_0 = (lambda v: v >= 0, ">= 0")
+_AT_LEAST_1 = (lambda v: v >= 1, ">= 1")
+_EPS = (lambda v: _finite(v) and 0 <= v <= 1, ">= 0 and <= 1 (a finite eps in pixel units)")
+_STEP = (lambda v: _finite(v) and 0 < v <= 1, "> 0 and <= 1 (a finite step in pixel units)")
+
+
+def _is_dataset(name: str) -> bool:
+    try:
+        return bool(canonical_dataset(name))
+    except ValueError:
+        return False
+
+
+def _one_of(*allowed):
+    return (lambda v: v in allowed, " or ".join(", ".join(allowed).rsplit(", ", 1)))
+
+
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+_RULES = {
+    "name": (lambda v: v.strip() != "", "a non-empty name"),
+    "dataset": (_is_dataset, "one of " + ", ".join(KNOWN_DATASETS)),
+    "fallback": (lambda v: v is None or v.strip().lower() == "synthetic", "synthetic or none"),
+    "n_train": (lambda v: v is None or v >= 1, ">= 1 or none (the whole set)"),
+    "n_test": (lambda v: v is None or v >= 1, ">= 1 or none (the whole set)"),
+    "width": _POSITIVE, "gate_hidden": _AT_LEAST_1,
+    "n_fgsm_experts": _AT_LEAST_0, "n_pgd_experts": _AT_LEAST_0,
+    "lr": _POSITIVE, "momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "weight_decay": (lambda v: _finite(v) and v >= 0, "a finite number >= 0"),
+    "expert_epochs": _AT_LEAST_0, "gate_epochs": _AT_LEAST_0, "mixture_epochs": _AT_LEAST_0,
+    "baseline_epochs": _AT_LEAST_0,
+    "expert_batch": _AT_LEAST_1, "mixture_batch": _AT_LEAST_1, "eval_batch": _AT_LEAST_1,
+    "fgsm_eps_choices": _EPS, "pgd_eps": _EPS, "fgsm_at_eps": _EPS, "eval_fgsm_eps": _EPS,
+    "pgd_alpha": _STEP, "eval_pgd_alpha": _STEP,
+    "pgd_steps_choices": _AT_LEAST_1, "pgd_at_steps": _AT_LEAST_1, "eval_pgd_steps": _AT_LEAST_1,
+    "eval_long_steps": _AT_LEAST_1, "eval_restarts": _AT_LEAST_1, "eval_eot_samples": _AT_LEAST_1,
+    "at_adv_fraction": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "eval_long_for": _one_of("all", "key"),
+    "ckpt_every": _AT_LEAST_0, "num_threads": _AT_LEAST_0,
+    "device": (lambda v: _DEVICE.fullmatch(v) is not None, "auto, cpu, cuda, cuda:N or mps"),
+    "amp": _one_of("auto", "bf16", "off"),
+    "channels_last": _one_of("auto", "on", "off"),
+    "expert_batching": _one_of("loop", "vmap"),
+}
+
+
+def _problem(name: str, value) -> str | None:
+    """What is wrong with one field's value (its type first, then its range), or None."""
+    if not _has_type(name, value):
+        return f"{name} must be {_type_text(name)}, got {value!r}"
+    kind = _field_type(name)[0]
+    if kind is tuple and not value:
+        return f"{name} must name at least one value, got ()"
+    test, allowed = _RULES.get(name, (lambda v: True, ""))
+    values = value if kind is tuple else (value,)
+    if not all(test(x) for x in values):
+        what = f"every value of {name}" if kind is tuple else name
+        return f"{what} must be {allowed}, got {value!r}"
+    if name == "seeds" and len(set(value)) != len(value):
+        return f"seeds must not repeat a seed, got {value!r}"
+    return None
+
+
 def validate(p: Profile) -> None:
-    problems = []
-    if p.width <= 0:
-        problems.append("width must be > 0")
-    if any(e < 0 for e in p.eval_fgsm_eps + p.fgsm_eps_choices) or p.pgd_eps < 0:
-        problems.append("every eps must be >= 0 (pixel units)")
-    if p.n_fgsm_experts < 0 or p.n_pgd_experts < 0:
-        problems.append("expert counts must be >= 0")
-    if not 0 <= p.at_adv_fraction <= 1:
-        problems.append("at_adv_fraction must be in [0, 1]")
-    if p.eval_long_for not in ("all", "key"):
-        problems.append("eval_long_for must be 'all' or 'key'")
-    if p.amp not in ("auto", "bf16", "off"):
-        problems.append("amp must be auto, bf16 or off")
-    if p.channels_last not in ("auto", "on", "off"):
-        problems.append("channels_last must be auto, on or off")
-    if p.expert_batching not in ("loop", "vmap"):
-        problems.append("expert_batching must be loop or vmap")
-    if not p.seeds:
-        problems.append("seeds must name at least one seed")
+    """Every field of ``p`` has its type and an allowed value; else ONE ValueError line naming
+    each wrong setting and what it allows."""
+    problems = [msg for f in fields(Profile) if (msg := _problem(f.name, getattr(p, f.name)))]
     if problems:
         raise ValueError("invalid profile: " + "; ".join(problems))
 
@@ -287,9 +412,12 @@ class SizedSettings:
         return dataclasses.asdict(self)
 
 
-def get_profile(name: str | None = None, **overrides) -> Profile:
+def get_profile(name: str | None = None, /, **overrides) -> Profile:
     """A named profile (default: $DWF_PROFILE, else ``laptop``) with field overrides."""
     name = name or os.environ.get(PROFILE_ENV) or "laptop"
+    if "name" in overrides:
+        raise ValueError(f"name is the profile's name and cannot be set (got {overrides['name']!r}); "
+                         f"choose a profile with --profile ({', '.join(PROFILES)}), then --set its fields")
     if name not in PROFILES:
         raise ValueError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}")
     return apply_overrides(PROFILES[name], overrides)

@@ -110,13 +110,14 @@ def run_course(profile: Profile | str | None = None, run_name: str | None = None
 
     say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     p = profile if isinstance(profile, Profile) else get_profile(profile, **parse_sets(list(sets or [])))
-    run = Run(run_name or p.name, p)  # checks the run directory's settings before any work
-    params = notebook_parameters(p, run.name, sets)
-    out_dir = Path(out_dir) if out_dir is not None else run.notebooks_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
+    name = run_name or p.name
+    params = notebook_parameters(p, name, sets)   # everything is checked before the run folder exists
     nbs = _select_notebooks(notebook_sequence(), notebooks)
     if not nbs:
         raise CourseError(f"no notebooks to run in {NOTEBOOKS_DIR}")
+    run = Run(name, p)  # checks the run directory's settings before any work
+    out_dir = Path(out_dir) if out_dir is not None else run.notebooks_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
     say(f"[dwf-lab course] {len(nbs)} notebook(s), profile {p.name}, run {run.name} at {run.root}; "
         f"executed copies go to {out_dir}")
     old_env = os.environ.get(STATIC_ENV)

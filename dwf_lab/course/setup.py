@@ -63,8 +63,8 @@ def setup_notebook(profile: str | Profile | None = None, run_name: str | None = 
     if isinstance(profile, Profile) and overrides:
         p = p.replace(**dict(overrides))
     threads = configure_threads(p)
+    data = load_data(p)   # before the run folder: a dataset that cannot be used leaves nothing behind
     run = Run(run_name or p.name, p)
-    data = load_data(p)
     seed = p.seeds[0] if seed is None else int(seed)
     torch.manual_seed(seed)
     device = Runtime.from_profile(p).device

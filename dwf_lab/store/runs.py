@@ -1,7 +1,9 @@
 """Run directories: one folder holds everything a run made, and is all it needs to resume.
 
 runs/<name>/
-  config.json              the resolved profile (a run refuses a different one)
+  config.json              the resolved profile, its digest and checksum (a run refuses a different,
+                           hand-edited or damaged one, and never rewrites it then)
+  .lock, .lock.owner.json  held while a command trains or evaluates the run (pid, host, command)
   seed-<k>/
     metrics.jsonl          one JSON object per event (epoch ends, resumes, stage ends)
     checkpoints/<stage>/   state.safetensors (resume) + epoch-NNN.safetensors
@@ -10,18 +12,34 @@ runs/<name>/
   report/                  Tables 2-3 (JSON, markdown, HTML), Figures 6-7
   notebooks/               executed copies of the course (papermill)
 """
+import hashlib
 import json
 import os
+import socket
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
-from dwf_lab.core.config import NOT_IN_DIGEST, Profile
+from filelock import FileLock, Timeout
+
+from dwf_lab.core.config import NOT_IN_DIGEST, Profile, settings_digest
 from dwf_lab.core.io import atomic_write_text
 
 RUNS_DIR_ENV = "DWF_RUNS_DIR"
+CONFIG_KEYS = ("profile", "digest", "checksum")
 
 
 class RunConfigMismatch(ValueError):
-    """The run directory was made with other settings; nothing in it is touched."""
+    """A run's config.json was made with other settings, was edited by hand, or is damaged:
+    the run is refused and nothing in it is touched."""
+
+
+class RunNotFoundError(FileNotFoundError):
+    """A command that needs an existing run (evaluate, adaptive, report) named one that does not exist."""
+
+
+class RunBusyError(RuntimeError):
+    """Another process holds the run's lock (it is training or evaluating the same run)."""
 
 
 def runs_dir() -> Path:
@@ -34,37 +52,173 @@ def runs_dir() -> Path:
     return Path.cwd() / "runs"
 
 
+def settings_checksum(settings: dict) -> str:
+    """A hash of every setting in config.json (the digest leaves out speed switches): a file
+    edited by hand no longer matches it."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _same(a, b) -> bool:
+    return json.dumps(a, default=str) == json.dumps(b, default=str)
+
+
+def _differences(old: dict, new: dict, keys, form: str = "{k}: {old!r} -> {new!r}") -> str:
+    diffs = [form.format(k=k, old=old.get(k), new=v) for k, v in new.items()
+             if k in keys and not _same(old.get(k), v)]
+    return "; ".join(diffs[:6]) + ("; ..." if len(diffs) > 6 else "")
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True
+    return True
+
+
 class Run:
-    def __init__(self, name: str, profile: Profile, root: Path | None = None):
-        if not name or "/" in name or name.startswith("."):
+    """A run directory. ``Run(name, profile)`` creates it (or checks it was made with the same
+    settings); :meth:`open` only opens one that exists. Either refuses a config.json that was
+    made with other settings, edited by hand or damaged, and never rewrites it then."""
+
+    def __init__(self, name: str, profile: Profile, root: Path | None = None, create: bool = True):
+        if not isinstance(name, str) or not name or "/" in name or "\0" in name or name.startswith("."):
             raise ValueError(f"run names are plain folder names, got {name!r}")
         self.name = name
         self.profile = profile
         self.root = Path(root) if root is not None else runs_dir() / name
-        self._check_or_write_config()
+        self._check_or_write_config(create)
 
-    def _check_or_write_config(self) -> None:
-        cfg = self.root / "config.json"
-        new = {"profile": self.profile.to_dict(), "digest": self.profile.digest()}
-        if cfg.exists():
+    @classmethod
+    def open(cls, name: str, profile: Profile, root: Path | None = None) -> "Run":
+        """An existing run, checked against ``profile``; :class:`RunNotFoundError` when there is
+        none. Creates and writes nothing."""
+        return cls(name, profile, root, create=False)
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "config.json"
+
+    def _read_config(self) -> dict | None:
+        """config.json as {"profile", "digest", "checksum"}, checked; None when there is none."""
+        cfg = self.config_path
+        if not cfg.exists() and not cfg.is_symlink():
+            if self.root.exists() and not self.root.is_dir():
+                raise RunConfigMismatch(f"the run folder {self.root} is a file, not a folder")
+            return None
+        damaged = f"run {self.name!r}: {cfg} is damaged"
+        advice = "Nothing was changed: restore the file, or delete the run folder to start it over."
+        try:
+            old = json.loads(cfg.read_bytes())
+        except (OSError, ValueError) as e:   # a directory, unreadable, not UTF-8, not JSON
+            raise RunConfigMismatch(f"{damaged} ({type(e).__name__}: {e}). {advice}") from None
+        if not isinstance(old, dict):
+            kind = {list: "a list", str: "a string", bool: "true/false", type(None): "null"}.get(type(old), "a number")
+            raise RunConfigMismatch(f"{damaged} (it holds {kind}, not the run's settings). {advice}")
+        missing = [k for k in CONFIG_KEYS if k not in old]
+        extra = sorted(set(old) - set(CONFIG_KEYS))
+        if missing or extra or not isinstance(old["profile"], dict):
+            what = (f"no {', '.join(missing)}" if missing else f"unknown keys {', '.join(extra)}"
+                    if extra else "its profile is not a mapping")
+            raise RunConfigMismatch(f"{damaged} ({what}). {advice}")
+        known = set(self.profile.to_dict())
+        lost, unknown = sorted(known - set(old["profile"])), sorted(set(old["profile"]) - known)
+        if lost or unknown:
+            what = f"settings missing: {', '.join(lost)}" if lost else f"unknown settings: {', '.join(unknown)}"
+            raise RunConfigMismatch(f"{damaged} ({what}). {advice}")
+        if old["checksum"] != settings_checksum(old["profile"]) or old["digest"] != settings_digest(old["profile"]):
+            shown = _differences(old["profile"], self.profile.to_dict(), known - {"seeds"},
+                                 "{k} is {old!r} there and {new!r} here")
+            versus = (f"it differs from this command's settings in {shown}" if shown
+                      else "its settings match this command's, but not its own checksum")
+            raise RunConfigMismatch(f"run {self.name!r}: {cfg} was edited by hand (its settings no "
+                                    f"longer match its checksum and digest; {versus}). {advice}")
+        return old
+
+    def _check_or_write_config(self, create: bool) -> None:
+        old = self._read_config()
+        new = self.profile.to_dict()
+        if old is None:
+            if not create:
+                raise RunNotFoundError(
+                    f"no run {self.name!r} at {self.root} (no config.json there); train it first "
+                    f"(python -m dwf_lab train --run {self.name}) or check --run and {RUNS_DIR_ENV}")
+        elif old["digest"] != self.profile.digest():
+            shown = _differences(old["profile"], new, set(new) - NOT_IN_DIGEST)
+            raise RunConfigMismatch(
+                f"run {self.name!r} at {self.root} was made with other settings ({shown}). "
+                "Nothing was changed. Use another run name (--run NAME), or delete that "
+                "folder to start it over.")
+        else:   # seeds may grow between invocations: record the union
+            new["seeds"] = sorted(set(old["profile"]["seeds"]) | set(self.profile.seeds))
+            if not create or _same(old["profile"], new):
+                return
+        self._write_config(new)
+
+    def _write_config(self, settings: dict) -> None:
+        created = not self.root.exists()
+        text = json.dumps({"profile": settings, "digest": settings_digest(settings),
+                           "checksum": settings_checksum(settings)}, indent=1, default=str)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.config_path, text)
+        except OSError as e:
+            if created:
+                try:
+                    self.root.rmdir()
+                except OSError:
+                    pass
+            raise OSError(f"cannot write the run folder {self.root}: "
+                          f"{e.strerror or e} ({type(e).__name__})") from None
+
+    # ---- one writer per run
+    @contextmanager
+    def lock(self, command: str):
+        """Hold the run for this process while ``command`` trains or evaluates it.
+
+        A second process (or a second lock in this one) gets a :class:`RunBusyError` naming the
+        holder, from the pid / host / command written beside the lock. The OS releases the lock
+        when its process dies, so a killed run never blocks the next one; its leftover note is
+        overwritten, and only ever read while someone really holds the lock. Under torchrun each
+        rank holds its own lock (rank 0: the same one a single process takes).
+        """
+        rank = int(os.environ.get("RANK", "0"))
+        stem = ".lock" if rank == 0 else f".lock-rank{rank}"
+        note = self.root / f"{stem}.owner.json"
+        lock = FileLock(self.root / stem, timeout=0, fallback_to_soft=False)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise RunBusyError(f"run {self.name!r} at {self.root} is in use by {self._holder(note)}; "
+                               "wait for it to finish (or stop it), or use another --run") from None
+        try:
+            atomic_write_text(note, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                                "command": command, "since": time.time()}))
+            yield self
+        finally:
             try:
-                old = json.loads(cfg.read_text())
-            except json.JSONDecodeError as e:
-                raise RunConfigMismatch(f"{cfg} is unreadable ({e}); fix or remove it") from None
-            if old.get("digest") != new["digest"]:
-                diffs = {k: (old["profile"].get(k), v) for k, v in new["profile"].items()
-                         if json.dumps(old["profile"].get(k)) != json.dumps(v, default=str)
-                         and k not in NOT_IN_DIGEST}
-                shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(diffs.items())[:6])
-                raise RunConfigMismatch(
-                    f"run {self.name!r} at {self.root} was made with other settings ({shown}). "
-                    "Nothing was changed. Use another run name (--run NAME), or delete that "
-                    "folder to start it over.")
-            # seeds may grow between invocations: record the union
-            seeds = sorted(set(old["profile"].get("seeds", [])) | set(self.profile.seeds))
-            new["profile"]["seeds"] = seeds
-        self.root.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(cfg, json.dumps(new, indent=1, default=str))
+                note.unlink()
+            except OSError:
+                pass
+            lock.release()
+
+    @staticmethod
+    def _holder(note: Path) -> str:
+        unknown = "another process (which one is not written yet)"
+        try:
+            who = json.loads(note.read_text())
+            pid, host, command = int(who["pid"]), str(who["host"]), str(who["command"])
+            since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(who["since"])))
+        except (OSError, ValueError, KeyError, TypeError, OverflowError):
+            return unknown
+        if host == socket.gethostname() and not _alive(pid):
+            return unknown   # a note left by a killed process; the new holder has not written its own yet
+        who = "this process" if (pid, host) == (os.getpid(), socket.gethostname()) else "another process"
+        return f"{who} ({command!r}, pid {pid} on {host}, since {since})"
 
     # ---- paths
     def seed_dir(self, seed: int) -> Path:

@@ -10,6 +10,7 @@ import os
 import socket
 import time
 import urllib.request
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -404,3 +405,116 @@ def test_real_subset_stratified_and_picked_for_cifar10(monkeypatch, tmp_path, of
     assert torch.bincount(d2.y_train, minlength=10).tolist() == [50] * 10
     with pytest.raises(ValueError, match="5085"):
         load_dataset("cifar10-subset", n_train=6000)
+
+
+# ------------------------------------- what was asked for never falls back --
+def _subset_file(path: Path, y_train=None, x_train=None, **extra) -> Path:
+    rng = np.random.default_rng(0)
+    arrays = dict(x_train=rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8) if x_train is None else x_train,
+                  y_train=(np.arange(40) % 10).astype(np.uint8) if y_train is None else y_train,
+                  x_test=rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8),
+                  y_test=(np.arange(20) % 10).astype(np.uint8))
+    arrays.update(extra)
+    np.savez(path, **arrays)
+    return path
+
+
+def _garbage(path: Path) -> Path:
+    path.write_bytes(b"not an npz at all")
+    return path
+
+
+def _truncated(path: Path) -> Path:
+    _subset_file(path)
+    path.write_bytes(path.read_bytes()[:300])
+    return path
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda d: d / "missing.npz", "but there is no file at {path}"),
+    (lambda d: d, "but there is a directory, not a file at {path}"),
+    (lambda d: _garbage(d / "garbage.npz"), "{path} is not a readable CIFAR-10 subset file"),
+    (lambda d: _truncated(d / "cut.npz"), "{path} is not a readable CIFAR-10 subset file"),
+    (lambda d: _subset_file(d / "f.npz", x_train=np.zeros((40, 32, 32, 3), np.float32)),
+     "{path}: x_train must be uint8 (N, 32, 32, 3)"),
+    (lambda d: _subset_file(d / "f.npz", x_train=np.zeros((40, 3, 32, 32), np.uint8)),
+     "{path}: x_train must be uint8 (N, 32, 32, 3)"),
+    (lambda d: _subset_file(d / "f.npz", y_train=np.arange(40) % 11),
+     "{path} (y_train): 3 label(s) outside the classes 0..9 (e.g. 10)"),
+    (lambda d: _subset_file(d / "f.npz", y_train=np.arange(40) - 1.0),
+     "{path} (y_train): labels must be whole numbers, one per image, got float64"),
+])
+def test_a_subset_file_that_was_set_and_cannot_be_used_stops_with_one_error(tmp_path, monkeypatch, offline,
+                                                                            make, message):
+    path = make(tmp_path)
+    monkeypatch.setenv(SUBSET_ENV, str(path))
+    for name in ("cifar10", "cifar10-subset"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")      # no fallback warning: no fallback
+            with pytest.raises(D.UnusableDatasetError) as info:
+                load_dataset(name, n_train=20, n_test=10, root=tmp_path / "cache", fallback="synthetic")
+        assert message.format(path=path.resolve() if "no file" in message or "directory" in message
+                              else path) in str(info.value)
+        assert "\n" not in str(info.value)
+
+
+def test_a_subset_too_small_for_the_request_is_not_replaced_by_generated_data(tmp_path, monkeypatch, offline):
+    monkeypatch.setenv(SUBSET_ENV, str(_subset_file(tmp_path / "small.npz")))
+    with pytest.raises(D.UnusableDatasetError, match="holds only 40 train / 20 test images"):
+        load_dataset("cifar10", n_train=100, root=tmp_path / "cache", fallback="synthetic")
+
+
+def test_a_data_directory_that_was_set_never_falls_back(tmp_path, monkeypatch, no_subset, offline):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    monkeypatch.setenv(D.DATA_DIR_ENV, str(a_file))
+    with pytest.raises(D.UnusableDatasetError) as info:
+        load_dataset("cifar10", fallback="synthetic")
+    assert str(info.value) == (f"{D.DATA_DIR_ENV} is set to {str(a_file)!r}, which is not a directory, so cifar10 "
+                               f"cannot be downloaded into it; make it writable or point {D.DATA_DIR_ENV} elsewhere")
+    # not writable (simulated: the tests may run as root, who may write anywhere)
+    monkeypatch.setenv(D.DATA_DIR_ENV, str(tmp_path / "ro"))
+    (tmp_path / "ro").mkdir()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(D.os, "access", lambda path, mode: Path(path) != tmp_path / "ro")
+        with pytest.raises(D.UnusableDatasetError, match="which is not writable, so svhn cannot be downloaded"):
+            load_dataset("svhn", fallback="synthetic")
+    # writable but empty, and offline: the user's directory is named, no generated data
+    monkeypatch.setenv(D.DATA_DIR_ENV, str(tmp_path / "empty"))
+    with pytest.raises(D.UnusableDatasetError, match="so no generated data stands in: dataset 'mnist' is not"):
+        load_dataset("mnist", download=False, fallback="synthetic")
+
+
+def test_generated_data_says_so(tmp_path, no_subset, offline):
+    d = load_dataset("synthetic", n_train=20, n_test=10)
+    assert d.generated and d.fallback_reason is None
+    with pytest.warns(RuntimeWarning, match="SYNTHETIC DATA"):
+        d = load_dataset("cifar10", n_train=20, n_test=10, root=tmp_path, download=False, fallback="synthetic")
+    assert d.generated and "cifar10" in d.fallback_reason and d.describe()["generated"]
+    assert d.describe()["fallback_reason"] == d.fallback_reason
+
+
+def test_real_data_is_not_marked_generated(tmp_path, monkeypatch, offline):
+    monkeypatch.setenv(SUBSET_ENV, str(_subset_file(tmp_path / "ok.npz")))
+    d = load_dataset("cifar10-subset", n_train=20, n_test=10)
+    assert not d.generated and d.fallback_reason is None
+
+
+def test_labels_outside_the_classes_are_refused_for_any_dataset(monkeypatch):
+    x = np.zeros((4, 28, 28), np.uint8)
+    with pytest.raises(D.UnusableDatasetError, match=r"1 label\(s\) outside the classes 0\.\.9 \(e\.g\. 12\)"):
+        D._build("mnist", x, np.array([0, 1, 2, 12]), x, np.array([0, 1, 2, 3]), None, None, 0, False,
+                 classes=D.DIGIT_CLASSES, norm_key="mnist", augment="none", source="torchvision MNIST in /x")
+
+
+def test_a_dataset_set_by_hand_does_not_fall_back(tmp_path, monkeypatch, no_subset, offline):
+    from dwf_lab.core.config import get_profile
+    from dwf_lab.training.builders import load_data
+    monkeypatch.delenv(D.DATA_DIR_ENV, raising=False)
+    monkeypatch.setattr(D, "data_dir", lambda: tmp_path)
+    with pytest.raises(D.DatasetUnavailableError, match="dataset 'svhn' is not available"):
+        load_data(get_profile("smoke", dataset="svhn"))
+    with pytest.warns(RuntimeWarning, match="NOT SVHN"):   # unless the fallback was asked for too
+        assert load_data(get_profile("paper", dataset="svhn", fallback="synthetic", n_train=20, n_test=8)).generated
+    with pytest.warns(RuntimeWarning, match="NOT CIFAR10"):   # the laptop's own dataset keeps its fallback
+        assert load_data(get_profile("laptop", n_train=20, n_test=10)).generated

@@ -3,11 +3,19 @@ keeps its files; seeds accumulate; speed switches may change between calls."""
 from __future__ import annotations
 
 import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import textwrap
 
 import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
 from dwf_lab.core.config import get_profile
-from dwf_lab.store.runs import RUNS_DIR_ENV, Run, RunConfigMismatch, runs_dir
+from dwf_lab.store.runs import RUNS_DIR_ENV, Run, RunBusyError, RunConfigMismatch, RunNotFoundError, runs_dir
 
 
 def test_every_path_of_a_run_lies_under_its_root(tmp_path):
@@ -58,3 +66,184 @@ def test_metrics_log_skips_a_line_cut_by_a_crash(tmp_path):
     with open(run.seed_dir(0) / "metrics.jsonl", "a") as f:
         f.write('{"event": "epo')
     assert run.metrics(0) == [{"event": "epoch", "epoch": 1}]
+
+
+# ------------------------------------------- config.json: refused, never overwritten --
+def _made(tmp_path):
+    p = get_profile("smoke")
+    Run("r", p, root=tmp_path / "r")
+    return p, tmp_path / "r" / "config.json"
+
+
+def test_a_hand_edited_config_is_refused_and_kept(tmp_path):
+    p, cfg = _made(tmp_path)
+    c = json.loads(cfg.read_text())
+    c["profile"]["lr"] = 0.5                 # the digest is left alone
+    cfg.write_text(json.dumps(c))
+    before = cfg.read_bytes()
+    with pytest.raises(RunConfigMismatch) as info:
+        Run("r", p, root=tmp_path / "r")
+    assert str(info.value) == (
+        f"run 'r': {cfg} was edited by hand (its settings no longer match its checksum and digest; it differs "
+        "from this command's settings in lr is 0.5 there and 0.01 here). Nothing was changed: restore the file, "
+        "or delete the run folder to start it over.")
+    assert cfg.read_bytes() == before
+    c["profile"]["lr"], c["profile"]["device"] = 0.01, "cpu"    # a speed switch edited by hand: refused too
+    cfg.write_text(json.dumps(c))
+    with pytest.raises(RunConfigMismatch, match="edited by hand .* device is 'cpu' there and 'auto' here"):
+        Run.open("r", p, root=tmp_path / "r")
+
+
+@pytest.mark.parametrize("mutate, what", [
+    (lambda c: c.pop("profile"), "no profile"),
+    (lambda c: c.pop("digest"), "no digest"),
+    (lambda c: c["profile"].pop("width"), "settings missing: width"),
+    (lambda c: c["profile"].update(colour="red"), "unknown settings: colour"),
+])
+def test_a_config_with_keys_missing_is_damaged_not_a_traceback(tmp_path, mutate, what):
+    p, cfg = _made(tmp_path)
+    c = json.loads(cfg.read_text())
+    mutate(c)
+    cfg.write_text(json.dumps(c))
+    before = cfg.read_bytes()
+    with pytest.raises(RunConfigMismatch) as info:
+        Run("r", p, root=tmp_path / "r")
+    assert str(info.value) == (f"run 'r': {cfg} is damaged ({what}). Nothing was changed: restore the file, or "
+                               "delete the run folder to start it over.")
+    assert cfg.read_bytes() == before
+
+
+@pytest.mark.parametrize("text, what", [
+    ("[1, 2]", "it holds a list, not the run's settings"),
+    ("7", "it holds a number, not the run's settings"),
+    ('{"profile": ', "JSONDecodeError: Expecting value: line 1 column 13 (char 12)"),
+])
+def test_a_config_that_is_no_mapping_is_damaged(tmp_path, text, what):
+    p, cfg = _made(tmp_path)
+    cfg.write_text(text)
+    with pytest.raises(RunConfigMismatch, match=re.escape(f"{cfg} is damaged ({what})")):
+        Run("r", p, root=tmp_path / "r")
+    assert cfg.read_text() == text
+
+
+def test_a_config_that_is_a_directory_is_refused(tmp_path):
+    (tmp_path / "r" / "config.json").mkdir(parents=True)
+    with pytest.raises(RunConfigMismatch, match="config.json is damaged .IsADirectoryError"):
+        Run("r", get_profile("smoke"), root=tmp_path / "r")
+
+
+def test_an_unwritable_runs_folder_is_one_os_error(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OSError) as info:
+        Run("r", get_profile("smoke"), root=tmp_path / "file" / "r")
+    assert str(info.value).startswith(f"cannot write the run folder {tmp_path / 'file' / 'r'}: ")
+
+
+def test_open_never_creates_a_run(tmp_path):
+    with pytest.raises(RunNotFoundError) as info:
+        Run.open("ghost", get_profile("smoke"), root=tmp_path / "ghost")
+    assert str(info.value) == (f"no run 'ghost' at {tmp_path / 'ghost'} (no config.json there); train it first "
+                               "(python -m dwf_lab train --run ghost) or check --run and DWF_RUNS_DIR")
+    assert list(tmp_path.iterdir()) == []
+    p, cfg = _made(tmp_path)
+    before = cfg.read_bytes()
+    assert Run.open("r", p.replace(seeds=(5,)), root=tmp_path / "r").name == "r"
+    assert cfg.read_bytes() == before              # opening writes nothing
+
+
+def _mutations():
+    keys = st.sampled_from(["profile", "digest", "checksum"])
+    values = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=8),
+                       st.lists(st.integers(), max_size=3))
+    return st.one_of(
+        st.tuples(st.just("delete"), keys),
+        st.tuples(st.just("delete-setting"), st.sampled_from(sorted(get_profile("smoke").to_dict()))),
+        st.tuples(st.just("change"), st.sampled_from(sorted(get_profile("smoke").to_dict())), values),
+        st.tuples(st.just("change-key"), keys, values),
+        st.tuples(st.just("truncate"), st.integers(0, 2000)),
+        st.tuples(st.just("replace"), st.one_of(st.just(b"[]"), st.just(b"3.5"), st.just(b"null"), st.binary(max_size=40))),
+    )
+
+
+def _mutate(text: str, m) -> bytes:
+    c = json.loads(text)
+    kind = m[0]
+    if kind == "delete":
+        del c[m[1]]
+    elif kind == "delete-setting":
+        del c["profile"][m[1]]
+    elif kind == "change":
+        c["profile"][m[1]] = m[2]
+    elif kind == "change-key":
+        c[m[1]] = m[2]
+    elif kind == "truncate":
+        return text.encode()[:m[1] % len(text)]
+    else:
+        return m[1]
+    return json.dumps(c, indent=1).encode()
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(m=_mutations())
+def test_any_mutation_of_a_config_is_refused_and_leaves_it_byte_identical(tmp_path, m):
+    p = get_profile("smoke")
+    root = tmp_path / "m"
+    if not (root / "config.json").exists():
+        Run("m", p, root=root)
+        (tmp_path / "orig.json").write_text((root / "config.json").read_text())
+    orig = (tmp_path / "orig.json").read_text()
+    bad = _mutate(orig, m)
+    assume(bad != orig.encode() and (not bad.strip() or bad.strip() != orig.encode().strip()))
+    try:
+        assume(json.loads(bad) != json.loads(orig))      # a change of layout only is the same file
+    except ValueError:
+        pass
+    (root / "config.json").write_bytes(bad)
+    for make in (Run, Run.open):
+        with pytest.raises(RunConfigMismatch):
+            make("m", p, root=root)
+        assert (root / "config.json").read_bytes() == bad
+
+
+# ---------------------------------------------------------- one writer per run --
+def test_a_second_lock_is_refused_naming_the_holder(tmp_path):
+    p, _ = _made(tmp_path)
+    run = Run("r", p, root=tmp_path / "r")
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        from dwf_lab.core.config import get_profile
+        from dwf_lab.store.runs import Run
+        with Run.open("r", get_profile("smoke"), root={str(tmp_path / 'r')!r}).lock("train"):
+            print("held", flush=True)
+            time.sleep(120)
+    """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunBusyError) as info:
+            with run.lock("evaluate"):
+                pass
+        msg = str(info.value)
+        assert msg.startswith(f"run 'r' at {tmp_path / 'r'} is in use by another process ('train', pid {holder.pid} on ")
+        assert msg.endswith("); wait for it to finish (or stop it), or use another --run")
+    finally:
+        holder.kill()                      # SIGKILL: no clean-up, its note stays behind
+        holder.wait()
+    assert (tmp_path / "r" / ".lock.owner.json").exists()
+    with run.lock("evaluate"):             # a killed holder never blocks the next run
+        note = json.loads((tmp_path / "r" / ".lock.owner.json").read_text())
+        assert note["pid"] == os.getpid() and note["command"] == "evaluate"
+    assert not (tmp_path / "r" / ".lock.owner.json").exists()
+
+
+def test_a_stale_note_is_not_taken_for_the_holder(tmp_path):
+    p, _ = _made(tmp_path)
+    run = Run("r", p, root=tmp_path / "r")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    with run.lock("train"):
+        # as if the holder had not written its note yet, and a killed process's note were still there
+        (tmp_path / "r" / ".lock.owner.json").write_text(json.dumps(
+            {"pid": dead.pid, "host": socket.gethostname(), "command": "train", "since": 0}))
+        with pytest.raises(RunBusyError, match=r"is in use by another process \(which one is not written yet\)"):
+            with Run.open("r", p, root=tmp_path / "r").lock("evaluate"):
+                pass
