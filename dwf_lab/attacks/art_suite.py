@@ -41,7 +41,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from dwf_lab.attacks.base import attack_mode, check_inputs
+from dwf_lab.attacks.base import attack_mode, check_batch_size, check_inputs
 from dwf_lab.attacks.fab import fab_t
 from dwf_lab.core.config import PGD_ALPHA, PGD_EPS
 
@@ -147,6 +147,7 @@ def check_threat_model(x_adv: torch.Tensor, x: torch.Tensor, eps: float, tol: fl
 def correctness(model: nn.Module, x_adv, x: torch.Tensor, y: torch.Tensor, eps: float,
                 batch_size: int = 512) -> torch.Tensor:
     """Per-example correctness of OUR model on ``x_adv``, after checking the threat model."""
+    check_batch_size(batch_size)
     if isinstance(x_adv, np.ndarray):
         x_adv = torch.from_numpy(x_adv)
     x_adv = x_adv.to(device=x.device, dtype=x.dtype)
@@ -159,10 +160,13 @@ def correctness(model: nn.Module, x_adv, x: torch.Tensor, y: torch.Tensor, eps: 
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool, device=x.device)
 
 
-def _prepare(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float):
-    check_inputs(x, eps)
+def _prepare(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, batch_size: int,
+             alpha: float | None = None):
+    """The attack's inputs checked once (:func:`~dwf_lab.attacks.base.check_inputs`), on the model's device."""
+    x = check_inputs(x, eps, model, alpha=alpha)
+    check_batch_size(batch_size)
     device = next(model.parameters()).device
-    return x.detach().to(device).float(), y.detach().to(device)
+    return x.detach().to(device), y.detach().to(device)
 
 
 # -------------------------------------------------------------- attacks --
@@ -176,7 +180,7 @@ def art_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float = PGD
     ``random_start=True`` draws ``restarts`` uniform starts in the eps-ball and
     keeps a successful one per example, as ART does.
     """
-    x, y = _prepare(model, x, y, eps)
+    x, y = _prepare(model, x, y, eps, batch_size, alpha)
     if eps == 0 or steps == 0 and not random_start:
         return correctness(model, x, x, y, eps)
     art = _art()
@@ -197,7 +201,7 @@ def square(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float = PGD_
     It never looks at a gradient, so a model that only *hides* its gradients
     (gradient masking) loses to it while still looking robust to PGD.
     """
-    x, y = _prepare(model, x, y, eps)
+    x, y = _prepare(model, x, y, eps, batch_size)
     if eps == 0 or len(x) == 0:
         return correctness(model, x, x, y, eps)
     art = _art()
@@ -227,7 +231,7 @@ def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float = PGD_EP
     losses = {"ce": "cross_entropy", "dlr": "difference_logits_ratio"}
     if loss not in losses:
         raise ValueError(f"loss must be one of {sorted(losses)}, got {loss!r}")
-    x, y = _prepare(model, x, y, eps)
+    x, y = _prepare(model, x, y, eps, batch_size)
     if eps == 0 or n_iter == 0 or len(x) == 0:
         return correctness(model, x, x, y, eps)
     art = _art()
@@ -257,7 +261,7 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float = 
     """
     if version not in AA_VERSIONS:
         raise ValueError(f"version must be one of {AA_VERSIONS}, got {version!r}")
-    x, y = _prepare(model, x, y, eps)
+    x, y = _prepare(model, x, y, eps, batch_size)
     details: dict = {"version": version, "n": len(x)}
     with torch.no_grad(), attack_mode(model):
         clean_logits = torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]) \

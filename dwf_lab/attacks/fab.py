@@ -31,7 +31,7 @@ images that every earlier one failed on, and success means misclassification
 import torch
 import torch.nn as nn
 
-from dwf_lab.attacks.base import attack_mode, check_inputs
+from dwf_lab.attacks.base import attack_mode, check_batch_size, check_inputs
 from dwf_lab.core.config import PGD_EPS
 
 
@@ -131,9 +131,10 @@ def fab_t(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float = PGD_E
     AutoAttack does). With ``return_details=True`` also returns the smallest
     distance found per example (``inf``: none) and the adversarial images.
     """
-    check_inputs(x, eps)
+    x = check_inputs(x, eps, model)
+    check_batch_size(batch_size)
     device = next(model.parameters()).device
-    x, y = x.detach().to(device).float(), y.detach().to(device)
+    x, y = x.detach().to(device), y.detach().to(device)
     gen = torch.Generator(device=device)
     gen.manual_seed(int(seed or 0))
     correct = torch.zeros(len(x), dtype=torch.bool, device=device)

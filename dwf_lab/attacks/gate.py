@@ -25,6 +25,7 @@ from dwf_lab.attacks.base import (
     LossFn,
     attack_mode,
     ce_loss,
+    check_fits_model,
     check_inputs,
     correct_mask,
     dlr_from_logits,
@@ -102,8 +103,7 @@ def routing_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, target_exper
                  eps: float, alpha: float, steps: int, random_start: bool,
                  generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
     """(last iterate, per-example correctness at every iterate) of the balanced routing PGD."""
-    check_inputs(x, eps)
-    x = x.detach()
+    x = check_inputs(x, eps, model, alpha=alpha).detach()
     gated = isinstance(model, MixtureOfExperts) and model.routing != "uniform" and model.gate is not None
     weakest = target_expert == "weakest"
     if gated and not weakest and not (isinstance(target_expert, int)
@@ -192,7 +192,8 @@ def transfer_attack(source_model: nn.Module, target_model: nn.Module, x: torch.T
     it beats white-box PGD on the target, the target's own gradients are
     misleading the white-box attack (gradient masking).
     """
-    check_inputs(x, eps)
+    x = check_inputs(x, eps, source_model, alpha=alpha)
+    check_fits_model(x, target_model)
     x_adv = pgd(source_model, x, y, eps, alpha, steps, random_start, restarts, loss=loss,
                         generator=generator, check=False)
     return correct_mask(target_model, x_adv, y)

@@ -17,16 +17,19 @@ from typing import Callable, Union
 import torch
 import torch.nn as nn
 
-from dwf_lab.attacks.base import LossFn, attack_mode, check_inputs, input_gradient, project, resolve_loss
+from dwf_lab.attacks.base import LossFn, attack_mode, check_eps, check_inputs, input_gradient, project, resolve_loss
 from dwf_lab.core.config import FGSM_EPSILONS, PGD_ALPHA, PGD_EPS, PGD_STEPS
 
 
 # ----------------------------------------------------------------- attacks --
 def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
          loss: Union[str, LossFn] = "ce", check: bool = True) -> torch.Tensor:
-    """Eq. 3: x_adv = clip(x + eps * sign(grad_x L(f(x), y)), 0, 1)."""
+    """Eq. 3: x_adv = clip(x + eps * sign(grad_x L(f(x), y)), 0, 1).
+
+    ``check=False`` skips :func:`~dwf_lab.attacks.base.check_inputs` (a caller that checked
+    the whole data once already)."""
     if check:
-        check_inputs(x, eps)
+        x = check_inputs(x, eps, model)
     if eps == 0:
         return x.detach().clone()
     with attack_mode(model):
@@ -46,7 +49,9 @@ def pgd_iterates(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
                  gradient: Callable[[torch.Tensor], torch.Tensor] | None = None):
     """The one PGD core (Eq. 4-5): yields x_adv after each of ``steps`` signed-gradient steps.
 
-    The caller holds :func:`attack_mode`; every iterate lies in the eps-ball and [0, 1].
+    The caller holds :func:`attack_mode` and has checked its inputs
+    (:func:`~dwf_lab.attacks.base.check_inputs`): nothing is checked here, per step or at all.
+    Every iterate lies in the eps-ball and [0, 1].
     ``start`` replaces the (random) starting point; ``gradient(x_adv)`` replaces the
     gradient of ``loss`` (the routing attack balances two; TRADES ascends a KL).
     """
@@ -75,11 +80,12 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float = PGD_EPS
     (Expectation over Transformation, for randomized models).
     """
     if check:
-        check_inputs(x, eps)
-        if steps < 0 or restarts < 1 or eot_samples < 1 or alpha < 0:
+        x = check_inputs(x, eps, model)
+        if steps < 0 or restarts < 1 or eot_samples < 1 or not alpha >= 0:
             raise ValueError(f"need steps >= 0, restarts >= 1, eot_samples >= 1 and alpha >= 0; "
                              f"got steps={steps}, restarts={restarts}, "
                              f"eot_samples={eot_samples}, alpha={alpha}")
+        check_eps(alpha, "alpha")
     x = x.detach()
     if eps == 0 or steps == 0 and not random_start:
         return x.clone()
@@ -119,9 +125,14 @@ def eot_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float = PGD
 
 def pgd_trajectory(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float,
                    read_at: tuple[int, ...], random_start: bool = True,
-                   generator: torch.Generator | None = None) -> dict[int, torch.Tensor]:
+                   generator: torch.Generator | None = None, check: bool = True) -> dict[int, torch.Tensor]:
     """Correctness (bool per example) after each number of PGD steps in ``read_at``: PGD-k from
-    one random start is the first k steps of the longest run, so one trajectory serves them all."""
+    one random start is the first k steps of the longest run, so one trajectory serves them all.
+    ``check=False`` skips the input checks (a caller that checked the whole data once)."""
+    if check:
+        x = check_inputs(x, eps, model, alpha=alpha)
+        if not read_at or any(int(k) < 1 for k in read_at):
+            raise ValueError(f"read_at must list step counts >= 1, got {tuple(read_at)}")
     out: dict[int, torch.Tensor] = {}
     with attack_mode(model):
         for step, x_adv in enumerate(pgd_iterates(model, x, y, eps, alpha, max(read_at), random_start,

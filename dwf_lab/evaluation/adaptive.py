@@ -23,7 +23,7 @@ import torch.nn as nn
 
 from dwf_lab import attacks
 from dwf_lab.attacks import art_suite
-from dwf_lab.attacks.base import correct_mask
+from dwf_lab.attacks.base import check_batch_size, correct_mask
 from dwf_lab.attacks.gate import (
     expert_models,
     is_mixture,
@@ -164,7 +164,8 @@ def _run_batch(model: nn.Module, xb: torch.Tensor, yb: torch.Tensor, s: Adaptive
 
 def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, s: AdaptiveSettings, seed: int,
               device, progress: bool, skip: Sequence[str], desc: str):
-    attacks.check_inputs(x, s.eps)
+    x = attacks.check_inputs(x, s.eps, model, alpha=s.alpha)   # once, on the whole data
+    check_batch_size(s.batch_size)
     mixture = is_mixture(model)
     want = set(s.attack_names(mixture)) - set(skip)
     timings: dict[str, float] = {}
@@ -238,7 +239,7 @@ def routing_sweep(mix: nn.Module, x: torch.Tensor, y: torch.Tensor, target_exper
         raise TypeError("routing_sweep needs a gated dwf_lab.moe.MixtureOfExperts")
     if not isinstance(target_expert, int):
         raise TypeError(f"routing_sweep needs one expert index as target, got {target_expert!r}")
-    attacks.check_inputs(x, s.eps)
+    x = attacks.check_inputs(x, s.eps, mix, alpha=s.alpha)
     dev = next(mix.parameters()).device
     x, y = x.to(dev), y.to(dev)
     rows = []

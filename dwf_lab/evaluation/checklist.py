@@ -46,6 +46,7 @@ import torch.nn as nn
 
 from dwf_lab import attacks
 from dwf_lab.attacks import art_suite
+from dwf_lab.attacks.base import check_batch_size, check_eps
 from dwf_lab.attacks.gate import uniform_mixture
 from dwf_lab.core.config import SizedSettings
 from dwf_lab.core.runtime import seed_from
@@ -148,7 +149,10 @@ def run_checklist(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     ``square=False`` skips the Square attack (ART) and reports it as not run.
     """
     s = settings or ChecklistSettings()
-    attacks.check_inputs(x, s.eps)
+    x = attacks.check_inputs(x, s.eps, model, alpha=s.alpha)   # once, on the whole data
+    for e in s.eps_grid:
+        check_eps(e, "eps_grid")
+    check_batch_size(s.batch_size)
     device = next(model.parameters()).device
     x, y = x.to(device), y.to(device)
     if s.n_examples:
@@ -237,6 +241,7 @@ def run_checklist(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
 
 def check_gradients(model, x, y, s: ChecklistSettings | None = None) -> CheckItem:
     s = s or ChecklistSettings()
+    check_batch_size(s.batch_size)
     grads = []
     with attacks.attack_mode(model):
         for i in range(0, len(x), s.batch_size):
@@ -258,6 +263,7 @@ def check_gradients(model, x, y, s: ChecklistSettings | None = None) -> CheckIte
 
 def check_deterministic(model, x, s: ChecklistSettings | None = None) -> CheckItem:
     s = s or ChecklistSettings()
+    check_batch_size(s.batch_size)
     with torch.no_grad(), attacks.attack_mode(model):
         xb = x[:s.batch_size]
         a, b = model(xb).float(), model(xb).float()

@@ -16,12 +16,14 @@ import torch
 import torch.nn as nn
 
 from dwf_lab import attacks
+from dwf_lab.attacks.base import check_batch_size
 from dwf_lab.core.io import progress_bar
 from dwf_lab.core.runtime import seed_from
 
 
 def batched(fn, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> torch.Tensor:
     """``fn(xb, yb, b)`` over the batches of (x, y), concatenated (``b``, the batch index, seeds its draws)."""
+    check_batch_size(batch_size)
     return torch.cat([fn(xb, yb, b) for b, xb, yb in eval_batches(x, y, batch_size, x.device)])
 
 
@@ -32,6 +34,7 @@ def accuracy_pct(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 def eval_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, device):
     """Yields (batch index, xb, yb) on ``device``: the fixed test-set batches every evaluation uses."""
+    check_batch_size(batch_size)
     for b in range((len(x) + batch_size - 1) // batch_size):
         sl = slice(b * batch_size, (b + 1) * batch_size)
         yield b, x[sl].to(device), y[sl].to(device)
@@ -45,6 +48,7 @@ def per_example(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: 
     ``gen(tag)`` is batch ``b``'s random generator for ``tag`` (seeded from ``seed``, ``b`` and
     ``tag``), so a batch's draws do not depend on which other attacks ran before it.
     """
+    check_batch_size(batch_size)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()

@@ -16,7 +16,9 @@ Metrics (accuracy in percent, over the same test images):
   (clean, FGSM with eps <= 8/255, every PGD), per example: the honest headline. FGSM at
   larger eps (up to 0.09 = 23/255) is another threat model, never pooled into it.
 
-Evaluation runs in fp32 (no autocast) so low precision cannot weaken the attacks.
+Evaluation runs in fp32 (no autocast) so low precision cannot weaken the attacks. Inputs and
+settings are checked once, up front (:func:`check_settings`, :func:`dwf_lab.attacks.base.check_inputs`):
+every eps of the settings, alpha, the batch size, NaN pixels, the model's input shape.
 :func:`evaluate_soe` runs it under each gradient mode; :func:`evaluate_and_write` stores it.
 """
 import time
@@ -27,7 +29,7 @@ import torch
 import torch.nn as nn
 
 from dwf_lab import attacks
-from dwf_lab.attacks.base import correct_mask
+from dwf_lab.attacks.base import check_batch_size, check_eps, correct_mask
 from dwf_lab.attacks.pgd import pgd_trajectory
 from dwf_lab.core.config import Profile
 from dwf_lab.evaluation.metrics import over_gradient_modes, per_example, worst_case_keys
@@ -61,11 +63,32 @@ class EvalSettings:
         return names
 
 
+def check_settings(s: EvalSettings) -> None:
+    """Every eps of the settings (each FGSM eps, PGD's), alpha, the step counts and the batch size,
+    checked like the attacks check theirs, before anything runs."""
+    for e in s.fgsm_eps:
+        check_eps(e, "fgsm_eps")
+    check_eps(s.pgd_eps, "pgd_eps")
+    check_eps(s.pgd_alpha, "pgd_alpha")
+    check_batch_size(s.batch_size)
+    if any(int(k) < 1 for k in s.pgd_steps):
+        raise ValueError(f"pgd_steps must all be >= 1, got {tuple(s.pgd_steps)}")
+    if s.long and (s.long_steps < 0 or s.restarts < 1 or s.eot_samples < 1):
+        raise ValueError(f"need long_steps >= 0, restarts >= 1 and eot_samples >= 1; got long_steps="
+                         f"{s.long_steps}, restarts={s.restarts}, eot_samples={s.eot_samples}")
+
+
 def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, s: EvalSettings,
                    seed: int = 0, device: torch.device | str | None = None,
                    progress: bool = True, desc: str = "evaluate") -> tuple[dict, dict]:
-    """Run the protocol; returns (metrics in percent, per-example correctness per metric)."""
-    attacks.check_inputs(x, s.pgd_eps)
+    """Run the protocol; returns (metrics in percent, per-example correctness per metric).
+
+    The settings (:func:`check_settings`) and the images (NaN, range, dtype, the model's
+    input shape: :func:`dwf_lab.attacks.base.check_inputs`) are checked once here; the
+    attacks run on each batch unchecked. float64 images are evaluated as float32.
+    """
+    check_settings(s)
+    x = attacks.check_inputs(x, s.pgd_eps, model)
 
     def one_batch(b, xb, yb, gen):
         res = {"SA": correct_mask(model, xb, yb)}
@@ -73,7 +96,7 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, s: EvalSe
             res[f"fgsm:{e:g}"] = correct_mask(model, attacks.fgsm(model, xb, yb, e, check=False), yb)
         if s.pgd_steps:
             traj = pgd_trajectory(model, xb, yb, s.pgd_eps, s.pgd_alpha, tuple(s.pgd_steps),
-                                  s.random_start, gen(1))
+                                  s.random_start, gen(1), check=False)
             for k in s.pgd_steps:
                 res[f"pgd:{k}"] = traj[k]
         if s.long:

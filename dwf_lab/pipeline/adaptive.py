@@ -32,8 +32,7 @@ from dwf_lab.evaluation.checklist import (
 from dwf_lab.evaluation.metrics import unpack_bits
 from dwf_lab.evaluation.records import load_checklist, merge_into_result, record_eps
 from dwf_lab.pipeline.reproduce import evaluate_run
-from dwf_lab.store.checkpoints import load_model
-from dwf_lab.training.builders import uniform_ensemble
+from dwf_lab.training.builders import load_run_model, uniform_ensemble
 from dwf_lab.training.stages import BASELINE_ROWS, select_stages, stages_done
 
 
@@ -65,8 +64,8 @@ def _targets(run, seed: int, data, which: str | None, dev) -> list[_Target]:
     out = []
     for st in select_stages(p, ",".join(stage_tokens)) if stage_tokens else []:
         if st.kind != "gate" and run.is_done(seed, st.name):
-            out.append(_Target(st.name, st.row, lambda n=st.name: load_model(run.model_path(seed, n),
-                                                                            map_location=dev),
+            out.append(_Target(st.name, st.row, lambda st=st: load_run_model(run, seed, st, data,
+                                                                             map_location=dev),
                                st.kind in ("mixture", "gate")))
     for name, row in BASELINE_ROWS.items():
         if {"all", "baselines", name} & set(tokens):
@@ -75,8 +74,8 @@ def _targets(run, seed: int, data, which: str | None, dev) -> list[_Target]:
             if name == "uniform-ensemble":
                 out.append(_Target(name, row, lambda: uniform_ensemble(run, seed, data).to(dev), True))
             elif run.is_done(seed, name):
-                out.append(_Target(name, row, lambda n=name: load_model(run.model_path(seed, n),
-                                                                         map_location=dev), False))
+                out.append(_Target(name, row, lambda n=name: load_run_model(run, seed, n, data,
+                                                                             map_location=dev), False))
     if not out and tokens and not stage_tokens:
         raise FileNotFoundError(f"no evaluated baseline among {', '.join(tokens)}: "
                                 "run python -m dwf_lab baselines first")
@@ -189,7 +188,7 @@ def _write_checklist(run, seed: int, target: _Target, rec: dict, model: nn.Modul
         if not is_mixture(model):
             other = _surrogate_stage(target.name, done)
             if other is not None:
-                surrogate = load_model(run.model_path(seed, other), map_location=dev)
+                surrogate = load_run_model(run, seed, other, data, map_location=dev)
         m = min(len(data.x_test), cs.n_examples or len(data.x_test))
         items = run_checklist(model, data.x_test[:m].to(dev), data.y_test[:m].to(dev), cs,
                               surrogate=surrogate, seed=seed)

@@ -271,3 +271,155 @@ def test_pick_is_uniform_over_any_sequence():
     assert set(draws) == {"a", "b", "c"}
     assert pick([42]) == 42
     assert math.isclose(sum(d == "a" for d in draws) / 300, 1 / 3, abs_tol=0.1)
+
+
+# ------------------------------------------------ inputs checked once, clearly --
+import importlib  # noqa: E402
+
+from dwf_lab.attacks import art_suite  # noqa: E402
+from dwf_lab.attacks.base import check_batch_size, check_eps  # noqa: E402
+from dwf_lab.attacks.fab import fab_t  # noqa: E402
+from dwf_lab.attacks.gate import long_pgd, routing_attack, transfer_attack  # noqa: E402
+from dwf_lab.models.registry import build_model  # noqa: E402
+
+pgd_module = importlib.import_module("dwf_lab.attacks.pgd")   # the module (attacks.pgd is the function)
+
+
+def _every_attack(model, other):
+    """Every attack of attacks/ as ``f(x, y, eps)`` (ART's only where ART is installed)."""
+    out = {
+        "fgsm": lambda x, y, e: fgsm(model, x, y, e),
+        "pgd": lambda x, y, e: pgd(model, x, y, e, alpha=2 / 255, steps=1),
+        "eot-pgd": lambda x, y, e: eot_pgd(model, x, y, e, alpha=2 / 255, steps=1, eot_samples=1),
+        "routing": lambda x, y, e: routing_attack(model, x, y, 0, 1.0, e, 2 / 255, steps=1),
+        "transfer": lambda x, y, e: transfer_attack(other, model, x, y, e, 2 / 255, steps=1),
+        "long-pgd": lambda x, y, e: long_pgd(model, x, y, e, 2 / 255, steps=1, restarts=1),
+        "fab-t": lambda x, y, e: fab_t(model, x, y, e, n_iter=1, n_target_classes=1),
+        "trajectory": lambda x, y, e: pgd_module.pgd_trajectory(model, x, y, e, 2 / 255, (1,)),
+    }
+    if art_suite.available():
+        out["art-pgd"] = lambda x, y, e: art_suite.art_pgd(model, x, y, e, 2 / 255, steps=1)
+        out["square"] = lambda x, y, e: art_suite.square(model, x, y, e, max_iter=1)
+        out["apgd"] = lambda x, y, e: art_suite.apgd(model, x, y, e, n_iter=1)
+        out["autoattack"] = lambda x, y, e: art_suite.autoattack(model, x, y, e, n_iter=1, n_queries=1,
+                                                                 n_target_classes=1)
+    return out
+
+
+@pytest.fixture
+def two_models():
+    torch.manual_seed(0)
+    return (build_model("resnet18", width=0.0625, dataset="synthetic").eval(),
+            build_model("resnet18", width=0.0625, dataset="synthetic").eval())
+
+
+def test_nan_or_infinite_pixels_are_refused_by_every_attack(two_models, images):
+    model, other = two_models
+    y = torch.zeros(8, dtype=torch.long)
+    nan, inf = images.clone(), images.clone()
+    nan[0, 0, 0, 0] = float("nan")      # min/max of a batch with a NaN are NaN: [0, 1] alone misses it
+    inf[1, 2, 3, 4] = float("inf")
+    for name, attack in _every_attack(model, other).items():
+        with pytest.raises(ValueError, match=r"attack inputs contain 1 NaN and 0 infinite pixel values "
+                                             r"\(of 24576\)"):
+            attack(nan, y, EPS)
+        with pytest.raises(ValueError, match=r"contain 0 NaN and 1 infinite pixel values"):
+            attack(inf, y, EPS)
+
+
+@pytest.mark.parametrize("eps, message", [
+    (float("inf"), r"eps must be finite \(pixel units, e.g. 8/255\), got inf"),
+    (float("nan"), r"eps must be >= 0 \(pixel units, e.g. 8/255\), got nan"),
+    (8, r"eps is in pixel units: did you mean 8/255\? Got eps=8, but images are in \[0, 1\]"),
+    (16.0, r"eps is in pixel units: did you mean 16/255\?"),
+    (2.5, r"eps is in pixel units: did you mean 2.5/255\?"),
+    (-0.1, r"eps must be >= 0 \(pixel units, e.g. 8/255\), got -0.1"),
+    ("8/255", r"eps must be a number \(pixel units, e.g. 8/255\), got '8/255'"),
+])
+def test_eps_is_finite_and_in_pixel_units_for_every_attack(two_models, images, eps, message):
+    model, other = two_models
+    y = torch.zeros(8, dtype=torch.long)
+    for name, attack in _every_attack(model, other).items():
+        with pytest.raises(ValueError, match=message):
+            attack(images, y, eps)
+    assert check_eps(1.0) == 1.0 and check_eps(0) == 0.0      # the ends of the range are fine
+
+
+def test_alpha_is_finite_and_in_pixel_units(tiny_model, images):
+    y = torch.zeros(8, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"alpha must be finite \(pixel units, e.g. 8/255\), got inf"):
+        pgd(tiny_model, images, y, EPS, alpha=float("inf"), steps=1)
+    with pytest.raises(ValueError, match=r"alpha is in pixel units: did you mean 2/255\?"):
+        pgd(tiny_model, images, y, EPS, alpha=2, steps=1)
+    with pytest.raises(ValueError, match=r"need steps >= 0, .* alpha >= 0; got .* alpha=nan"):
+        pgd(tiny_model, images, y, EPS, alpha=float("nan"), steps=1)
+    with pytest.raises(ValueError, match=r"alpha is in pixel units: did you mean 2/255\?"):
+        routing_attack(tiny_model, images, y, 0, 1.0, EPS, 2, steps=1)
+    with pytest.raises(ValueError, match=r"alpha must be finite"):
+        pgd_module.pgd_trajectory(tiny_model, images, y, EPS, float("inf"), (1,))
+
+
+def test_images_of_another_shape_than_the_model_was_built_for_are_refused(two_models, make_mixture):
+    model, other = two_models
+    grey = torch.rand(4, 1, 28, 28, generator=gen(0))     # MNIST-like, fed to a 3-channel model
+    y = torch.zeros(4, dtype=torch.long)
+    for name, attack in _every_attack(model, other).items():
+        with pytest.raises(ValueError, match=r"this resnet18 model was built for 3-channel images "
+                                             r"\(in_channels=3\), got 1x28x28 images: pass images of "
+                                             r"the dataset it was trained on"):
+            attack(grey, y, EPS)
+    mix = make_mixture(2).eval()
+    small = torch.rand(4, 3, 28, 28, generator=gen(0))
+    with pytest.raises(ValueError, match=r"this dwf_mixture model was built for 32x32 images "
+                                         r"\(image_size=32\), got 28x28"):
+        pgd(mix, small, y, EPS, steps=1)
+    # a ResNet takes any size (global pooling): its size is not checked
+    assert fgsm(model, torch.rand(2, 3, 28, 28, generator=gen(1)), y[:2], EPS).shape == (2, 3, 28, 28)
+
+
+def test_float64_images_are_attacked_as_float32(tiny_model, images):
+    y = torch.zeros(8, dtype=torch.long)
+    got = fgsm(tiny_model.eval(), images.double(), y, EPS)
+    assert got.dtype == torch.float32
+    assert torch.equal(got, fgsm(tiny_model, images, y, EPS))
+    a = pgd(tiny_model, images.double(), y, EPS, steps=2, generator=gen(4))
+    assert a.dtype == torch.float32 and torch.equal(a, pgd(tiny_model, images, y, EPS, steps=2, generator=gen(4)))
+    assert check_inputs(images.half()).dtype == torch.float32
+    assert check_inputs(images) is images                   # float32: no copy
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int64, torch.bool])
+def test_integer_images_are_refused_with_a_hint(tiny_model, images, dtype):
+    y = torch.zeros(8, dtype=torch.long)
+    x = (images * 255).to(dtype) if dtype is not torch.bool else images > 0.5
+    with pytest.raises(ValueError, match=rf"attack inputs must be float images in \[0, 1\], got dtype "
+                                         rf"{dtype}. For 0-255 images divide by 255: x.float\(\) / 255."):
+        fgsm(tiny_model, x, y, EPS)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True])
+def test_batch_sizes_are_positive_integers(trained_model, attack_batch, bad):
+    x, y = attack_batch
+    with pytest.raises(ValueError, match=rf"batch_size must be a positive integer, got {bad!r}"):
+        accuracy(trained_model, x, y, batch_size=bad)
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        fab_t(trained_model, x[:4], y[:4], EPS, n_iter=1, batch_size=bad)
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        check_batch_size(bad)
+
+
+def test_inputs_are_checked_once_per_attack_never_per_step(tiny_model, images, monkeypatch):
+    y = torch.zeros(8, dtype=torch.long)
+    calls = []
+    real = pgd_module.check_inputs
+
+    def counting(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+    monkeypatch.setattr(pgd_module, "check_inputs", counting)
+    pgd(tiny_model, images, y, EPS, steps=7, restarts=2, generator=gen(0))
+    assert len(calls) == 1
+    with attack_mode(tiny_model):
+        for _ in pgd_module.pgd_iterates(tiny_model, images, y, EPS, 2 / 255, 5):
+            pass
+    assert len(calls) == 1                                   # the inner core checks nothing

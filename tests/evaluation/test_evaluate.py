@@ -192,3 +192,91 @@ def test_over_gradient_modes_keeps_the_worse_outcome_per_example_and_restores_th
     assert only["pgd"].tolist() == by_mode["bpda"].tolist()
     with pytest.raises(ValueError, match="no gradient mode"):
         over_gradient_modes(m, one, modes=())
+
+
+# --------------------------------------------- inputs and settings, checked first --
+from dwf_lab.evaluation.adaptive import AdaptiveSettings, evaluate_adaptive, routing_sweep  # noqa: E402
+from dwf_lab.evaluation.checklist import ChecklistSettings, run_checklist  # noqa: E402
+from dwf_lab.evaluation.metrics import batched, eval_batches, per_example  # noqa: E402
+
+CLEAN = EvalSettings(fgsm_eps=(0.03,), pgd_steps=(1,), long=False, batch_size=16)
+
+
+def _nan_batch(attack_batch, n=32):
+    x, y = attack_batch[0][:n].clone(), attack_batch[1][:n]
+    x[3, 1, 5, 5] = float("nan")
+    return x, y
+
+
+def test_evaluate_refuses_nan_pixels(trained_model, attack_batch):
+    x, y = _nan_batch(attack_batch)   # before: evaluated, PGD returned NaN images, 25 % "clean accuracy"
+    with pytest.raises(ValueError, match=r"attack inputs contain 1 NaN and 0 infinite pixel values \(of 98304\)"):
+        evaluate_model(trained_model, x, y, CLEAN, progress=False)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"fgsm_eps": (0.01, -0.1)}, r"fgsm_eps must be >= 0 \(pixel units, e.g. 8/255\), got -0.1"),
+    ({"fgsm_eps": (8,)}, r"fgsm_eps is in pixel units: did you mean 8/255\?"),
+    ({"fgsm_eps": (float("nan"),)}, r"fgsm_eps must be >= 0"),
+    ({"pgd_eps": float("inf")}, r"pgd_eps must be finite \(pixel units, e.g. 8/255\), got inf"),
+    ({"pgd_eps": 8}, r"pgd_eps is in pixel units: did you mean 8/255\?"),
+    ({"pgd_alpha": 2}, r"pgd_alpha is in pixel units: did you mean 2/255\?"),
+    ({"pgd_alpha": float("nan")}, r"pgd_alpha must be >= 0"),
+    ({"batch_size": 0}, r"batch_size must be a positive integer, got 0"),
+    ({"batch_size": -5}, r"batch_size must be a positive integer, got -5"),
+    ({"pgd_steps": (0, 2)}, r"pgd_steps must all be >= 1, got \(0, 2\)"),
+    ({"long": True, "restarts": 0}, r"need long_steps >= 0, restarts >= 1 and eot_samples >= 1"),
+])
+def test_evaluate_checks_every_setting_like_the_attacks_do(trained_model, attack_batch, change, message):
+    from dataclasses import replace
+    x, y = attack_batch[0][:16], attack_batch[1][:16]
+    with pytest.raises(ValueError, match=message):
+        evaluate_model(trained_model, x, y, replace(CLEAN, **change), progress=False)
+
+
+def test_evaluate_refuses_images_of_another_shape(trained_model):
+    grey = torch.rand(8, 1, 28, 28, generator=gen(0))
+    with pytest.raises(ValueError, match=r"built for 3-channel images \(in_channels=3\), got 1x28x28"):
+        evaluate_model(trained_model, grey, torch.zeros(8, dtype=torch.long), CLEAN, progress=False)
+
+
+def test_evaluate_takes_float64_images_as_float32(trained_model, attack_batch):
+    x, y = attack_batch[0][:24], attack_batch[1][:24]
+    m32, c32 = evaluate_model(trained_model, x, y, CLEAN, seed=1, progress=False)
+    m64, c64 = evaluate_model(trained_model, x.double(), y, CLEAN, seed=1, progress=False)
+    assert m64 == m32 and all(torch.equal(c32[k], c64[k]) for k in c32)
+    with pytest.raises(ValueError, match="divide by 255"):
+        evaluate_model(trained_model, (x * 255).to(torch.uint8), y, CLEAN, progress=False)
+
+
+@pytest.mark.parametrize("bad", [0, -1])
+def test_batch_helpers_refuse_a_batch_size_below_one(trained_model, attack_batch, bad):
+    x, y = attack_batch[0][:8], attack_batch[1][:8]
+    msg = rf"batch_size must be a positive integer, got {bad}"
+    with pytest.raises(ValueError, match=msg):
+        list(eval_batches(x, y, bad, "cpu"))
+    with pytest.raises(ValueError, match=msg):
+        batched(lambda xb, yb, b: yb, x, y, bad)
+    with pytest.raises(ValueError, match=msg):
+        per_example(trained_model, x, y, bad, "cpu", 0, lambda b, xb, yb, g: {"SA": yb == yb}, progress=False)
+
+
+def test_adaptive_and_checklist_check_their_inputs_first(trained_model, attack_batch, make_mixture):
+    x, y = _nan_batch(attack_batch, 16)
+    s = AdaptiveSettings.smoke()
+    with pytest.raises(ValueError, match="contain 1 NaN"):
+        evaluate_adaptive(trained_model, x, y, s, progress=False)
+    with pytest.raises(ValueError, match=r"eps is in pixel units: did you mean 8/255\?"):
+        evaluate_adaptive(trained_model, x.nan_to_num(0.5), y, AdaptiveSettings.smoke(eps=8), progress=False)
+    with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
+        evaluate_adaptive(trained_model, x.nan_to_num(0.5), y, AdaptiveSettings.smoke(batch_size=0),
+                          progress=False)
+    with pytest.raises(ValueError, match="contain 1 NaN"):
+        run_checklist(trained_model, x, y, ChecklistSettings.smoke())
+    with pytest.raises(ValueError, match=r"eps_grid is in pixel units: did you mean 16/255\?"):
+        run_checklist(trained_model, x.nan_to_num(0.5), y, ChecklistSettings.smoke(eps_grid=(8 / 255, 16)))
+    with pytest.raises(ValueError, match=r"alpha must be finite"):
+        run_checklist(trained_model, x.nan_to_num(0.5), y, ChecklistSettings.smoke(alpha=float("inf")))
+    mix = make_mixture(2).eval()
+    with pytest.raises(ValueError, match=r"built for 32x32 images \(image_size=32\), got 28x28"):
+        routing_sweep(mix, torch.rand(4, 3, 28, 28, generator=gen(0)), y[:4], settings=s)

@@ -3,11 +3,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from dwf_lab.core.config import get_profile
+from dwf_lab.pipeline.reproduce import evaluate_run
+from dwf_lab.store.runs import Run
+from dwf_lab.training.builders import assemble_mixture, load_data
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -126,3 +132,63 @@ def test_ci_runs_exactly_the_readme_test_command():
     ci = [l.strip() for l in (REPO / ".ci" / "run").read_text().splitlines()
           if l.strip() and not l.startswith("#") and not l.startswith("set ") and not l.startswith("cd ")]
     assert ci == ["make test"]
+
+
+# ------------------------------------------------- another run's checkpoint --
+ANOTHER_RUN = "it belongs to another run; move it away or use that run."
+
+
+def _drop(smoke_run, run, stage, seed=0, as_stage=None):
+    """Copy the smoke run's finished ``stage`` into ``run``'s models/ (as ``as_stage``)."""
+    dest = run.model_path(seed, as_stage or stage)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(smoke_run / "seed-0" / "models" / f"{stage}.safetensors", dest)
+    return dest
+
+
+def test_another_runs_checkpoint_in_models_is_refused_and_nothing_is_evaluated(smoke_run, tmp_path):
+    p = get_profile("smoke", width=0.125)
+    run = Run("mine", p, root=tmp_path / "mine")
+    dropped = _drop(smoke_run, run, "benign")
+    data = load_data(p)
+    with pytest.raises(ValueError) as err:
+        evaluate_run(run, 0, data, progress=False, device="cpu")
+    assert str(err.value) == f"{dropped} was trained with width 0.0625, this run uses 0.125: {ANOTHER_RUN}"
+    assert not (run.eval_dir.exists() and list(run.eval_dir.glob("*.json")))   # nothing written to eval/
+    # the mixture refuses another run's experts the same way, before anything is built
+    for name in ("fgsm-1", "pgd-1"):
+        _drop(smoke_run, run, name)
+    with pytest.raises(ValueError, match=f"{dropped} was trained with width 0.0625, this run uses 0.125"):
+        assemble_mixture(run, 0, data)
+
+
+def test_the_cli_refuses_another_runs_checkpoint_without_a_traceback(smoke_run, tmp_path):
+    run = Run("mine", get_profile("smoke", width=0.125), root=tmp_path / "mine")
+    dropped = _drop(smoke_run, run, "benign")
+    res = cli("evaluate", "--profile", "smoke", "--set", "width=0.125", "--run", "mine",
+              env_extra={"DWF_RUNS_DIR": str(tmp_path)}, timeout=300)
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert f"{dropped} was trained with width 0.0625, this run uses 0.125: {ANOTHER_RUN}" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert not (run.eval_dir.exists() and list(run.eval_dir.glob("*.json")))
+
+
+def test_a_checkpoint_of_another_stage_or_seed_is_refused(smoke_run, tmp_path):
+    p = get_profile("smoke")
+    run = Run("same-settings", p, root=tmp_path / "same")
+    data = load_data(p)
+    wrong_stage = _drop(smoke_run, run, "pgd-at", as_stage="benign")
+    with pytest.raises(ValueError) as err:
+        evaluate_run(run, 0, data, which="benign", progress=False, device="cpu")
+    assert str(err.value) == f"{wrong_stage} was trained with stage 'pgd-at', this run uses 'benign': {ANOTHER_RUN}"
+    wrong_seed = _drop(smoke_run, run, "benign", seed=1)
+    with pytest.raises(ValueError) as err:
+        evaluate_run(run, 1, data, which="benign", progress=False, device="cpu")
+    assert str(err.value) == f"{wrong_seed} was trained with seed 0, this run uses 1: {ANOTHER_RUN}"
+    assert not (run.eval_dir.exists() and list(run.eval_dir.glob("*.json")))
+
+
+def test_inspect_on_a_directory_is_one_clear_error(smoke_run):
+    res = cli("inspect", str(smoke_run / "seed-0" / "models"), timeout=120)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert "is a directory, not a checkpoint: pass one .safetensors file. For example: " in res.stderr
