@@ -1,6 +1,6 @@
 """Benchmark: the kit's fast training path against a naive reference, step by step.
 
-    python -m dwf_lab.bench [--size tiny|full] [--device auto] [--out benchmarks/results/NAME.json]
+    python -m dwf_lab.bench [--size tiny|laptop-w8|laptop-w4|full] [--device auto] [--out benchmarks/results/NAME.json]
 
 One run measures, side by side, two implementations of the same training steps:
 
@@ -10,10 +10,13 @@ One run measures, side by side, two implementations of the same training steps:
   accumulates parameter gradients, zeroed afterwards); a CPU
   ``torch.utils.data.DataLoader`` over a ``TensorDataset`` with CPU-side
   augmentation and a host-to-device copy per batch; ``loss.item()`` every step.
+- ``reference_best`` (CPU) -- the same plain loop on the path the CPU probe found fastest
+  (bf16 autocast and/or channels_last), the best a plain script gets on this CPU;
 - ``fast`` -- the kit's own step (:func:`dwf_lab.training.loop.train_step`, the code
   ``train_stage`` runs), with the profile's fast-path switches resolved for the
-  device: data and augmentation resident on the device, bf16 autocast and
-  channels_last on CUDA, fused SGD on CUDA, attacks computing input gradients
+  device (:func:`dwf_lab.training.fast_path.training_runtime`): data and augmentation
+  resident on the device, bf16 autocast and channels_last on CUDA and, on a CPU,
+  where the probe measured them faster, fused SGD on CUDA, attacks computing input gradients
   only, no host-device synchronisation inside the step, optional torch.compile.
 
 on four steps: a benign step, an FGSM-expert step, a PGD-k expert step and the
@@ -30,7 +33,9 @@ projected wall time of the ``paper`` profile from these per-step rates.
 
 ``--size tiny`` (width 1/16, batch 16, PGD-2, 1 warm-up + 2 timed steps) is a
 smoke test that runs on a CPU in well under a minute: its numbers say nothing
-about a GPU or about the paper's model. ``--size full`` (width 1, batch 128,
+about a GPU or about the paper's model. ``--size laptop-w8`` / ``laptop-w4`` are a
+learner's CPU: widths 1/8 and 1/4, batch 128, the laptop profile's PGD-2;
+``ratio_to_best_plain`` is the kit's step against ``reference_best``. ``--size full`` (width 1, batch 128,
 PGD-10, warm-up then timed steps) is the measurement, meant for a CUDA device.
 """
 import argparse
@@ -53,6 +58,7 @@ from dwf_lab.core.config import get_profile
 from dwf_lab.core.runtime import Runtime
 from dwf_lab.data import augment_batch, iterate_batches
 from dwf_lab.models.registry import build_model
+from dwf_lab.training.fast_path import PATHS, training_runtime
 from dwf_lab.training.loop import train_step, trainable_parameters, wrap_for_update
 from dwf_lab.training.stages import plan_stages
 
@@ -83,6 +89,9 @@ class Size:
 
 SIZES = {
     "tiny": Size(width=0.0625, batch=16, pgd_k=2, warmup=1, steps=2, gate_hidden=32),
+    # a learner's CPU: the laptop profile's batch and training PGD steps (its 1-3, mean 2) at widths 1/8, 1/4
+    "laptop-w8": Size(width=0.125, batch=128, pgd_k=2, warmup=1, steps=3, gate_hidden=128),
+    "laptop-w4": Size(width=0.25, batch=128, pgd_k=2, warmup=1, steps=3, gate_hidden=128),
     "full": Size(width=1.0, batch=128, pgd_k=10, warmup=3, steps=10, gate_hidden=256),
 }
 CASES = ("benign", "fgsm", "pgd", "mixture")
@@ -191,13 +200,20 @@ def _naive_loader(x_cpu, y_cpu, batch, device, augment: str):
             yield xb.to(device), yb.to(device)
 
 
-def reference_step_fn(case, model, p, batches, device) -> Callable[[], None]:
+def reference_step_fn(case, model, p, batches, device, amp: bool = False,
+                      channels_last: bool = False) -> Callable[[], None]:
+    """A plain PyTorch training step; ``amp``/``channels_last``: the same loop with bf16 autocast
+    around the update and channels_last tensors (what a careful plain script would add)."""
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=p.lr, momentum=p.momentum,
                           weight_decay=p.weight_decay)
     k = p.pgd_steps_choices[0]
 
     def step():
         xb, yb = next(batches)
+        if channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
         if case == "benign":
             xin, yin = xb, yb
         elif case == "fgsm":
@@ -210,7 +226,8 @@ def reference_step_fn(case, model, p, batches, device) -> Callable[[], None]:
             xin, yin = torch.cat([xb, x_f, x_p]), torch.cat([yb, yb, yb])
         model.train()
         opt.zero_grad()
-        loss = F.cross_entropy(model(xin), yin)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            loss = F.cross_entropy(model(xin).float(), yin)
         loss.backward()
         opt.step()
         loss.item()
@@ -341,7 +358,7 @@ def run_bench(size: str = "tiny", device: str = "auto", out: Path | None = None,
     p = get_profile("paper", width=sz.width, gate_hidden=sz.gate_hidden, device=device, amp=amp,
                     channels_last=channels_last, compile=compile, pgd_steps_choices=(sz.pgd_k,),
                     expert_batch=sz.batch, mixture_batch=sz.batch)
-    rt = Runtime.from_profile(p)
+    rt = training_runtime(p)      # on a CPU, "auto" is what the probe measured fastest
     dev = rt.device
     cudnn_benchmark = torch.backends.cudnn.benchmark
     peak_key, peak = peak_bf16_tflops(dev)
@@ -378,6 +395,16 @@ def run_bench(size: str = "tiny", device: str = "auto", out: Path | None = None,
                     warmup, steps, dev)
         row["reference"] = _rates(m, sz.batch, flops, peak)
         del ref_model
+        if dev.type == "cpu" and rt.fast_path is not None and rt.fast_path["choice"] != "fp32":
+            # the best plain loop on this CPU: the reference with the path the probe chose
+            amp_, cl_ = PATHS[rt.fast_path["choice"]]
+            say(f"[bench] {case}: reference, {rt.fast_path['choice']} ...")
+            ref_model = make().to(dev)
+            m = measure(reference_step_fn(case, ref_model, p, _naive_loader(x_cpu, y_cpu, sz.batch, dev,
+                                                                              "crop_flip"), dev, amp_, cl_),
+                        warmup, steps, dev)
+            row["reference_best"] = _rates(m, sz.batch, flops, peak)
+            del ref_model
         torch.backends.cudnn.benchmark = cudnn_benchmark
         variants = [("fast", "loop")] + ([("fast_vmap", "vmap")] if case == "mixture" else [])
         for label, batching in variants:
@@ -389,6 +416,8 @@ def run_bench(size: str = "tiny", device: str = "auto", out: Path | None = None,
             row[label] = _rates(measure(fn, warmup, steps, dev), sz.batch, flops, peak)
             del model, fn
         row["speedup"] = row["reference"]["seconds_per_step"] / row["fast"]["seconds_per_step"]
+        best_plain = row.get("reference_best", row["reference"])
+        row["ratio_to_best_plain"] = best_plain["seconds_per_step"] / row["fast"]["seconds_per_step"]
         if "fast_vmap" in row:
             row["speedup_vmap"] = row["reference"]["seconds_per_step"] / row["fast_vmap"]["seconds_per_step"]
         results[case] = row
@@ -456,7 +485,8 @@ def run_bench(size: str = "tiny", device: str = "auto", out: Path | None = None,
         "config": {"width": sz.width, "batch": sz.batch, "pgd_k": k, "n_experts": N_EXPERTS,
                    "gate_hidden": sz.gate_hidden, "warmup": warmup, "steps": steps,
                    "fast_path": {"amp_bf16": rt.amp, "channels_last": rt.channels_last,
-                                 "compile": rt.compile, "fused_sgd": cuda, "data_on_device": True}},
+                                 "compile": rt.compile, "fused_sgd": cuda, "data_on_device": True,
+                                 "cpu_probe": rt.fast_path}},
         "flops": {"expert_forward_per_image": fwd_e, "mixture_forward_per_image": fwd_m,
                   "paper_protocol_per_seed": protocol_flops(fwd_e, fwd_m),
                   "counting": "2 x conv/linear MACs per forward; fwd+bwd = 3 x fwd; "
@@ -487,7 +517,7 @@ def format_table(r: dict) -> str:
             f"{'mem GiB':>9}{'speed-up':>10}")
     lines += [head, "-" * len(head)]
     for case, row in r["cases"].items():
-        impls = [k for k in ("reference", "fast", "fast_vmap", "fast_loop") if k in row]
+        impls = [k for k in ("reference", "reference_best", "fast", "fast_vmap", "fast_loop") if k in row]
         if case == "mixture_attack":
             impls = ["reference", "fast_loop", "fast_vmap"]
         for impl in impls:

@@ -27,6 +27,7 @@ from dwf_lab.reporting.render import write_ablation_report
 from dwf_lab.reporting.tables import ablation_row
 from dwf_lab.store.checkpoints import load_model
 from dwf_lab.training.builders import build_expert
+from dwf_lab.training.fast_path import training_runtime
 from dwf_lab.training.loop import train_stage
 from dwf_lab.training.stages import expert_stage_names, plan_stages
 from dwf_lab.training.variants import (
@@ -73,7 +74,7 @@ def run_variant(run, seed: int, data, a: Ablation, progress: bool = True,
     if eval_path.exists():
         return ablation_row(json.loads(eval_path.read_text()))
     pv = variant_profile(p, a)
-    rt = Runtime.from_profile(p)
+    rt = training_runtime(p)
     dev = torch.device(device) if device else rt.device
     log_path = vdir / "metrics.jsonl"
 

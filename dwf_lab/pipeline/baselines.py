@@ -13,11 +13,11 @@ import time
 
 import torch
 
-from dwf_lab.core.runtime import Runtime, seed_from
+from dwf_lab.core.runtime import seed_from
 from dwf_lab.evaluation.protocol import EvalSettings, evaluate_and_write, evaluate_soe
 from dwf_lab.evaluation.records import write_result
-from dwf_lab.store.checkpoints import load_model
-from dwf_lab.training.builders import build_baseline, uniform_ensemble
+from dwf_lab.training.builders import build_baseline, load_run_model, uniform_ensemble
+from dwf_lab.training.fast_path import training_runtime
 from dwf_lab.training.loop import train_stage
 from dwf_lab.training.stages import BASELINE_ROWS, baseline_stages
 
@@ -36,7 +36,7 @@ def train_and_evaluate_baselines(run, seed: int, data, progress: bool = True,
     if unknown:
         raise ValueError(f"unknown baselines {sorted(unknown)}; choose from {sorted(BASELINE_ROWS)}")
     p = run.profile
-    rt = Runtime.from_profile(p)
+    rt = training_runtime(p)
     dev = torch.device(device) if device else rt.device
     log = run.logger(seed)
     for stage in baseline_stages(p):
@@ -67,7 +67,7 @@ def train_and_evaluate_baselines(run, seed: int, data, progress: bool = True,
             continue
         if not run.is_done(seed, name):
             raise FileNotFoundError(f"{name} is not trained for seed {seed}")
-        model = load_model(run.model_path(seed, name), map_location=dev)
+        model = load_run_model(run, seed, name, data, map_location=dev)   # refuses another run's file
         s = EvalSettings.from_profile(p, long=True)
         if name == "soe":
             t0 = time.time()

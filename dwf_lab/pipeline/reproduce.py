@@ -2,9 +2,12 @@
 
 :func:`train_run` and :func:`evaluate_run` are idempotent on a run directory: a finished
 stage is never retrained, an interrupted one resumes from its last checkpoint, an existing
-evaluation is not recomputed. The notebooks and the CLI both call these.
+evaluation is not recomputed. A checkpoint in ``models/`` that is not this run's own (another
+run's, dropped in) is refused before anything is evaluated or written
+(:func:`dwf_lab.training.builders.check_fits_run`). The notebooks and the CLI both call these.
 """
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -14,9 +17,9 @@ from dwf_lab.core import distributed
 from dwf_lab.core.runtime import Runtime, seed_from
 from dwf_lab.data import ImageData
 from dwf_lab.evaluation.protocol import EvalSettings, evaluate_and_write
-from dwf_lab.store.checkpoints import load_model
 from dwf_lab.store.runs import Run
-from dwf_lab.training.builders import assemble_mixture, build_expert
+from dwf_lab.training.builders import assemble_mixture, build_expert, load_run_model
+from dwf_lab.training.fast_path import training_runtime
 from dwf_lab.training.loop import train_stage
 from dwf_lab.training.stages import KEY_KINDS, select_stages
 
@@ -25,7 +28,7 @@ def train_run(run: Run, seed: int, data: ImageData, which: str | None = None,
               progress: bool = True) -> dict[str, Path]:
     """Train the selected stages for one seed; finished stages are skipped."""
     p = run.profile
-    rt = Runtime.from_profile(p)
+    rt = None
     log = run.logger(seed) if distributed.is_main() else (lambda rec: None)   # torchrun: rank 0 logs
     out = {}
     for stage in select_stages(p, which):
@@ -33,12 +36,18 @@ def train_run(run: Run, seed: int, data: ImageData, which: str | None = None,
         if path.exists():
             out[stage.name] = path
             continue
+        if rt is None:   # only when something trains: on a CPU "auto" runs a probe of a few seconds
+            rt = training_runtime(p)
+            if rt.fast_path is not None:
+                log({"event": "fast_path", **rt.fast_path})
+                print(f"[dwf-lab] CPU fast path: {rt.fast_path['choice']} (measured images/s: "
+                      f"{rt.fast_path['images_per_s']})", file=sys.stderr)
         if stage.kind in ("gate", "mixture"):
             model = assemble_mixture(run, seed, data)
             if stage.kind == "mixture" and p.gate_epochs > 0:
                 if not run.is_done(seed, "gate"):
                     raise FileNotFoundError("gate_epochs > 0: train the gate stage before the mixture")
-                model.load_state_dict(load_model(run.model_path(seed, "gate")).state_dict())
+                model.load_state_dict(load_run_model(run, seed, "gate", data).state_dict())
         else:
             torch.manual_seed(seed_from(seed, stage.sid))
             model = build_expert(p, data)
@@ -68,7 +77,7 @@ def evaluate_run(run: Run, seed: int, data: ImageData, which: str | None = None,
         if path.exists():
             results.append(json.loads(path.read_text()))
             continue
-        model = load_model(run.model_path(seed, stage.name), map_location=dev)
+        model = load_run_model(run, seed, stage, data, map_location=dev)   # refuses another run's file
         long = p.eval_long_for == "all" or stage.kind in KEY_KINDS
         s = EvalSettings.from_profile(p, long=long)
         extra = {"stage_kind": stage.kind}
