@@ -6,12 +6,12 @@ import json
 import socket
 import subprocess
 import sys
-import textwrap
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
+from tinymodels import lock_holder  # tests/ is on sys.path
 
 from dwf_lab.__main__ import main
 from dwf_lab.core.config import get_profile
@@ -222,16 +222,8 @@ def test_a_data_directory_that_was_set_never_falls_back(runs, capsys, tmp_path, 
 # ---------------------------------------------------------- one writer --
 def test_a_second_process_on_the_same_run_is_refused(runs, capsys):
     made(runs)
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-        import time
-        from dwf_lab.core.config import get_profile
-        from dwf_lab.store.runs import Run
-        with Run.open("smoke", get_profile("smoke"), root={str(runs / 'smoke')!r}).lock("train"):
-            print("held", flush=True)
-            time.sleep(120)
-    """)], stdout=subprocess.PIPE, text=True)
+    holder = lock_holder(runs / "smoke", "smoke")
     try:
-        assert holder.stdout.readline().strip() == "held"
         before = snapshot(runs)
         for command in ("train", "evaluate", "baselines"):
             capsys.readouterr()

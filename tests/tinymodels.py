@@ -3,6 +3,9 @@ can ask for its own seed and size; cached per process)."""
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+import textwrap
 
 import torch
 import torch.nn.functional as F
@@ -45,3 +48,18 @@ def fake_trained_experts(run, seed, data):
         torch.manual_seed(100 + i)
         save_model(run.model_path(seed, name), build_expert(run.profile, data),
                    {"stage": name, "finished": True})
+
+
+def lock_holder(root, name: str, profile: str = "smoke") -> subprocess.Popen:
+    """A second process holding run ``name``'s lock (at ``root``) for "train" until killed; returns once
+    it holds the lock. The caller kills it (SIGKILL: no clean-up, like a crash)."""
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import time
+        from dwf_lab.core.config import get_profile
+        from dwf_lab.store.runs import Run
+        with Run.open({name!r}, get_profile({profile!r}), root={str(root)!r}).lock("train"):
+            print("held", flush=True)
+            time.sleep(120)
+    """)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder

@@ -8,11 +8,11 @@ import re
 import socket
 import subprocess
 import sys
-import textwrap
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from tinymodels import lock_holder  # tests/ is on sys.path
 
 from dwf_lab.core.config import get_profile
 from dwf_lab.store.runs import RUNS_DIR_ENV, Run, RunBusyError, RunConfigMismatch, RunNotFoundError, runs_dir
@@ -209,16 +209,8 @@ def test_any_mutation_of_a_config_is_refused_and_leaves_it_byte_identical(tmp_pa
 def test_a_second_lock_is_refused_naming_the_holder(tmp_path):
     p, _ = _made(tmp_path)
     run = Run("r", p, root=tmp_path / "r")
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-        import sys, time
-        from dwf_lab.core.config import get_profile
-        from dwf_lab.store.runs import Run
-        with Run.open("r", get_profile("smoke"), root={str(tmp_path / 'r')!r}).lock("train"):
-            print("held", flush=True)
-            time.sleep(120)
-    """)], stdout=subprocess.PIPE, text=True)
+    holder = lock_holder(tmp_path / "r", "r")
     try:
-        assert holder.stdout.readline().strip() == "held"
         with pytest.raises(RunBusyError) as info:
             with run.lock("evaluate"):
                 pass
