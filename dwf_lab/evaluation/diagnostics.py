@@ -79,7 +79,7 @@ def _prep(model, x, y, s, mixture: bool = True):
     if mixture and not isinstance(getattr(model, "experts", None), nn.ModuleList):
         raise TypeError("diagnostics need a mixture with an .experts list "
                         "(dwf_lab.mixture.moe.MixtureOfExperts)")
-    attacks.check_inputs(x, s.eps)
+    x = attacks.check_inputs(x, s.eps, model)
     dev = next(model.parameters()).device
     if s.n_examples:
         x, y = x[:s.n_examples], y[:s.n_examples]
