@@ -96,9 +96,10 @@ def _entry_problem(entry) -> str | None:
 
 
 def _directory_message(path: Path) -> str:
-    found = sorted(path.rglob("*.safetensors"))[:3]
+    # this folder and the one below only: a big tree (a home directory) is never walked
+    found = sorted([*path.glob("*.safetensors"), *path.glob("*/*.safetensors")])[:3]
     hint = (" For example: " + ", ".join(str(f) for f in found)) if found else \
-        " (there is no .safetensors file under it)"
+        " (there is no .safetensors file in it)"
     return f"{path} is a directory, not a checkpoint: pass one .safetensors file.{hint}"
 
 

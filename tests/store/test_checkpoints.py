@@ -506,7 +506,7 @@ def test_inspecting_a_directory_is_one_clear_error(saved, tmp_path):
     assert str(path) in msg                                # an example of what to pass
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(CheckpointError, match="there is no .safetensors file under it"):
+    with pytest.raises(CheckpointError, match="there is no .safetensors file in it"):
         load_model(empty)
 
 
