@@ -31,7 +31,7 @@ def _parser() -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help, parents=[debug])
 
     def common(sp, stage=False):
-        sp.add_argument("--profile", default=None, help="smoke | laptop | paper (default: $DWF_PROFILE or laptop)")
+        sp.add_argument("--profile", default=None, help="smoke | laptop | paper (default: $DWF_PROFILE or laptop; evaluate, adaptive and report --run NAME: the run's own settings)")
         sp.add_argument("--run", default=None, help="run directory name under runs/ (default: the profile's name)")
         sp.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                         help="override one profile field, e.g. --set width=0.25 --set seeds=0,1")
@@ -68,7 +68,27 @@ def _profile(args):
     sets = parse_sets(args.sets)
     if args.seeds:
         sets["seeds"] = args.seeds
+    stored = _stored_settings(args) if args.command in READS_THE_RUN and args.profile is None else None
+    if stored is not None:   # the run's own settings, then --set on top (Run.open refuses a conflict)
+        return get_profile(stored.pop("name"), **{**stored, **sets})
     return get_profile(args.profile, **sets)
+
+
+# commands that only read a run: without --profile they take its settings from its config.json
+READS_THE_RUN = ("evaluate", "adaptive", "report")
+
+
+def _stored_settings(args) -> dict | None:
+    """The settings in runs/<--run>/config.json, or None when there is no readable one (then the
+    command goes on with --profile's and Run.open says what is wrong with the run)."""
+    from dwf_lab.store.runs import runs_dir
+    if not args.run:
+        return None
+    try:
+        stored = json.loads((runs_dir() / args.run / "config.json").read_text())["profile"]
+        return dict(stored) if isinstance(stored, dict) and isinstance(stored.get("name"), str) else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 # the user's mistakes (bad settings, missing or busy runs, unusable files and folders, damaged

@@ -236,3 +236,20 @@ def test_a_second_process_on_the_same_run_is_refused(runs, capsys):
     finally:
         holder.kill()
         holder.wait()
+
+
+# ------------------------------------------------------- commands read the run --
+def test_evaluate_and_report_take_the_runs_own_settings(runs, capsys):
+    assert main(["train", "--profile", "smoke", "--run", "wide", "--set", "width=0.125", "--quiet",
+                 "--stage", "benign"]) == 0
+    # no --profile, no --set: the run's config.json says width 0.125 (smoke's own is 0.0625)
+    assert main(["evaluate", "--run", "wide", "--stage", "benign", "--quiet"]) == 0
+    rec = json.loads((runs / "wide" / "eval" / "benign_seed0.json").read_text())
+    assert rec["metrics"]["SA"] >= 0
+    assert main(["report", "--run", "wide"]) == 0
+    capsys.readouterr()
+    # a --set that changes results conflicts with the run: refused with the difference named
+    assert main(["evaluate", "--run", "wide", "--set", "width=0.25", "--quiet"]) == 2
+    assert "width: 0.125 -> 0.25" in capsys.readouterr().err
+    # one that only changes speed is fine
+    assert main(["evaluate", "--run", "wide", "--stage", "benign", "--set", "num_threads=1", "--quiet"]) == 0
