@@ -48,7 +48,7 @@ def configure_threads(p: Profile) -> int:
 
 def setup_notebook(profile: str | Profile | None = None, run_name: str | None = None,
                    overrides: Mapping | None = None, seed: int | None = None,
-                   verbose: bool = True) -> SimpleNamespace:
+                   verbose: bool = True, notebook: str | None = None) -> SimpleNamespace:
     """Everything a course notebook starts from, as ``ctx``.
 
     ``profile``: a name, a Profile, or None = ``$DWF_PROFILE`` if set, else "laptop"
@@ -57,6 +57,7 @@ def setup_notebook(profile: str | Profile | None = None, run_name: str | None = 
     name = the profile's), ``data``, ``seed`` (the profile's first seed), ``device``,
     ``threads``, ``static`` (figures static?), ``quick`` (:func:`quick_settings`) and
     ``n_quick`` / ``n_small`` (how many test images the notebooks' quick checks use).
+    ``notebook`` is the calling notebook's number ("00" ... ), kept as ``ctx.notebook``.
     """
 
     p = profile if isinstance(profile, Profile) else get_profile(profile, **dict(overrides or {}))
@@ -71,7 +72,7 @@ def setup_notebook(profile: str | Profile | None = None, run_name: str | None = 
     configure_display()
     static = static_figures()
     quick = quick_settings(p, device)
-    ctx = SimpleNamespace(profile=p, run=run, data=data, seed=seed, device=device,
+    ctx = SimpleNamespace(profile=p, run=run, data=data, seed=seed, device=device, notebook=notebook,
                           threads=threads, static=static, quick=quick,
                           n_quick=min(len(data.x_test), quick["n"]),
                           n_small=min(len(data.x_test), quick["n_small"]))
