@@ -24,6 +24,21 @@ from dwf_lab.training.stages import plan_stages
 
 
 # ============================================================ notebook setup ==
+SCOPE_ENV = "DWF_COURSE_SCOPE"
+SCOPES = ("core", "full")
+
+
+def course_scope(scope: str | None = None) -> str:
+    """The course scope: "core" (what fits an evening on a laptop) or "full" (every expert under
+    every attack, every baseline, the whole ablation sweep). None: ``$DWF_COURSE_SCOPE``, else
+    "core". Papermill passes ``scope`` to every notebook (``python -m dwf_lab course --scope full``)."""
+    value = scope if scope is not None else os.environ.get(SCOPE_ENV) or "core"
+    if value not in SCOPES:
+        raise ValueError(f"course scope must be one of {', '.join(SCOPES)}, got {value!r} "
+                         f"(from {'the scope parameter' if scope is not None else '$' + SCOPE_ENV})")
+    return value
+
+
 def configure_threads(p: Profile) -> int:
     """Set torch's CPU threads: the profile's ``num_threads`` if > 0; else $OMP_NUM_THREADS
     if set; else the cores that are not already busy (at least 1, at most 8). The kit's
