@@ -3,7 +3,9 @@
     course     run the numbered notebooks headlessly with papermill (the main job)
     run        train every stage, evaluate and report, without Jupyter
     train      train stages (--stage all|experts|baselines|mixture|<kind>|<name>)
-    evaluate   evaluate finished stages (Tables 2-4 protocol)
+    evaluate   evaluate finished stages (Tables 2-4 protocol); with --checkpoint FILE or --model
+               package.module:factory, a model no run trained: protocol, adaptive attacks,
+               checklist and report into --out DIR (default runs/external/<name>)
     adaptive   AutoAttack, gate-aware and transfer attacks, worst case, gradient-masking checklist
     baselines  SoE, ADVMoE and the uniform ensemble, trained and evaluated like the rest
     ablations  the paper's open ablations (experts, freezing, routing, strengths, batch mix)
@@ -48,7 +50,21 @@ def _parser() -> argparse.ArgumentParser:
     run_p.add_argument("--beyond", action="store_true",
                        help="also SoE/ADVMoE/uniform ensemble, adaptive attacks and ablations")
     common(parser("train", help="train stages"), stage=True)
-    common(parser("evaluate", help="evaluate finished stages"), stage=True)
+    evaluate_p = parser("evaluate", help="evaluate finished stages, or a model from elsewhere")
+    common(evaluate_p, stage=True)
+    evaluate_p.add_argument("--checkpoint", default=None, metavar="FILE",
+                            help="a kit checkpoint (.safetensors) to evaluate without a run")
+    evaluate_p.add_argument("--model", default=None, metavar="PACKAGE.MODULE:FACTORY",
+                            help="any nn.Module taking images in [0, 1], built by calling the factory "
+                                 "(e.g. dwf_lab.models.examples:torchvision_resnet18)")
+    evaluate_p.add_argument("--model-arg", dest="model_args", action="append", default=[], metavar="KEY=VALUE",
+                            help="a keyword argument of the --model factory, e.g. --model-arg num_classes=10")
+    evaluate_p.add_argument("--name", default=None, help="--checkpoint/--model: the model's name in the "
+                            "results (default: the factory's name or the checkpoint's stage or file name)")
+    evaluate_p.add_argument("--out", default=None, metavar="DIR",
+                            help="--checkpoint/--model: output folder (default: runs/external/<name>)")
+    evaluate_p.add_argument("--n-test", dest="n_test", type=int, default=None, metavar="N",
+                            help="--checkpoint/--model: number of test images (default: the profile's n_test)")
     adaptive_p = parser("adaptive", help="attacks beyond the paper + checklist")
     common(adaptive_p, stage=True)
     adaptive_p.add_argument("--redo", default="", metavar="ATTACKS",
@@ -128,6 +144,12 @@ def _dispatch(args) -> int:
         print(json.dumps(read_metadata(args.path), indent=1))
         return 0
 
+    if args.command == "evaluate" and (args.checkpoint or args.model):
+        return _evaluate_external(args)
+    if args.command == "evaluate" and (args.model_args or args.name or args.out or args.n_test is not None):
+        raise ValueError("--model-arg, --name, --out and --n-test go with evaluate --checkpoint FILE or "
+                         "--model package.module:factory")
+
     from dwf_lab.pipeline import run_all
     from dwf_lab.store.runs import Run
     from dwf_lab.training.builders import load_data
@@ -148,6 +170,38 @@ def _dispatch(args) -> int:
         run = Run(name, p)
     with run.lock(args.command):
         return _work(args, p, run, data, progress)
+
+
+def _evaluate_external(args) -> int:
+    """evaluate --checkpoint FILE / --model SPEC: a model no run trained (dwf_lab.pipeline.external);
+    the data and the model are checked before anything is written."""
+    from dwf_lab.core.runtime import Runtime
+    from dwf_lab.models.external import parse_model_args
+    from dwf_lab.pipeline import external
+    from dwf_lab.training.builders import load_data
+    if args.checkpoint and args.model:
+        raise ValueError("pass --checkpoint FILE or --model package.module:factory, not both")
+    if args.run or args.stage != "all":
+        raise ValueError("evaluate --checkpoint/--model writes into --out DIR: it takes no --run or --stage")
+    if args.model_args and not args.model:
+        raise ValueError("--model-arg goes with --model package.module:factory")
+    if args.n_test is not None:
+        args.sets.append(f"n_test={args.n_test}")
+    kwargs = parse_model_args(args.model_args)
+    p = _profile(args)
+    data = load_data(p)
+    dev = Runtime.from_profile(p).device
+    if args.checkpoint:
+        ext = external.from_checkpoint(args.checkpoint, data, args.name, dev)
+    else:
+        ext = external.from_spec(args.model, data, kwargs, args.name, dev)
+    command = ["python -m dwf_lab evaluate",
+               f"--checkpoint {args.checkpoint}" if args.checkpoint else f"--model {args.model}",
+               *(f"--model-arg {a}" for a in args.model_args), f"--profile {p.name}",
+               *(f"--set {s}" for s in args.sets), *([f"--name {args.name}"] if args.name else [])]
+    paths = external.evaluate_external(ext, p, data, args.out, progress=not args.quiet, command=" ".join(command))
+    print(json.dumps({k: str(v) for k, v in paths.items()}, indent=1))
+    return 0
 
 
 def _work(args, p, run, data, progress: bool) -> int:

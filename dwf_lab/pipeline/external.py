@@ -1,0 +1,268 @@
+"""Evaluate a model that no run of the kit trained: a kit checkpoint on its own, or any ``nn.Module``
+that takes images in [0, 1] (``python -m dwf_lab evaluate --checkpoint FILE`` / ``--model
+package.module:factory``).
+
+The model goes through what a run's models go through, at the profile's threat model, budgets and
+test images: the paper's protocol (:mod:`dwf_lab.evaluation.protocol`), the adaptive attacks that
+apply to it (the gate-aware ones only for mixtures) with AutoAttack and the per-example worst case
+(:func:`dwf_lab.evaluation.adaptive.evaluate_any`), the gradient-masking checklist, then the same
+report. The output folder is laid out like a run, so the report code reads it as one::
+
+    runs/external/<name>/          (--out DIR; default under $DWF_RUNS_DIR when it is set)
+      config.json                  the profile (a later call with other settings is refused)
+      model.json                   what was evaluated: the checkpoint's sha256, or the spec, its
+                                   arguments and the sha256 of its state_dict; warnings; the data
+      eval/<name>_seed<k>.json     the results, per example, with the same identity under "external"
+      report/                      report.md / .html / .json, figures, checklist_<name>_seed<k>.md
+
+A folder that holds another model's results is refused before anything is written; the same model
+again keeps what is stored and computes only what is missing. The first seed of the profile seeds
+the attacks (one model: one evaluation).
+"""
+import hashlib
+import json
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from dwf_lab.attacks.gate import is_mixture
+from dwf_lab.core.config import Profile
+from dwf_lab.core.io import atomic_write_text, jsonable
+from dwf_lab.core.runtime import Runtime, package_versions
+from dwf_lab.data import ImageData
+from dwf_lab.evaluation.adaptive import AdaptiveSettings, evaluate_any
+from dwf_lab.evaluation.checklist import (
+    CheckItem,
+    ChecklistSettings,
+    checklist_markdown,
+    items_to_json,
+    run_checklist,
+    with_stored_checks,
+)
+from dwf_lab.evaluation.protocol import EvalSettings, evaluate_model, evaluate_soe
+from dwf_lab.evaluation.records import load_checklist, merge_into_result, write_result
+from dwf_lab.models.common import normalization_for
+from dwf_lab.models.external import check_classifier, load_factory, normalization_warning
+from dwf_lab.pipeline.run_all import report_run
+from dwf_lab.store.checkpoints import load_model, weights_digest
+from dwf_lab.store.runs import Run, runs_dir
+
+IDENTITY_FILE = "model.json"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+@dataclass
+class ExternalModel:
+    """A model to evaluate and what names it: ``identity`` goes into every result it gets."""
+    name: str                 # file stem of its results and folder name
+    row: str                  # its row in the report's tables
+    model: nn.Module
+    identity: dict
+    warnings: list[str] = field(default_factory=list)
+
+
+def _checked_name(name: str) -> str:
+    if not _NAME.fullmatch(name or ""):
+        raise ValueError(f"--name {name!r}: use letters, digits, '.', '_' and '-' (it names files and a folder)")
+    return name
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _same_family(a: str, b: str) -> bool:
+    try:
+        return normalization_for(a) == normalization_for(b)
+    except ValueError:
+        return a == b
+
+
+def from_checkpoint(path, data: ImageData, name: str | None = None,
+                    device: torch.device | str = "cpu") -> ExternalModel:
+    """A kit checkpoint, rebuilt from its file alone (:func:`dwf_lab.store.checkpoints.load_model`:
+    sha256 of the weights verified, pickles and damaged files refused), checked against the data."""
+    path = Path(path).expanduser()
+    meta: dict = {}
+    model = load_model(path, map_location=device, meta_out=meta)
+    built = meta.get("dataset")
+    if isinstance(built, str) and not _same_family(built, data.norm_key):
+        raise ValueError(f"{path} was built for {built} images (its normalization), the data is {data.name}: "
+                         f"evaluate it on its own dataset (--set dataset={built})")
+    name = _checked_name(name or str(meta.get("stage") or path.stem))
+    check_classifier(model, data.shape, data.num_classes, str(path), device)
+    identity = {"source": "checkpoint", "path": str(path.resolve()), "sha256": file_sha256(path),
+                "weights_sha256": meta.get("weights_sha256"), "arch": meta.get("arch"),
+                "arch_kwargs": meta.get("arch_kwargs"), "stage": meta.get("stage"),
+                "trained_on": built}
+    return ExternalModel(name, str(meta.get("row") or name), model, identity)
+
+
+def from_spec(spec: str, data: ImageData, kwargs: dict | None = None, name: str | None = None,
+              device: torch.device | str = "cpu", probe: int = 256) -> ExternalModel:
+    """Any ``nn.Module`` from a ``package.module:factory`` spec (:func:`dwf_lab.models.external.load_factory`),
+    checked on one batch of the data's shape; a warning when it evidently expects normalized images
+    (structure, and accuracy on the first ``probe`` test images: :func:`normalization_warning`)."""
+    model = load_factory(spec, kwargs).to(device).eval()
+    name = _checked_name(name or spec.rpartition(":")[2].split(".")[-1])
+    check_classifier(model, data.shape, data.num_classes, f"--model {spec}", device)
+    identity = {"source": "factory", "spec": spec, "kwargs": jsonable(kwargs or {}),
+                "class": f"{type(model).__module__}.{type(model).__qualname__}",
+                "state_dict_sha256": weights_digest(model.state_dict())}
+    mean, std = normalization_for(data.norm_key)
+    warning = normalization_warning(name, model, data.x_test[:probe], data.y_test[:probe], mean, std)
+    return ExternalModel(name, name, model, identity, [warning] if warning else [])
+
+
+# ------------------------------------------------------------- the folder --
+def default_out(name: str) -> Path:
+    return runs_dir() / "external" / name
+
+
+def _key(identity: dict) -> dict:
+    """What must agree for two identities to be the same model."""
+    if identity.get("source") == "checkpoint":
+        return {"source": "checkpoint", "sha256": identity.get("sha256")}
+    return {k: identity.get(k) for k in ("source", "spec", "kwargs", "state_dict_sha256")}
+
+
+def check_folder(out: Path, ext: ExternalModel) -> None:
+    """Refuse an output folder that holds another model's results (one ValueError; nothing written)."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder")
+    ident = out / IDENTITY_FILE
+    if not ident.exists():
+        if (out / "eval").exists() or (out / "seed-0").exists():
+            raise ValueError(f"{out} already holds results but no {IDENTITY_FILE} (a run's folder?): pass "
+                             "another --out")
+        return
+    try:
+        old = json.loads(ident.read_text())
+        old_id, old_name = old["identity"], old["name"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{ident} is unreadable ({type(e).__name__}: {e}): delete the folder or pass "
+                         "another --out") from None
+    if _key(old_id) != _key(ext.identity) or old_name != ext.name:
+        what = (f"checkpoint sha256 {str(old_id.get('sha256'))[:12]}..." if old_id.get("source") == "checkpoint"
+                else f"{old_id.get('spec')} {old_id.get('kwargs')} state_dict sha256 "
+                     f"{str(old_id.get('state_dict_sha256'))[:12]}...")
+        raise ValueError(f"{out} holds the results of another model ({old_name}: {what}); nothing was "
+                         "changed. Pass another --out (or --name), or delete that folder")
+
+
+def _data_record(data: ImageData) -> dict:
+    x = np.ascontiguousarray(data.x_test.cpu().numpy())
+    return {"name": data.name, "source": data.source, "n_test": int(len(data.x_test)),
+            "shape": list(data.shape), "generated": data.generated,
+            "test_images_sha256": hashlib.sha256(x.tobytes()).hexdigest(),
+            "test_labels_sha256": hashlib.sha256(data.y_test.cpu().numpy().astype("<i8").tobytes()).hexdigest()}
+
+
+# ------------------------------------------------------------- evaluation --
+def evaluate_external(ext: ExternalModel, p: Profile, data: ImageData, out: Path | None = None,
+                      progress: bool = True, device: str | None = None, command: str | None = None,
+                      adaptive_settings: AdaptiveSettings | None = None,
+                      checklist_settings: ChecklistSettings | None = None) -> dict[str, Path]:
+    """Protocol, adaptive attacks, checklist and report of one model into ``out`` (module docstring).
+
+    Returns the report's files and the evaluation record's path. Settings that differ from the
+    folder's config.json, or another model's results in it, are refused before anything is written.
+    """
+    out = Path(out).expanduser() if out is not None else default_out(ext.name)
+    check_folder(out, ext)
+    run = Run(_checked_name(out.resolve().name), p, root=out)   # writes config.json; refuses other settings
+    dev = torch.device(device) if device else Runtime.from_profile(p).device
+    seed = p.seeds[0]
+    model = ext.model.to(dev).eval()
+    for w in ext.warnings:
+        print(f"dwf-lab: warning: {w}", file=sys.stderr)
+    with run.lock("evaluate"):
+        atomic_write_text(out / IDENTITY_FILE, json.dumps(
+            {"name": ext.name, "row": ext.row, "identity": ext.identity, "warnings": ext.warnings,
+             "data": _data_record(data), "threat_model": p.threat_model.label(), "seed": seed,
+             "versions": package_versions(), "command": command}, indent=1, default=str))
+        path = run.eval_path(seed, ext.name)
+        extra = {"stage_kind": "external", "external": ext.identity, "warnings": ext.warnings}
+        if not path.exists():
+            _protocol(model, data, p, path, ext, seed, dev, progress, extra)
+        rec = json.loads(path.read_text())
+        _adaptive(model, data, rec, adaptive_settings or AdaptiveSettings.from_profile(p), seed, dev, progress,
+                  ext.name)
+        atomic_write_text(path, json.dumps(rec, indent=1))
+        _checklist(run, model, data, rec, ext, seed, dev, checklist_settings or ChecklistSettings.from_profile(p))
+        written = report_run(run, data.name)
+    return {"eval": path, "model": out / IDENTITY_FILE, **written}
+
+
+def _protocol(model, data, p, path, ext, seed, dev, progress, extra) -> None:
+    """Tables 2-4 (both PGD-100 columns: every external model is a key model), SoE under each gradient mode."""
+    s = EvalSettings.from_profile(p, long=True)
+    t0 = time.time()
+    if getattr(model, "gradient_modes", None):
+        metrics, correct, per_mode = evaluate_soe(model, data.x_test, data.y_test, s, seed=seed, device=dev,
+                                                  progress=progress)
+        extra = {**extra, "gradient_modes": per_mode}
+    else:
+        metrics, correct = evaluate_model(model, data.x_test, data.y_test, s, seed=seed, device=dev,
+                                          progress=progress, desc=f"eval {ext.name}")
+    write_result(path, model=ext.name, row=ext.row, seed=seed, dataset=data.name, metrics=metrics,
+                 correct=correct, settings=s, elapsed_s=time.time() - t0, extra=extra)
+
+
+def _adaptive(model, data, rec: dict, s: AdaptiveSettings, seed: int, dev, progress: bool, name: str) -> None:
+    """The adaptive attacks not stored in ``rec`` yet, merged into it (worst case over all recomputed)."""
+    stored = set(rec.get("per_example", {}))
+    missing = [k for k in s.attack_names(is_mixture(model)) if k not in stored]
+    if missing:
+        t0 = time.time()
+        _, correct, found = evaluate_any(model, data.x_test, data.y_test, s, seed, dev, progress,
+                                         [k for k in s.attack_names(is_mixture(model)) if k in stored],
+                                         f"adaptive {name}")
+        merge_into_result(rec, correct)
+        info = rec.setdefault("adaptive", {})
+        info["settings"] = s.to_dict()
+        info.setdefault("elapsed_s", {}).update(found.get("elapsed_s", {}))
+        for k, v in found.items():
+            if k != "elapsed_s":
+                info[k] = v
+        info["elapsed_s_total"] = round(info.get("elapsed_s_total", 0.0) + time.time() - t0, 2)
+        info["note"] = ("attacks beyond the paper (dwf_lab.evaluation.adaptive); 'worst-case (all)' is the "
+                        "per-example worst case over every stored attack, the paper's included")
+    else:
+        merge_into_result(rec, {})
+
+
+def _checklist(run: Run, model, data, rec: dict, ext: ExternalModel, seed: int, dev, cs: ChecklistSettings) -> None:
+    """``report/checklist_<name>_seed<k>.md`` / ``.json`` (the attack checks once; a saved one is kept,
+    its checks read off the record refreshed). No surrogate model: the transfer check is not run,
+    except for a mixture (the average of its own experts)."""
+    md = run.checklist_path(seed, ext.name, ".md")
+    js = md.with_suffix(".json")
+    if md.exists() and js.exists():
+        try:
+            saved = load_checklist(js)
+            known = set(ChecklistSettings.__dataclass_fields__)
+            cs = ChecklistSettings(**{k: v for k, v in saved["settings"].items() if k in known})
+            items = [CheckItem.from_dict(d) for d in saved["items"]]
+            m = int(saved["n_examples"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"{js} is not a readable checklist ({err}); delete it and its .md "
+                             "to recompute it") from err
+    else:
+        m = min(len(data.x_test), cs.n_examples or len(data.x_test))
+        items = run_checklist(model, data.x_test[:m].to(dev), data.y_test[:m].to(dev), cs, seed=seed)
+    items = with_stored_checks(items, rec, cs)
+    title = f"Gradient-masking checklist: {ext.row} ({ext.name}), seed {seed}"
+    atomic_write_text(md, checklist_markdown(items, title=title))
+    atomic_write_text(js, json.dumps({"model": ext.name, "row": ext.row, "seed": seed, "n_examples": m,
+                                      "settings": cs.to_dict(), "items": items_to_json(items)}, indent=1))
