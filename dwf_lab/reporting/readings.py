@@ -5,7 +5,9 @@
   worst case over all attacks falls below the paper's attacks;
 - :func:`gate_reading`: what the gate does with clean, FGSM and PGD inputs;
 - :func:`overfitting_verdicts`: catastrophic overfitting in a per-epoch checkpoint watch;
-- :func:`describe_profile`: a profile's settings beside the paper's Table 5.
+- :func:`describe_profile`: a profile's settings beside the paper's Table 5;
+- :func:`verdict` / :func:`verdict_reading`: DWF's worst case against its baselines and the plain
+  average of its experts, with standard errors, and which differences are within noise.
 """
 import math
 import re
@@ -16,6 +18,7 @@ import numpy as np
 from dwf_lab.core.config import PROFILES, Profile
 from dwf_lab.evaluation.metrics import WORST
 from dwf_lab.evaluation.records import infer_dataset
+from dwf_lab.reporting.noise import accuracy_se, compare
 from dwf_lab.reporting.paper import comparability_note, is_comparable, paper_value
 from dwf_lab.reporting.render import markdown_table
 from dwf_lab.reporting.tables import aggregate
@@ -249,3 +252,111 @@ def overfitting_verdicts(watch: Mapping[str, Mapping]) -> list[str]:
             lines.append(f"{stage}: no collapse — PGD accuracy best {pgd[best]:.1f}% (epoch "
                          f"{ep[best]}), last {last:.1f}% (epoch {ep[-1]}); FGSM last {fg[-1]:.1f}%.")
     return lines
+
+
+# ================================================================ verdict ==
+# what DWF is held against in the verdict, and where a run gets each row
+VERDICT_ROWS: dict[str, str] = {
+    "ResNet-18 (PGD-AT)": "notebook 05 (`python -m dwf_lab evaluate`)",
+    "ResNet-18 (FGSM-AT)": "notebook 05 (`python -m dwf_lab evaluate`)",
+    "SoE": "notebook 07 with `scope=\"full\"` (`python -m dwf_lab baselines`)",
+    "ADVMoE": "notebook 07 with `scope=\"full\"` (`python -m dwf_lab baselines`)",
+    "Uniform ensemble": "notebook 07 (`python -m dwf_lab baselines`)",
+    "ResNet-18": "notebook 05 (`python -m dwf_lab evaluate`)",
+}
+DWF_FROM = "notebook 05 (`python -m dwf_lab evaluate`)"
+UNIFORM = "Uniform ensemble"
+WORST_CASES = (WORST, "worst-case")   # over every attack run; over the paper's attacks
+
+
+def _n_test(results: Sequence[Mapping]) -> dict[str, int]:
+    n: dict[str, int] = {}
+    for r in results:
+        if r.get("n_test"):
+            n[r["row"]] = min(n.get(r["row"], r["n_test"]), r["n_test"])
+    return n
+
+
+def verdict(results: Sequence[Mapping], dataset: str | None = None) -> dict:
+    """DWF's per-image worst case against each row of :data:`VERDICT_ROWS`, with standard errors.
+
+    Each comparison uses the worst case both rows have: over every attack run (``worst-case
+    (all)``, after the adaptive attacks) when both have it, else over the paper's attacks
+    (``worst-case``), so neither row is held to attacks the other escaped. Standard errors:
+    :func:`dwf_lab.reporting.noise.accuracy_se` (the test images, and the seeds where there
+    are several); a difference is "within noise" up to two standard errors.
+    Returns ``{"dataset", "dwf": {metric: {"mean", "se", "seeds"}} | None, "n_test", "seeds",
+    "rows": [one dict per comparison], "missing": [{"model", "why"}]}``: nothing is left out
+    silently, a row the run lacks is listed with where it comes from.
+    """
+    results = list(results)
+    out: dict = {"dataset": None, "dwf": None, "n_test": None, "seeds": 0, "rows": [], "missing": []}
+    dataset = infer_dataset(results, dataset) if results else None
+    agg, n = (aggregate(results, dataset), _n_test(results)) if results else ({}, {})
+    out["dataset"] = dataset
+
+    def cell(row: str, metric: str) -> dict | None:
+        c = agg.get(row, {}).get(metric)
+        if c is None or row not in n:
+            return None
+        return {"mean": c["mean"], "se": accuracy_se(c["mean"], n[row], c["std"], c["n"]), "seeds": c["n"]}
+
+    def why(row: str, where: str) -> str:
+        if row in agg:
+            return f"evaluated, but without a per-image worst case; evaluate it again with {where}"
+        return f"not evaluated yet; it comes from {where}"
+
+    dwf = {m: cell("DWF", m) for m in WORST_CASES}
+    if not any(dwf.values()):
+        out["missing"] = [{"model": r, "why": why(r, w)} for r, w in {"DWF": DWF_FROM, **VERDICT_ROWS}.items()
+                          if not any(cell(r, m) for m in WORST_CASES)]
+        return out
+    out["dwf"] = {m: c for m, c in dwf.items() if c}
+    out["n_test"], out["seeds"] = n["DWF"], max(c["seeds"] for c in out["dwf"].values())
+    for row, where in VERDICT_ROWS.items():
+        metric = next((m for m in WORST_CASES if dwf[m] and cell(row, m)), None)
+        if metric is None:
+            out["missing"].append({"model": row, "why": why(row, where)})
+            continue
+        a, b = dwf[metric], cell(row, metric)
+        cmp = compare(a["mean"], a["se"], b["mean"], b["se"])
+        out["rows"].append({"model": row, "metric": metric, "DWF": a["mean"], "DWF ± SE": a["se"],
+                            "model %": b["mean"], "model ± SE": b["se"], "DWF − model": cmp.difference,
+                            "± SE": cmp.se, "reading": cmp.reading("DWF higher", "DWF lower")})
+    return out
+
+
+def verdict_reading(v: Mapping) -> str:
+    """The verdict of :func:`verdict` in a few sentences (markdown bullets), every one computed."""
+    lines = []
+    if v["dwf"] is None:
+        lines.append("- DWF has no per-image worst case in this run yet, so there is no verdict to state.")
+    else:
+        head = WORST if WORST in v["dwf"] else "worst-case"
+        c = v["dwf"][head]
+        what = ("over every attack the run made, the adaptive ones included" if head == WORST
+                else "over the paper's attacks (the adaptive attacks of notebook 06 have not run on it)")
+        seeds = f", mean of {v['seeds']} training runs" if v["seeds"] > 1 else ", one training run"
+        lines.append(f"- **DWF keeps {c['mean']:.1f}% ± {c['se']:.1f}%** of {v['n_test']} test images in the "
+                     f"per-image worst case {what}{seeds}.")
+        for r in v["rows"]:
+            metric = "all attacks" if r["metric"] == WORST else "the paper's attacks"
+            if r["reading"] == "within noise":
+                said = "**within noise**: this run cannot tell them apart"
+            else:
+                said = f"**DWF {'higher' if r['DWF − model'] > 0 else 'lower'}**, beyond noise"
+            other = ("the plain average of its own experts (the uniform ensemble: no gate, no end-to-end "
+                     "training)" if r["model"] == UNIFORM else r["model"])
+            lines.append(f"- Against {other}: {r['DWF']:.1f}% vs {r['model %']:.1f}% ({metric}), "
+                         f"a difference of {r['DWF − model']:+.1f} ± {r['± SE']:.1f} points — {said}.")
+        uni = next((r for r in v["rows"] if r["model"] == UNIFORM), None)
+        if uni is not None:
+            lines.append("- So in this run the gate and the end-to-end phase "
+                         + ("add nothing measurable over averaging the experts."
+                            if uni["reading"] == "within noise" else
+                            f"{'add' if uni['DWF − model'] > 0 else 'cost'} {abs(uni['DWF − model']):.1f} "
+                            "points of worst-case accuracy over averaging the experts."))
+    lines += [f"- Missing: {m['model']} — {m['why']}." for m in v["missing"]]
+    if v["dataset"]:
+        lines.append(f"- {comparability_note(v['dataset'])}")
+    return "\n".join(lines)
