@@ -31,7 +31,7 @@ from dwf_lab.reporting.paper import (
     paper_tables,
     paper_value,
 )
-from dwf_lab.training.variants import ABLATIONS, BY_NAME
+from dwf_lab.training.variants import ABLATIONS, BY_NAME, skip_reason
 
 FGSM_EPS: tuple[float, ...] = tuple(float(c) for c in TABLE2_COLUMNS[1:])   # 0.01 ... 0.09
 FGSM_METRICS: tuple[str, ...] = tuple(METRIC_FOR_COLUMN[c] for c in TABLE2_COLUMNS[1:])
@@ -292,6 +292,35 @@ def ablation_table(run) -> list[dict]:
                       "description": a.description if a else "",
                       **{c: _stats_ablations([r[c] for r in rs]) for c in ("SA", "PGD-20", "worst-case")}})
     return table
+
+
+def ablation_plan_rows(p, selected: Sequence[str]) -> list[dict]:
+    """One row per variant of :data:`ABLATIONS`: its question, and whether this run makes it
+    ("yes" when ``selected`` names it, "no: <why>" when it does not apply to the profile,
+    else which switch asks for it: the full course scope, or an opt-in name)."""
+    rows = []
+    for a in ABLATIONS:
+        why = skip_reason(a, p)
+        runs = ("no: " + why if why else "yes" if a.name in selected
+                else "with scope=\"full\"" if a.default else f"opt-in: run_ablations(names=[\"{a.name}\"])")
+        rows.append({"variant": a.name, "row": a.label, "question": a.question, "runs here": runs})
+    return rows
+
+
+def metric_rows(records: Sequence[dict], columns: Sequence[str], name: str = "model") -> list[dict]:
+    """One row per evaluation record: its row label under ``name``, then each metric of
+    ``columns`` (None where not measured)."""
+    return [{name: r.get("row") or r.get("model"), **{c: r.get("metrics", {}).get(c) for c in columns}}
+            for r in records]
+
+
+def gradient_mode_rows(record: dict, columns: Sequence[str]) -> list[dict]:
+    """For a model attacked under several gradient modes (SoE: its own ``hard`` gradient and the
+    ``bpda`` relaxation): one row per metric, one column per mode, and the per-example worse of
+    them (what the record reports)."""
+    modes = record.get("gradient_modes") or {}
+    return [{"metric": c, **{f"{m} gradient": modes[m].get(c) for m in modes},
+             "worst of both": record.get("metrics", {}).get(c)} for c in columns]
 
 
 def checklist_overview(named: dict) -> tuple[list[dict], list[str]]:
