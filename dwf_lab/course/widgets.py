@@ -9,8 +9,20 @@ Each factory returns ``(ui, figure, update)``:
   ``go.FigureWidget`` inside ``ui`` when a front end can show one, else a plain
   ``go.Figure`` displayed beside the controls and re-drawn through its display
   handle (headless runs: papermill, nbval; see :func:`dwf_lab.course.display.static_figures`);
-- ``update(...)``: recomputes and returns the numbers behind the picture as a
-  dict (also kept as ``ui.result``), so tests never have to read figures.
+- ``update(...)``: returns the numbers behind the picture as a dict (also kept as
+  ``ui.result``), so tests never have to read figures.
+
+**Interactive on a CPU.** Every attack a widget runs is kept (``ui.cache``, a
+:class:`Memo`): a slider position seen once answers from memory, without running the
+model again. The ε explorer attacks one image, which takes a fraction of a second even
+the first time. The gate heatmap attacks ``n`` inputs through every expert (seconds per
+ε on a CPU), so its slider snaps to a short grid of ε values (:func:`heatmap_grid`)
+and, when a learner can drag it (live figures), the whole grid is computed once, up
+front, with a progress line that states its time; headless runs compute only the
+values they ask for. ``python benchmarks/widgets.py`` measures the moves.
+
+The attacks are the package's own (:func:`attack_images`: :func:`dwf_lab.attacks.fgsm`
+and :func:`dwf_lab.attacks.pgd`): inputs in [0, 1], ε in pixel units, model in eval mode.
 
 The prediction line of the ε explorer is an HTML widget with the CSS class
 ``dwf-prediction`` whose text always starts ``prediction: <class>`` (the class
@@ -19,21 +31,30 @@ predicted for the current adversarial image), for browser tests.
 import contextlib
 import functools
 import html
-from typing import Sequence
+import time
+from collections import OrderedDict
+from typing import Callable, Hashable, Sequence
 
 import numpy as np
 import plotly.graph_objects as go
 import torch
 import torch.nn as nn
 from IPython.display import display
+from plotly.subplots import make_subplots
 
 from dwf_lab import attacks
 from dwf_lab.course.display import make_figure, mime_bundle, static_figures
-from dwf_lab.evaluation.diagnostics import class_probabilities, gate_weights
+from dwf_lab.evaluation.diagnostics import class_probabilities
 from dwf_lab.mixture.moe import gate_entropy
-from dwf_lab.reporting.figures import adversarial_example_figure, amplify, gate_weights_figure, to_rgb_uint8
+from dwf_lab.reporting.figures import TEMPLATE, adversarial_example_figure, amplify, to_rgb_uint8
 
 PIXEL = 1 / 255
+# the gate heatmap's slider stops below its eps_max, in pixel levels (k/255); eps_max is the last
+HEATMAP_LEVELS = (0, 1, 2, 4, 6, 8, 12, 16)
+# diverging colours: blue below the uniform weight 1/n, white at it, red above
+DIVERGING = "RdBu_r"
+RIGHT, WRONG = "✓", "✗"
+RIGHT_COLOR, WRONG_COLOR = "#1a7f37", "#cf222e"
 
 
 def _ipywidgets():
@@ -56,6 +77,52 @@ def eps_label(eps: float) -> str:
     return f"{eps:.4f}{frac}"
 
 
+def _short_label(eps: float) -> str:
+    """'8/255' when ε is a whole number of pixel levels, else '0.100' (a slider's readout)."""
+    k = eps * 255
+    if abs(k - round(k)) < 1e-6:
+        return "0" if round(k) == 0 else f"{round(k)}/255"
+    return f"{eps:.3f}"
+
+
+def eps_key(eps: float) -> float:
+    """ε as a cache key: the same slider position reached twice (float noise aside) is one key."""
+    return round(float(eps), 9)
+
+
+class Memo:
+    """What a widget computed, by key, least recently used dropped past ``maxsize``.
+
+    ``get(key, compute)`` returns the kept value or calls ``compute()`` once and keeps it;
+    ``hits`` / ``misses`` count both (the benchmark and the tests read them).
+    """
+
+    def __init__(self, maxsize: int = 4096):
+        self.data: OrderedDict = OrderedDict()
+        self.maxsize = maxsize
+        self.hits = self.misses = 0
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self.data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def values(self):
+        return self.data.values()
+
+    def get(self, key: Hashable, compute: Callable):
+        if key in self.data:
+            self.hits += 1
+            self.data.move_to_end(key)
+            return self.data[key]
+        self.misses += 1
+        value = self.data[key] = compute()
+        while len(self.data) > self.maxsize:
+            self.data.popitem(last=False)
+        return value
+
+
 @functools.lru_cache(maxsize=1)
 def _panel_class():
     ipw = _ipywidgets()
@@ -70,6 +137,7 @@ def _panel_class():
             self.figure = figure
             self.static = static
             self.result: dict = {}
+            self.cache = Memo()
             self._handle = None
 
         def _ipython_display_(self):
@@ -124,11 +192,13 @@ def epsilon_explorer(model: nn.Module, x: torch.Tensor, y, classes: Sequence[str
     ``x``, ``y``: test images in [0, 1] (N, C, H, W) and labels (or one image and
     its label); ``index`` picks the image. Controls: ``ui.slider`` (ε, pixel units,
     steps of 1/255), ``ui.attack`` ("fgsm" / "pgd"), ``ui.index`` (which image).
-    ``update(eps=None, attack=None, index=None)`` re-attacks and returns
+    ``update(eps=None, attack=None, index=None)`` returns
     ``{"eps", "attack", "index", "label", "label_name", "clean_pred", "clean_pred_name",
-    "clean_probs", "pred", "pred_name", "probs", "flipped", "changed", "linf"}`` where
+    "clean_probs", "pred", "pred_name", "probs", "flipped", "changed", "linf", "cached"}`` where
     ``flipped`` means the clean image was classified correctly and the adversarial one
-    is not, and ``changed`` that the prediction differs from the clean one.
+    is not, ``changed`` that the prediction differs from the clean one, and ``cached`` that
+    this (image, attack, ε) was attacked before and answered from ``ui.cache`` (one image:
+    a first visit costs one attack on one image, a fraction of a second on a laptop CPU).
     """
     ipw = _ipywidgets()
     if eps_max <= 0:
@@ -156,21 +226,36 @@ def epsilon_explorer(model: nn.Module, x: torch.Tensor, y, classes: Sequence[str
     fig.update_layout(title=dict(text=""))
     ui = _panel_class()([ipw.HBox([slider, chooser, picker]), eps_text, prediction], fig, static)
     ui.slider, ui.attack, ui.index, ui.prediction, ui.eps_text = slider, chooser, picker, prediction, eps_text
+    cache = ui.cache
+
+    def clean(i: int):
+        def compute():
+            xi = xs[i:i + 1].to(dev)
+            return xi, class_probabilities(model, xi)[0].cpu()
+        return cache.get(("clean", i), compute)
+
+    def attacked(a: str, i: int, e: float):
+        def compute():
+            xi, yi = clean(i)[0], ys[i:i + 1].to(dev)
+            x_adv = attack_images(model, xi, yi, a, e, pgd_steps)
+            return x_adv, class_probabilities(model, x_adv)[0].cpu()
+        return cache.get((a, i, eps_key(e)), compute)
 
     def update(eps: float | None = None, attack: str | None = None, index: int | None = None) -> dict:
         e = float(slider.value if eps is None else eps)
         a = chooser.value if attack is None else attack
         i = int(picker.value if index is None else index)
-        xi = xs[i:i + 1].to(dev)
-        yi = ys[i:i + 1].to(dev)
-        x_adv = attack_images(model, xi, yi, a, e, pgd_steps)
-        pc, pa = class_probabilities(model, xi)[0].cpu(), class_probabilities(model, x_adv)[0].cpu()
-        label, cp, ap = int(yi), int(pc.argmax()), int(pa.argmax())
+        if a not in ("fgsm", "pgd"):
+            raise ValueError(f"attack must be 'fgsm' or 'pgd', got {a!r}")
+        cached = (a, i, eps_key(e)) in cache
+        xi, pc = clean(i)
+        x_adv, pa = attacked(a, i, e)
+        label, cp, ap = int(ys[i]), int(pc.argmax()), int(pa.argmax())
         res = {"eps": e, "attack": a, "index": i, "label": label, "label_name": classes[label],
                "clean_pred": cp, "clean_pred_name": classes[cp], "clean_probs": pc.numpy(),
                "pred": ap, "pred_name": classes[ap], "probs": pa.numpy(),
                "flipped": cp == label and ap != label, "changed": ap != cp,
-               "linf": float((x_adv - xi).abs().max())}
+               "linf": float((x_adv - xi).abs().max()), "cached": cached}
         name = "FGSM" if a == "fgsm" else f"PGD-{pgd_steps}"
         verdict = ("fooled: the prediction changed" if res["changed"]
                    else "not fooled at this ε")
@@ -199,76 +284,224 @@ def epsilon_explorer(model: nn.Module, x: torch.Tensor, y, classes: Sequence[str
 
 
 # ---------------------------------------------------------- gate heatmap --
+def heatmap_grid(eps_max: float, levels: Sequence[float] = HEATMAP_LEVELS) -> list[float]:
+    """The ε values the gate heatmap's slider stops at: ``k/255`` for ``k`` in ``levels``
+    up to ``eps_max``, then ``eps_max`` itself."""
+    grid = sorted({k / 255 for k in levels if k / 255 < eps_max - 1e-9} | {0.0})
+    return grid + [float(eps_max)]
+
+
+def _mixture_view(mixture: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
+    """One forward pass: gate weights, each expert's own verdict and the mixture's, on the CPU."""
+    with attacks.attack_mode(mixture), torch.no_grad():
+        out = mixture.forward_details(x)
+    y = y.cpu()
+    expert_pred = out.expert_logits.argmax(2).cpu()
+    mixture_pred = out.logits.argmax(1).cpu()
+    return {"weights": out.weights.float().cpu().numpy(), "expert_pred": expert_pred.numpy(),
+            "expert_right": (expert_pred == y[:, None]).numpy(), "pred": mixture_pred.numpy(),
+            "right": (mixture_pred == y).numpy()}
+
+
+def colour_range(weights: Sequence[np.ndarray], n_experts: int) -> tuple[float, float]:
+    """(zmin, zmax) centred on the uniform weight 1/n: half-width the largest distance of any
+    weight from 1/n, at most 1/n (so zmin >= 0; weights above 2/n share the darkest red) and
+    at least 1e-3 (a uniform gate is all white, not noise)."""
+    u = 1.0 / n_experts
+    d = max((float(np.abs(np.asarray(w) - u).max()) for w in weights), default=0.0)
+    d = min(max(d, 1e-3), u)
+    return u - d, u + d
+
+
+def _heatmap_figure(names: Sequence[str], n: int, kinds: Sequence[str], row_labels: Sequence[str]) -> go.Figure:
+    """The heatmap's skeleton: per input kind, inputs × experts weights plus a 'mixture' column
+    of verdict marks; :func:`_paint` fills in the numbers."""
+    fig = make_subplots(rows=1, cols=len(kinds), subplot_titles=list(kinds), shared_yaxes=True,
+                        horizontal_spacing=0.03)
+    rows = list(range(n))
+    for j, k in enumerate(kinds):
+        fig.add_trace(go.Heatmap(x=list(names), y=rows, z=np.zeros((n, len(names))), colorscale=DIVERGING,
+                                 showscale=(j == len(kinds) - 1), xgap=1, ygap=1,
+                                 texttemplate="%{text}", textfont=dict(size=11),
+                                 hovertemplate="input %{y}, %{x}: w = %{z:.3f}; %{customdata}<extra>"
+                                 + html.escape(k) + "</extra>"),
+                      row=1, col=j + 1)
+    for j, k in enumerate(kinds):
+        fig.add_trace(go.Scatter(x=["mixture"] * n, y=rows, mode="text", showlegend=False,
+                                 textfont=dict(size=13), hovertemplate="input %{y}: the mixture is %{customdata}"
+                                 "<extra>" + html.escape(k) + "</extra>"),
+                      row=1, col=j + 1)
+    fig.update_xaxes(type="category", tickangle=-45)
+    fig.update_yaxes(autorange="reversed", tickmode="array", tickvals=rows, ticktext=list(row_labels))
+    fig.update_yaxes(title_text="test input", row=1, col=1)
+    fig.update_layout(title="Gate weights w_i(x): white = uniform 1/n, red above, blue below; "
+                            f"{RIGHT} = that expert alone is right", title_font_size=14,
+                      height=120 + 24 * n, width=min(1500, 360 * len(kinds) + 160), template=TEMPLATE,
+                      margin=dict(l=10, r=10, t=80, b=10))
+    return fig
+
+
+def _paint(fig, res: dict, kinds: Sequence[str], titles: Sequence[str], class_name) -> None:
+    """Put ``res`` (one ε) into the heatmap figure: weights, marks, colour range, panel titles."""
+    n_exp = len(res["expert_names"])
+    zmin, zmax = res["colour_range"]
+    u = 1.0 / n_exp
+    saturated = zmax < float(max(v.max() for v in res["weights"].values())) - 1e-9
+    ticks = dict(tickvals=[zmin, u, zmax],
+                 ticktext=[f"{zmin:.3f}", f"1/{n_exp} (uniform)", ("≥ " if saturated else "") + f"{zmax:.3f}"])
+    with _batch(fig):
+        for j, k in enumerate(kinds):
+            right, pred = res["expert_right"][k], res["expert_pred"][k]
+            hm = fig.data[j]
+            hm.z = res["weights"][k]
+            hm.zmin, hm.zmax, hm.zmid = zmin, zmax, u
+            hm.colorbar = dict(title="w", **ticks)
+            hm.text = np.where(right, RIGHT, "").tolist()
+            hm.customdata = [[f"alone {'right' if r else 'wrong'} ({class_name(p)})" for r, p in zip(rr, pp)]
+                             for rr, pp in zip(right, pred)]
+            verdict = fig.data[len(kinds) + j]
+            ok = res["right"][k]
+            verdict.text = [RIGHT if r else WRONG for r in ok]
+            verdict.textfont.color = [RIGHT_COLOR if r else WRONG_COLOR for r in ok]
+            verdict.customdata = [f"{'right' if r else 'wrong'} ({class_name(p)})"
+                                  for r, p in zip(ok, res["pred"][k])]
+            fig.layout.annotations[j].text = titles[j]
+
+
 def gate_heatmap(mixture: nn.Module, x: torch.Tensor, y, expert_names: Sequence[str] | None = None,
                  eps_max: float = 0.1, eps: float = 8 / 255, n: int = 16, pgd_steps: int = 10,
-                 step: float = PIXEL, static: bool | None = None):
+                 grid: Sequence[float] | None = None, precompute: bool | None = None,
+                 classes: Sequence[str] | None = None, static: bool | None = None):
     """Gate weights for clean, FGSM and PGD versions of ``n`` test inputs; slide ε.
 
     Rows are inputs, columns experts; both attacks target the whole mixture (gate
-    included, white-box). ``update(eps)`` returns ``{"eps", "weights": {"clean",
-    "fgsm", "pgd"} -> (n, n_experts) arrays, "mean": per-expert mean weight per kind,
-    "entropy": mean gate entropy (nats) per kind, "accuracy": mixture accuracy (%) per
-    kind}``.
+    included, white-box). Colours are centred on the uniform weight 1/n (white; red
+    above, blue below: :func:`colour_range`, shared by every ε computed so far, so colours
+    compare across moves). A ✓ in a cell: that expert's own logits classify that input
+    correctly; the last column of each panel is the mixture's own verdict (✓ / ✗).
+
+    The slider stops at ``grid`` (default :func:`heatmap_grid`: 0, 1, 2, 4, 6, 8, 12,
+    16/255 and ``eps_max``); every ε computed is kept in ``ui.cache``. ``precompute``
+    (default: when the figure is live, i.e. a learner can drag it) computes the whole
+    grid before the first display, printing its progress and time; otherwise each ε is
+    computed the first time it is asked for. ``classes`` (optional) names the classes in
+    the hover text and row labels.
+
+    ``update(eps)`` (any ε, on the grid or not) returns ``{"eps", "expert_names", "grid",
+    "weights": {"clean", "fgsm", "pgd"} -> (n, n_experts) arrays, "expert_pred" / "expert_right":
+    each expert's own prediction / correctness (n, n_experts), "pred" / "right": the mixture's
+    (n,), "mean": per-expert mean weight, "entropy": mean gate entropy (nats), "accuracy":
+    mixture accuracy (%), "expert_accuracy": each expert's own accuracy (%), "colour_range":
+    (zmin, zmax), "cached"}``, every per-kind entry keyed by kind.
     """
     ipw = _ipywidgets()
-    if not hasattr(mixture, "gate_weights"):
-        raise TypeError("gate_heatmap needs a MixtureOfExperts (dwf_lab.moe)")
+    if not (hasattr(mixture, "gate_weights") and hasattr(mixture, "forward_details")):
+        raise TypeError("gate_heatmap needs a MixtureOfExperts (dwf_lab.mixture.moe)")
     if eps_max <= 0:
         raise ValueError(f"eps_max must be > 0, got {eps_max}")
     static = static_figures() if static is None else static
+    precompute = (not static) if precompute is None else precompute
     xs, ys = _as_batch(x, y)
     dev = _device(mixture)
     xs, ys = xs[:n].to(dev), ys[:n].to(dev)
+    n = len(xs)
     names = list(expert_names) if expert_names else [f"expert {i}" for i in range(mixture.n_experts)]
     if len(names) != mixture.n_experts:
         raise ValueError(f"{len(names)} expert names for {mixture.n_experts} experts")
+    stops = sorted({float(e) for e in (grid if grid is not None else heatmap_grid(eps_max))})
+    if not stops or stops[0] < 0 or stops[-1] > 1:
+        raise ValueError(f"grid must list ε values in [0, 1], got {list(grid or [])}")
+    e0 = min(stops, key=lambda s: abs(s - eps))
+    pgd_name = f"PGD-{pgd_steps}"
+    kinds = ("clean", "fgsm", "pgd")
     mixture.eval()
 
-    slider = ipw.FloatSlider(value=min(eps, eps_max), min=0.0, max=eps_max, step=step,
-                             description="ε", readout_format=".4f", continuous_update=False,
-                             layout=ipw.Layout(width="420px"))
+    def class_name(c) -> str:
+        return html.escape(classes[int(c)]) if classes else f"class {int(c)}"
+
+    row_labels = [f"{i} ({class_name(c)})" if classes else str(i) for i, c in enumerate(ys.tolist())]
+    slider = ipw.SelectionSlider(options=[(_short_label(s), s) for s in stops], value=e0, description="ε",
+                                 continuous_update=False, layout=ipw.Layout(width="420px"))
     summary = ipw.HTML()
     summary.add_class("dwf-gate-summary")
-
-    def accuracy(xa) -> float:
-        with torch.no_grad():
-            return 100.0 * float((mixture(xa).argmax(1) == ys).float().mean())
-
-    w_clean = gate_weights(mixture, xs)
-    acc_clean = accuracy(xs)
-    empty = {k: w_clean.numpy() for k in ("clean", "FGSM", f"PGD-{pgd_steps}")}
-    fig = make_figure(gate_weights_figure(empty, names), static)
+    fig = make_figure(_heatmap_figure(names, n, ["clean", "FGSM", pgd_name], row_labels), static)
     ui = _panel_class()([slider, summary], fig, static)
     ui.slider, ui.summary = slider, summary
+    cache = ui.cache
+    clean_view = _mixture_view(mixture, xs, ys)
+    timing = {"seconds": [], "precomputed": False}
+
+    def views(e: float) -> dict:
+        def compute():
+            t0 = time.perf_counter()
+            out = {"fgsm": _mixture_view(mixture, attack_images(mixture, xs, ys, "fgsm", e), ys),
+                   "pgd": _mixture_view(mixture, attack_images(mixture, xs, ys, "pgd", e, pgd_steps), ys)}
+            timing["seconds"].append(time.perf_counter() - t0)
+            return out
+        return {"clean": clean_view, **cache.get(eps_key(e), compute)}
+
+    def note() -> str:
+        t = timing["seconds"]
+        if timing["precomputed"]:
+            return (f"All {len(stops)} slider stops were computed up front in {sum(t):.0f} s: "
+                    "every move answers from memory.")
+        per = f" (about {np.median(t):.0f} s on this machine)" if t else ""
+        return f"Each ε is computed the first time it is shown{per}, then kept: going back is instant."
 
     def update(eps: float | None = None) -> dict:
         e = float(slider.value if eps is None else eps)
-        x_f = attack_images(mixture, xs, ys, "fgsm", e)
-        x_p = attack_images(mixture, xs, ys, "pgd", e, pgd_steps)
-        ws = {"clean": w_clean, "fgsm": gate_weights(mixture, x_f), "pgd": gate_weights(mixture, x_p)}
-        acc = {"clean": acc_clean, "fgsm": accuracy(x_f), "pgd": accuracy(x_p)}
-        res = {"eps": e, "expert_names": names,
-               "weights": {k: v.numpy() for k, v in ws.items()},
-               "mean": {k: v.mean(0).numpy() for k, v in ws.items()},
-               "entropy": {k: float(gate_entropy(v).mean()) for k, v in ws.items()},
-               "accuracy": acc}
-        titles = [f"clean (acc {acc['clean']:.0f}%)", f"FGSM ε={e:.3f} (acc {acc['fgsm']:.0f}%)",
-                  f"PGD-{pgd_steps} ε={e:.3f} (acc {acc['pgd']:.0f}%)"]
-        with _batch(fig):
-            for j, k in enumerate(("clean", "fgsm", "pgd")):
-                fig.data[j].z = res["weights"][k]
-                fig.layout.annotations[j].text = titles[j]
-        top = {k: names[int(np.argmax(res["mean"][k]))] for k in res["mean"]}
+        cached = eps_key(e) in cache
+        v = views(e)
+        ws = {k: v[k]["weights"] for k in kinds}
+        res = {"eps": e, "expert_names": names, "grid": stops, "weights": ws,
+               "expert_pred": {k: v[k]["expert_pred"] for k in kinds},
+               "expert_right": {k: v[k]["expert_right"] for k in kinds},
+               "pred": {k: v[k]["pred"] for k in kinds}, "right": {k: v[k]["right"] for k in kinds},
+               "mean": {k: w.mean(0) for k, w in ws.items()},
+               "entropy": {k: float(gate_entropy(torch.from_numpy(w)).mean()) for k, w in ws.items()},
+               "accuracy": {k: 100.0 * float(v[k]["right"].mean()) for k in kinds},
+               "expert_accuracy": {k: 100.0 * v[k]["expert_right"].mean(0) for k in kinds},
+               "colour_range": colour_range([clean_view["weights"]] + [w[k]["weights"] for w in cache.values()
+                                                                       for k in ("fgsm", "pgd")], len(names)),
+               "cached": cached}
+        acc = res["accuracy"]
+        titles = [f"clean (mixture {acc['clean']:.0f}%)", f"FGSM ε={e:.3f} (mixture {acc['fgsm']:.0f}%)",
+                  f"{pgd_name} ε={e:.3f} (mixture {acc['pgd']:.0f}%)"]
+        _paint(fig, res, kinds, titles, class_name)
+        top = {k: names[int(np.argmax(res["mean"][k]))] for k in kinds}
         summary.value = (
-            f"<small>ε = {eps_label(e)}. Mean gate entropy (nats; uniform = "
+            f"<small>ε = {eps_label(e)}. White = the uniform weight 1/{len(names)}, red = more, blue = less; "
+            f"{RIGHT} in a cell = that expert alone classifies the input correctly; the last column = the "
+            f"mixture ({RIGHT} right, {WRONG} wrong). Mean gate entropy (nats; uniform = "
             f"{np.log(len(names)):.2f}): clean {res['entropy']['clean']:.2f}, FGSM "
             f"{res['entropy']['fgsm']:.2f}, PGD {res['entropy']['pgd']:.2f}. Heaviest expert on "
             f"average: clean → {html.escape(top['clean'])}, FGSM → {html.escape(top['fgsm'])}, "
-            f"PGD → {html.escape(top['pgd'])}.</small>")
+            f"PGD → {html.escape(top['pgd'])}. {note()}</small>")
         ui.result = res
         ui.redraw()
         return res
 
+    if precompute:
+        _precompute(views, e0, stops, n, len(names), pgd_name)
+        timing["precomputed"] = True
+        slider.continuous_update = True   # every stop is in memory: follow the drag
     slider.observe(lambda change: update(), names="value")
     update()
     return ui, fig, update
+
+
+def _precompute(views: Callable[[float], dict], first: float, stops: Sequence[float], n: int,
+                n_experts: int, pgd_name: str) -> None:
+    """Compute every slider stop once (the shown one first), with one progress line and its time."""
+    todo = [first] + [s for s in stops if s != first]
+    what = f"FGSM and {pgd_name} on {n} inputs through {n_experts} experts at {len(todo)} values of ε"
+    t0 = time.perf_counter()
+    for k, e in enumerate(todo, 1):
+        views(e)
+        spent = time.perf_counter() - t0
+        left = spent / k * (len(todo) - k)
+        print(f"\rgate heatmap: computing {what}, once, so that every move answers from memory: "
+              f"{k}/{len(todo)} in {spent:.0f} s" + (f", about {left:.0f} s left " if k < len(todo) else " "),
+              end="", flush=True)
+    print(f"\rgate heatmap: computed {what} in {time.perf_counter() - t0:.0f} s; every move now answers "
+          "from memory." + " " * 30, flush=True)
