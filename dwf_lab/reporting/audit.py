@@ -339,19 +339,29 @@ def rule_reference(t: AuditTable) -> list[Finding]:
 class Rule:
     name: str
     title: str       # what a sound evaluation shows
+    points_to: str   # what a violation suggests
     check: Callable[[AuditTable], list[Finding]]
 
 
 RULES: tuple[Rule, ...] = (
-    Rule("pgd-vs-fgsm", "PGD at 8/255 does no less damage than one FGSM step at 0.03", rule_pgd_vs_fgsm),
-    Rule("fgsm-eps", "FGSM accuracy does not rise with ε", rule_fgsm_eps),
-    Rule("pgd-steps", "more PGD iterations do no less damage", rule_pgd_steps),
-    Rule("restarts", "restarts and longer runs do no less damage", rule_restarts),
-    Rule("late-cliff", "no cliff after a flattened PGD curve", rule_late_cliff),
-    Rule("clean-bound", "no attacked accuracy above the clean one", rule_clean_bound),
-    Rule("undefended", "an undefended network falls under PGD", rule_undefended),
-    Rule("undefended-flat", "more steps keep hurting an undefended network", rule_undefended_flat),
-    Rule("reference", "not above the best published results for the same recipe", rule_reference),
+    Rule("pgd-vs-fgsm", "PGD at 8/255 does no less damage than one FGSM step at 0.03",
+         "gradient masking, or a PGD that is weaker than it should be", rule_pgd_vs_fgsm),
+    Rule("fgsm-eps", "FGSM accuracy does not rise with ε",
+         "gradient masking: a bigger step should not help the model", rule_fgsm_eps),
+    Rule("pgd-steps", "more PGD iterations do no less damage", "a noisy or broken attack", rule_pgd_steps),
+    Rule("restarts", "restarts and longer runs do no less damage",
+         "columns that are not the attacks they are named", rule_restarts),
+    Rule("late-cliff", "no cliff after a flattened PGD curve",
+         "short attacks that had not converged, or a long attack that is another attack", rule_late_cliff),
+    Rule("clean-bound", "no attacked accuracy above the clean one",
+         "robust accuracy counted on other images than the clean one", rule_clean_bound),
+    Rule("undefended", "an undefended network falls under PGD",
+         "ε on the wrong scale (e.g. on normalized inputs), or an attack that does not reach the model",
+         rule_undefended),
+    Rule("undefended-flat", "more steps keep hurting an undefended network", "an attack that stalls",
+         rule_undefended_flat),
+    Rule("reference", "not above the best published results for the same recipe",
+         "a result that needs more checking than the paper gives", rule_reference),
 )
 BY_NAME = {r.name: r for r in RULES}
 
@@ -382,3 +392,31 @@ def finding_rows(findings: Sequence[Finding], statuses: Sequence[str] = ("flagge
     """The findings with one of ``statuses``, as table rows (rule, model, status, detail)."""
     return [{"rule": f.rule, "model": f.row, "status": f.status, "detail": f.detail}
             for f in findings if f.status in statuses]
+
+
+def rule_rows() -> list[dict]:
+    """The rules as table rows: name, what a sound evaluation shows, what a violation points to."""
+    return [{"rule": r.name, "a sound evaluation shows": r.title, "a violation points to": r.points_to}
+            for r in RULES]
+
+
+def audit_reading(findings: Sequence[Finding], label: str = "the table") -> str:
+    """What the audit found, one bullet per rule that applied (markdown), computed from the findings."""
+    lines = []
+    for rule in RULES:
+        fs = [f for f in findings if f.rule == rule.name]
+        if not fs:
+            continue
+        flagged = list(dict.fromkeys(f.row for f in fs if f.status == "flagged"))
+        noisy = list(dict.fromkeys(f.row for f in fs if f.status == "within noise"))
+        text = f"- **{rule.name}** ({rule.title}), {len(fs)} check{'s' if len(fs) != 1 else ''}: "
+        if flagged:
+            text += f"**flagged for {', '.join(flagged)}** — points to {rule.points_to}"
+        else:
+            text += "nothing flagged"
+        if noisy:
+            text += f"; the wrong way but within noise for {', '.join(noisy)}"
+        lines.append(text + ".")
+    if not lines:
+        return f"- No rule applies to {label}: it has none of the columns the rules read."
+    return "\n".join(lines)

@@ -16,8 +16,10 @@ from dwf_lab.reporting.audit import (
     AuditTable,
     Cell,
     audit,
+    audit_reading,
     finding_rows,
     paper_table,
+    rule_rows,
     run_table,
     summary_rows,
 )
@@ -115,3 +117,11 @@ def test_a_run_is_audited_with_its_own_test_size_and_seeds():
     dwf = t.cells["DWF"]
     assert 1.0 < dwf["SA"].se < 3.0                    # 1,017 images (and two seeds)
     assert {f.rule for f in audit(t)} >= {"pgd-vs-fgsm", "clean-bound"}
+
+
+def test_the_reading_names_what_was_flagged(cifar):
+    text = audit_reading(cifar, "the paper")
+    assert "**pgd-vs-fgsm**" in text and "flagged for ResNet-18 (FGSM-AT), ResNet-18 (PGD-AT)" in text
+    assert "**clean-bound** (no attacked accuracy above the clean one), 13 checks: nothing flagged." in text
+    assert audit_reading([], "this run") == "- No rule applies to this run: it has none of the columns the rules read."
+    assert [r["rule"] for r in rule_rows()][:2] == ["pgd-vs-fgsm", "fgsm-eps"]
