@@ -494,14 +494,13 @@ def _precompute(views: Callable[[float], dict], first: float, stops: Sequence[fl
                 n_experts: int, pgd_name: str) -> None:
     """Compute every slider stop once (the shown one first), with one progress line and its time."""
     todo = [first] + [s for s in stops if s != first]
-    what = f"FGSM and {pgd_name} on {n} inputs through {n_experts} experts at {len(todo)} values of ε"
+    print(f"gate heatmap: computing FGSM and {pgd_name} on {n} inputs through {n_experts} experts at "
+          f"{len(todo)} values of ε, once, so that every move answers from memory", flush=True)
     t0 = time.perf_counter()
     for k, e in enumerate(todo, 1):
         views(e)
         spent = time.perf_counter() - t0
-        left = spent / k * (len(todo) - k)
-        print(f"\rgate heatmap: computing {what}, once, so that every move answers from memory: "
-              f"{k}/{len(todo)} in {spent:.0f} s" + (f", about {left:.0f} s left " if k < len(todo) else " "),
-              end="", flush=True)
-    print(f"\rgate heatmap: computed {what} in {time.perf_counter() - t0:.0f} s; every move now answers "
-          "from memory." + " " * 30, flush=True)
+        left = f", about {spent / k * (len(todo) - k):.0f} s left" if k < len(todo) else ""
+        print(f"\r  {k}/{len(todo)} values of ε in {spent:.0f} s{left}    ", end="", flush=True)
+    print(f"\r  done: {len(todo)} values of ε in {time.perf_counter() - t0:.1f} s; every move now answers "
+          "from memory", flush=True)

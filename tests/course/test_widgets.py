@@ -241,7 +241,8 @@ def test_gate_heatmap_precomputes_every_stop(make_mixture, test_images, capsys):
     ui, fig, _ = gate_heatmap(mixture, x, y, NAMES, n=6, pgd_steps=2, grid=grid, eps=0.05,
                               precompute=True, static=True)
     out = capsys.readouterr().out
-    assert "gate heatmap: computed FGSM and PGD-2 on 6 inputs through 3 experts at 3 values of ε in" in out
+    assert "gate heatmap: computing FGSM and PGD-2 on 6 inputs through 3 experts at 3 values of ε" in out
+    assert "done: 3 values of ε in " in out
     assert len(ui.cache) == 3 and ui.slider.continuous_update
     assert "computed up front" in ui.summary.value
     seen = calls[0]
