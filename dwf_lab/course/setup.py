@@ -16,12 +16,13 @@ import torch.nn as nn
 
 from dwf_lab.core.config import Profile, get_profile
 from dwf_lab.core.runtime import Runtime
+from dwf_lab.course.banner import notebook_banner, show_banner
 from dwf_lab.course.display import configure_display, static_figures
+from dwf_lab.course.plan import selection
 from dwf_lab.store.checkpoints import load_model
 from dwf_lab.store.runs import Run
 from dwf_lab.training.builders import load_data
 from dwf_lab.training.stages import plan_stages
-
 
 # ============================================================ notebook setup ==
 SCOPE_ENV = "DWF_COURSE_SCOPE"
@@ -63,7 +64,8 @@ def configure_threads(p: Profile) -> int:
 
 def setup_notebook(profile: str | Profile | None = None, run_name: str | None = None,
                    overrides: Mapping | None = None, seed: int | None = None,
-                   verbose: bool = True, notebook: str | None = None) -> SimpleNamespace:
+                   verbose: bool = True, notebook: str | None = None,
+                   scope: str | None = None) -> SimpleNamespace:
     """Everything a course notebook starts from, as ``ctx``.
 
     ``profile``: a name, a Profile, or None = ``$DWF_PROFILE`` if set, else "laptop"
@@ -72,9 +74,15 @@ def setup_notebook(profile: str | Profile | None = None, run_name: str | None = 
     name = the profile's), ``data``, ``seed`` (the profile's first seed), ``device``,
     ``threads``, ``static`` (figures static?), ``quick`` (:func:`quick_settings`) and
     ``n_quick`` / ``n_small`` (how many test images the notebooks' quick checks use).
-    ``notebook`` is the calling notebook's number ("00" ... ), kept as ``ctx.notebook``.
+    ``notebook`` is the calling notebook's number ("00" ... ), kept as ``ctx.notebook``; with it
+    the notebook's cost banner (:func:`dwf_lab.course.banner.notebook_banner`: what the run has,
+    what this notebook will train or evaluate, about how long) is shown before anything runs
+    and kept as ``ctx.banner``. ``scope``: the course scope (:func:`course_scope`), kept as
+    ``ctx.scope``; ``ctx.selection`` is what it selects in notebooks 06 and 07
+    (:func:`dwf_lab.course.plan.selection`).
     """
 
+    scope = course_scope(scope)   # a typo fails here, before the run folder exists
     p = profile if isinstance(profile, Profile) else get_profile(profile, **dict(overrides or {}))
     if isinstance(profile, Profile) and overrides:
         p = p.replace(**dict(overrides))
@@ -88,6 +96,7 @@ def setup_notebook(profile: str | Profile | None = None, run_name: str | None = 
     static = static_figures()
     quick = quick_settings(p, device)
     ctx = SimpleNamespace(profile=p, run=run, data=data, seed=seed, device=device, notebook=notebook,
+                          scope=scope, selection=selection(p, scope), banner=None,
                           threads=threads, static=static, quick=quick,
                           n_quick=min(len(data.x_test), quick["n"]),
                           n_small=min(len(data.x_test), quick["n_small"]))
@@ -100,7 +109,11 @@ def setup_notebook(profile: str | Profile | None = None, run_name: str | None = 
               f"{p.n_pgd_experts} PGD experts; {p.expert_epochs} expert epochs, "
               f"{p.mixture_epochs} mixture epochs")
         print(f"device   {device} ({threads} CPU thread{'s' if threads != 1 else ''}); seed {seed}; "
-              f"figures {'static' if static else 'live widgets'}")
+              f"figures {'static' if static else 'live widgets'}; course scope {scope}")
+    if notebook is not None:
+        ctx.banner = notebook_banner(notebook, p, run, data, scope, device, threads)
+        if verbose:
+            show_banner(ctx.banner)
     return ctx
 
 

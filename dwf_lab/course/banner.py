@@ -1,0 +1,240 @@
+"""The cost banner at the top of every notebook: what the run has, what this notebook will do,
+and about how long it will take on this machine.
+
+:func:`notebook_banner` reads the run directory (:func:`dwf_lab.course.plan.inventory`), lists
+the notebook's steps (:func:`dwf_lab.course.plan.notebook_steps`) and estimates each
+(:func:`dwf_lab.course.cost.estimate`); :class:`Banner` renders it as plain text (printed
+outside a notebook, and the ``text/plain`` of the notebook output) and as a small HTML box.
+:func:`show_banner` displays it. It runs before anything trains, so opening a notebook first
+tells the learner what it is about to do.
+"""
+import html
+import re
+from dataclasses import dataclass, field
+
+from IPython.display import display
+
+from dwf_lab.core.config import Profile
+from dwf_lab.course.cost import StepCost, estimate
+from dwf_lab.course.display import in_kernel
+from dwf_lab.course.plan import RunInventory, inventory, notebook_plan, notebook_steps, selection
+from dwf_lab.training.stages import baseline_stages, plan_stages
+
+KIND_LABELS = {"benign": ("the benign expert", "benign experts"), "fgsm": ("FGSM expert", "FGSM experts"),
+               "pgd": ("PGD expert", "PGD experts"), "fgsm_at": ("the FGSM-AT baseline", "FGSM-AT baselines"),
+               "pgd_at": ("the PGD-AT baseline", "PGD-AT baselines"), "gate": ("the gate-only phase", "gate phases"),
+               "mixture": ("the mixture (Algorithm 3)", "mixtures"), "soe": ("SoE", "SoE"),
+               "advmoe": ("ADVMoE", "ADVMoE")}
+ACTIONS = {"train": "train", "evaluate": "evaluate", "attack": "attack", "ablation": "ablations"}
+W = 15   # the label column of the text banner
+METHOD = ("work = images x epochs x passes per image of each recipe (attack steps included) x networks "
+          "(a mixture counts its experts); an estimate, not a measurement of this notebook")
+
+
+# ------------------------------------------------------------------ format --
+def duration(seconds: float) -> str:
+    """'under a second', '40 s', '7 min', '1 h 05 min'."""
+    if seconds < 1:
+        return "under a second"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min"
+    h, m = divmod(round(seconds / 60), 60)
+    return f"{h} h {m:02d} min"
+
+
+def about(seconds: float) -> str:
+    """'about 7 min', or 'under a second'."""
+    return duration(seconds) if seconds < 1 else f"about {duration(seconds)}"
+
+
+def compact(names) -> str:
+    """'benign, fgsm-1, fgsm-2, fgsm-3' -> 'benign, fgsm-1..3' (runs of three or more numbered names)."""
+    names, out, i = list(names), [], 0
+    while i < len(names):
+        m = re.fullmatch(r"(.*-)(\d+)", names[i])
+        j = i
+        if m:
+            while j + 1 < len(names) and names[j + 1] == f"{m[1]}{int(m[2]) + j + 1 - i}":
+                j += 1
+        if j - i >= 2:
+            out.append(f"{names[i]}..{int(m[2]) + j - i}")
+        else:
+            out.extend(names[i:j + 1])
+        i = j + 1
+    return ", ".join(out)
+
+
+def _seeds(steps) -> str:
+    seeds = sorted({s.step.seed for s in steps})
+    return f" (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))})" if len(seeds) > 1 else ""
+
+
+def _kind_label(kind: str, n: int) -> str:
+    one, many = KIND_LABELS.get(kind, (kind, kind))
+    return one if n == 1 else f"{n} {many}"
+
+
+# ------------------------------------------------------------------ banner --
+@dataclass
+class Banner:
+    notebook: str
+    title: str
+    has: list[tuple[str, str]]                  # (label, text): what the run already has
+    todo: list[tuple[str, str, float, str]]     # (action, what, seconds, detail)
+    loads: list[str]                            # trained stages the notebook loads
+    total_s: float
+    how: list[str]                              # how the estimate was made
+    notes: list[str] = field(default_factory=list)
+    costs: list[StepCost] = field(default_factory=list)
+    reads_only: bool = False
+
+    @property
+    def trains(self) -> list[str]:
+        """Stage names this notebook will train (for tests and the runner)."""
+        return [c.step.name for c in self.costs if c.step.action == "train" and not c.step.done]
+
+    def text(self) -> str:
+        lines = [self.title]
+        lines += [f"  {label:<{W}}{value}" for label, value in self.has]
+        if self.todo:
+            last = None
+            for action, what, seconds, detail in self.todo:
+                label = f"will {ACTIONS[action]}" if action != last else ""
+                last = action
+                lines.append(f"  {label:<{W}}{what}: {about(seconds)}" + (f" [{detail}]" if detail else ""))
+        if self.loads:
+            lines.append(f"  {'will load':<{W}}{compact(self.loads)} (already trained: loaded, not retrained)")
+        lines.append(f"  {'time':<{W}}{self.total_line()}")
+        lines += [f"  {'how' if i == 0 else '':<{W}}{h}" for i, h in enumerate(self.how)]
+        lines += [f"  {'note':<{W}}{n}" for n in self.notes]
+        return "\n".join(lines)
+
+    def total_line(self) -> str:
+        if not self.todo:
+            return ("nothing to train, evaluate or attack" if self.reads_only else
+                    "nothing to train, evaluate or attack: the run already has what this notebook uses")
+        return f"{about(self.total_s)} on this machine (an estimate), plus the notebook's own quick checks"
+
+    def html(self) -> str:
+        e = html.escape
+        rows = [(label, e(value)) for label, value in self.has]
+        last = None
+        for action, what, seconds, detail in self.todo:
+            label = f"will {ACTIONS[action]}" if action != last else ""
+            last = action
+            rows.append((label, f"{e(what)}: <b>{e(about(seconds))}</b>"
+                                + (f" <span style='color:#666'>[{e(detail)}]</span>" if detail else "")))
+        if self.loads:
+            rows.append(("will load", e(compact(self.loads)) + " (already trained: loaded, not retrained)"))
+        rows.append(("time", f"<b>{e(self.total_line())}</b>"))
+        body = "".join(f"<tr><td style='padding:1px 10px 1px 0;vertical-align:top;white-space:nowrap;"
+                       f"color:#445'>{e(label)}</td><td style='padding:1px 0'>{value}</td></tr>"
+                       for label, value in rows)
+        how = "<br>".join(e(h) for h in self.how + self.notes)
+        return (f"<div class='dwf-banner' style='border:1px solid #c5d2e3;border-left:4px solid #3b6ea8;"
+                f"background:#f4f7fb;color:#1d2733;padding:8px 12px;margin:4px 0;font-size:13px;"
+                f"line-height:1.45'><div style='font-weight:600;margin-bottom:4px'>{e(self.title)}</div>"
+                f"<table style='border-collapse:collapse;font-size:13px'>{body}</table>"
+                f"<div style='color:#556;margin-top:4px;font-size:12px'>{how}</div></div>")
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        return {"text/plain": self.text(), "text/html": self.html()}
+
+
+def _has_lines(p: Profile, inv: RunInventory, run) -> list[tuple[str, str]]:
+    names = [s.name for s in plan_stages(p)]
+    extra = [s.name for s in baseline_stages(p)]
+    trained = []
+    for seed in inv.seeds:
+        done = [n for n in names + extra if inv.is_trained(seed, n)]
+        if done or seed == p.seeds[0]:
+            own = [n for n in done if n in names]
+            trained.append((f"seed {seed}: " if len(inv.seeds) > 1 else "")
+                           + (f"{compact(done)} ({len(own)} of {len(names)} stages)" if done else "nothing yet"))
+    evaluated = sorted({m for (_, m) in inv.records})
+    attacked = sorted({m for s in inv.seeds for m in inv.attacked(s)})
+    ablations = sorted({v for d in inv.ablations.values() for v in d})
+    return [("run", f"{run.root} (profile {p.name})"),
+            ("trained", "; ".join(trained)),
+            ("evaluated", compact(evaluated) if evaluated else "nothing yet"),
+            ("adaptive", compact(attacked) if attacked else "no adaptive attack results yet"),
+            ("ablations", ", ".join(ablations) if ablations else "none yet")]
+
+
+def _todo(costs: list[StepCost]) -> list[tuple[str, str, float, str]]:
+    """One line per (action, kind): train lines grouped by stage kind, the rest per model."""
+    out = []
+    groups: dict[tuple[str, str], list[StepCost]] = {}
+    for c in costs:
+        if c.step.done:
+            continue
+        key = (c.step.action, c.step.kind if c.step.action == "train" else c.step.name)
+        groups.setdefault(key, []).append(c)
+    for (action, key), cs in groups.items():
+        names = list(dict.fromkeys(c.step.name for c in cs))
+        seconds = sum(c.seconds for c in cs)
+        if action == "train":
+            label = _kind_label(key, len(names))
+            what = (label if names == [key] else f"{label} ({compact(names)})") + _seeds(cs)
+            detail = cs[0].detail
+        elif action == "attack":
+            what, detail = f"{key}{_seeds(cs)}", cs[0].detail
+        else:
+            what, detail = f"{key}{_seeds(cs)}", cs[0].detail
+        out.append((action, what, seconds, detail))
+    return out
+
+
+def _how(costs: list[StepCost]) -> list[str]:
+    out: dict[str, list[str]] = {}
+    words = {"train": "training", "evaluate": "evaluation", "attack": "adaptive attacks", "ablation": "ablations"}
+    for c in costs:
+        if c.rate is not None:
+            used = out.setdefault(c.rate.how, [])
+            if words[c.step.action] not in used:
+                used.append(words[c.step.action])
+    lines = [f"{', '.join(what)}: {how}" for how, what in out.items()]
+    return lines + ([METHOD] if lines else [])
+
+
+def notebook_banner(notebook: str, p: Profile, run, data, scope: str = "core", device="cpu",
+                    threads: int | None = None) -> Banner:
+    """The banner of notebook ``notebook`` ("00" ... ) on ``run``: quick (file reads; a probe of
+    about a second only when something will run and the run has measured nothing yet)."""
+    plan = notebook_plan(notebook)
+    inv = inventory(run)
+    steps = notebook_steps(notebook, p, inv, scope)
+    costs = estimate(steps, p, data, inv, device, threads)
+    title = f"Notebook {notebook}: what it will do, and about how long it takes"
+    has = _has_lines(p, inv, run)
+    if plan.scoped:
+        sel = selection(p, scope)
+        what = {"06": f"adaptive attacks on {compact(sel['adaptive'])}",
+                "07": f"baselines {', '.join(sel['baselines'])}; ablations {', '.join(sel['ablations'])}"}
+        has.insert(1, ("scope", f"{scope}: {what.get(notebook, '')}"
+                                + (" (python -m dwf_lab course --scope full, or scope = \"full\" in the "
+                                   "parameters cell, runs everything)" if scope == "core" else "")))
+    notes = []
+    if plan.reads_only:
+        notes.append("this notebook trains and evaluates nothing: it reads the run's results")
+        if not inv.records:
+            notes.append("the run has no evaluation results yet: notebook 05 makes them "
+                         "(and 06, 07 the adaptive attacks and baselines)")
+    last = inv.course_times.get(notebook)
+    if last and isinstance(last.get("seconds"), (int, float)):
+        notes.append(f"the last headless run of this notebook on this run took {duration(last['seconds'])} "
+                     f"(course_times.json{'; it trained ' + str(len(last['trained'])) + ' stage(s) then' if last.get('trained') else ''})")
+    todo = _todo(costs)
+    loads = [c.step.name for c in costs if c.step.action == "train" and c.step.done]
+    return Banner(notebook, title, has, todo, list(dict.fromkeys(loads)), sum(c.seconds for c in costs),
+                  _how(costs), notes, costs, plan.reads_only)
+
+
+def show_banner(banner: Banner) -> None:
+    """In a notebook: one output with the HTML box (and the text for plain viewers); else printed."""
+    if in_kernel():
+        display(banner._repr_mimebundle_(), raw=True)
+    else:
+        print(banner.text())

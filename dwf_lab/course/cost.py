@@ -1,0 +1,408 @@
+"""How long a notebook's steps will take on this machine: an estimate, and how it was made.
+
+Work is counted in *passes*: one training step (forward + backward + update) of one ResNet-18
+of the run's width on one image. An attack step (forward + backward to the input, no weight
+gradients) counts :data:`ATTACK_STEP`, a forward pass :data:`FORWARD`; a mixture counts each
+of its experts. So a stage's work is images × epochs × passes per image of its recipe
+(:func:`passes_per_image`, Algorithms 1-3 and the baselines) × networks, and an evaluation's
+is test images × the attack steps of its protocol × networks.
+
+Seconds per pass come from the run's own records where they can (:func:`measured_rates`):
+``stage_time`` events of finished stages (the same kind first, else the run's other stages),
+``elapsed_s`` of evaluation records, per-attack ``elapsed_s`` of adaptive results. Where the run
+has none, from the fast-path probe a training run logged, else from :func:`probe_throughput`, a
+short timed training step of the run's ResNet-18 (about a second on a laptop CPU), cached per
+process so notebooks that train right after reuse it. :func:`estimate` returns each step's
+seconds and the sentences saying how they were obtained.
+"""
+import functools
+import inspect
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from dwf_lab.core.config import Profile
+from dwf_lab.core.runtime import Runtime
+from dwf_lab.course.plan import RunInventory, Step
+from dwf_lab.data import steps_per_epoch
+from dwf_lab.evaluation.adaptive import AdaptiveSettings
+from dwf_lab.evaluation.checklist import ChecklistSettings
+from dwf_lab.evaluation.protocol import EvalSettings, ablation_eval_settings
+from dwf_lab.mixture.advmoe import ADVMoE
+from dwf_lab.mixture.soe import SoE
+from dwf_lab.models.resnet import resnet18
+from dwf_lab.training.fast_path import bf16_supported, choose
+from dwf_lab.training.stages import KEY_KINDS, Stage, baseline_stages, plan_stages
+from dwf_lab.training.variants import Ablation, CommonSeedStage, variant_profile
+
+# measured on one thread of a 2-core CPU at the laptop width (1/8): a training step 190 images/s, a PGD step
+# 240-380 (batch 200 / 64), a forward pass 1,180
+FORWARD = 0.2          # a forward pass, in training steps
+ATTACK_STEP = 2 / 3    # forward + backward to the input (no weight gradients)
+BASELINE_EXPERTS = {"soe": 3, "advmoe": 2}   # dwf_lab.training.builders.baseline_arch
+ADVMOE_ATTACK_STEPS = inspect.signature(ADVMoE.__init__).parameters["attack_steps"].default
+
+
+# ===================================================================== work ==
+def networks(kind: str, p: Profile) -> int:
+    """How many ResNet-18s a model of this kind runs per image."""
+    if kind in ("gate", "mixture", "mixture_adv_only", "uniform_ensemble"):
+        return p.n_experts
+    return BASELINE_EXPERTS.get(kind, 1)
+
+
+def passes_per_image(kind: str, p: Profile) -> float:
+    """Passes per clean training image and network, per the recipe of ``kind``
+    (:mod:`dwf_lab.training.recipes`)."""
+    pgd = statistics.mean(p.pgd_steps_choices) * ATTACK_STEP
+    half = p.at_adv_fraction
+    table = {
+        "benign": 1.0,
+        "fgsm": ATTACK_STEP + 1,                                  # Algorithm 1
+        "pgd": pgd + 1,                                           # Algorithm 2
+        "fgsm_at": half * ATTACK_STEP + 1,
+        "pgd_at": half * p.pgd_at_steps * ATTACK_STEP + 1,
+        "mixture": ATTACK_STEP + pgd + 3,                         # Algorithm 3: FGSM + PGD, trained on 3x
+        "mixture_adv_only": ATTACK_STEP + pgd + 2,
+        "gate": ATTACK_STEP + pgd + 3 * FORWARD,                  # experts frozen: forward only
+        "soe": p.pgd_at_steps * ATTACK_STEP + 2,
+        "advmoe": ADVMOE_ATTACK_STEPS * ATTACK_STEP + FORWARD + 2,
+    }
+    if kind not in table:
+        raise ValueError(f"no cost model for training kind {kind!r}; known: {', '.join(table)}")
+    return table[kind]
+
+
+def train_work(stage: Stage, p: Profile, n_train: int) -> float:
+    images = steps_per_epoch(n_train, stage.batch_size) * stage.batch_size * stage.epochs
+    return images * passes_per_image(stage.kind, p) * networks(stage.kind, p)
+
+
+def eval_passes(s: EvalSettings) -> float:
+    """Passes per test image and network of the paper protocol with settings ``s``."""
+    n = FORWARD + len(s.fgsm_eps) * (ATTACK_STEP + FORWARD)
+    if s.pgd_steps:
+        n += max(s.pgd_steps) * ATTACK_STEP + len(s.pgd_steps) * FORWARD
+    if s.long:
+        n += s.restarts * (s.long_steps * ATTACK_STEP + FORWARD)
+        if s.eot_samples > 1:
+            n += s.eot_samples * s.long_steps * ATTACK_STEP
+    return n
+
+
+def eval_settings_for(kind: str, p: Profile) -> EvalSettings:
+    """The protocol a model of ``kind`` is evaluated with (:mod:`dwf_lab.pipeline.reproduce`, baselines)."""
+    if kind in ("soe", "advmoe"):
+        return EvalSettings.from_profile(p, long=True)
+    return EvalSettings.from_profile(p, long=p.eval_long_for == "all" or kind in KEY_KINDS)
+
+
+def eval_work(kind: str, p: Profile, n_test: int, settings: EvalSettings | None = None) -> float:
+    s = settings or eval_settings_for(kind, p)
+    modes = len(SoE.gradient_modes) if kind == "soe" else 1
+    return n_test * eval_passes(s) * networks(kind, p) * modes
+
+
+def attack_work(key: str, s: AdaptiveSettings, kind: str, p: Profile, n_test: int,
+                robust: float = 1.0) -> float:
+    """Passes of one adaptive attack (metric key of :class:`AdaptiveSettings`) on ``n_test``
+    images; ``robust``: the fraction of images a cascade still attacks after its first stage."""
+    m = networks(kind, p)
+    k = s.pgd_steps * ATTACK_STEP + FORWARD
+    if key == "SA":
+        per = FORWARD * m
+    elif key in (s.pgd_key, "pgd-dlr"):
+        per = k * m
+    elif key == "routing":
+        targets = len(s.routing_targets) if s.routing_targets is not None else m + 1
+        per = targets * k * m
+    elif key == "transfer-best":    # from each expert (one network) and from their uniform average
+        per = m * s.pgd_steps * ATTACK_STEP + s.pgd_steps * ATTACK_STEP * m + (m + 1) * FORWARD * m
+    elif key == s.long_key:
+        per = s.long_restarts * (s.long_steps * ATTACK_STEP + FORWARD) * m
+    elif key == "autoattack":       # APGD-CE, then APGD-T and FAB-T per target class, then Square
+        later = s.aa_iter * s.aa_targets * ATTACK_STEP * 3 + s.aa_queries * FORWARD
+        per = (FORWARD + s.aa_iter * ATTACK_STEP + robust * later) * m
+    elif key == "square":
+        per = (FORWARD + robust * s.square_queries * FORWARD) * m
+    else:
+        per = k * m                 # an attack added later: counted as one PGD run
+    return n_test * per
+
+
+def checklist_work(kind: str, p: Profile, n_test: int) -> float:
+    """Passes of the gradient-masking checklist's own attacks (:mod:`dwf_lab.evaluation.checklist`)."""
+    c = ChecklistSettings.from_profile(p)
+    n = min(n_test, c.n_examples or n_test)
+    per = (c.steps * 2 + c.long_steps * c.long_restarts + len(c.eps_grid) * c.eps_grid_steps) * ATTACK_STEP
+    per += c.square_queries * FORWARD
+    return n * per * networks(kind, p)
+
+
+def ablation_work(a: Ablation, p: Profile, inv: RunInventory, seed: int,
+                  n_train: int, n_test: int) -> tuple[float, float]:
+    """(training passes, evaluation passes) of one ablation variant
+    (:func:`dwf_lab.pipeline.ablations.run_variant`)."""
+    pv = variant_profile(p, a)
+    n = a.experts or p.n_experts
+    train = 0.0
+    reuses = a.name == "reference" and p.gate_epochs == 0 and inv.is_trained(seed, "mixture")
+    if a.kind != "none" and not reuses:
+        stage = CommonSeedStage(f"ablation-{a.name}", a.kind, p.mixture_epochs, p.mixture_batch, a.label)
+        train = train_work(stage, pv, n_train) / networks(a.kind, pv) * n
+    if a.retrain_experts:
+        train += sum(train_work(st, pv, n_train) for st in plan_stages(pv) if st.kind in ("fgsm", "pgd"))
+    return train, n_test * eval_passes(ablation_eval_settings(p)) * n
+
+
+# ==================================================================== rates ==
+@dataclass
+class Rate:
+    seconds_per_pass: float
+    how: str            # one sentence: where the number comes from
+    source: str         # "measured" (same kind, this run), "scaled" (other work of this run), "probe"
+
+
+def _median(values) -> float:
+    return statistics.median(values)
+
+
+def _record_settings(cls, stored: dict | None):
+    known = set(cls.__dataclass_fields__)
+    try:
+        return cls(**{k: (tuple(v) if isinstance(v, list) else v)
+                      for k, v in (stored or {}).items() if k in known})
+    except (TypeError, ValueError):
+        return None
+
+
+def _robust(rec: dict | None) -> float:
+    """The fraction of images the paper protocol left correct (a cascade attacks those); 1 if unknown."""
+    v = ((rec or {}).get("metrics") or {}).get("worst-case")
+    return max(0.0, min(1.0, float(v) / 100)) if isinstance(v, (int, float)) else 1.0
+
+
+@dataclass
+class MeasuredRates:
+    """Seconds per pass measured in this run: per training kind, per evaluated kind, per attack key."""
+    train: dict[str, list[tuple[str, float]]]    # kind -> [(stage, seconds/pass)]
+    eval: dict[str, list[tuple[str, float]]]
+    attack: dict[str, list[tuple[str, float]]]
+
+
+def measured_rates(p: Profile, inv: RunInventory, n_train: int, n_test: int) -> MeasuredRates:
+    stages = {s.name: s for s in plan_stages(p) + baseline_stages(p)}
+    train: dict = {}
+    for (seed, name), seconds in inv.stage_seconds.items():
+        st = stages.get(name)
+        if st is not None and inv.is_trained(seed, name) and seconds > 0:
+            train.setdefault(st.kind, []).append((name, seconds / train_work(st, p, n_train)))
+    ev: dict = {}
+    attack: dict = {}
+    for (seed, name), rec in inv.records.items():
+        kind = str(rec.get("stage_kind") or (stages[name].kind if name in stages else name))
+        if kind == "uniform_ensemble" or name == "uniform-ensemble":
+            kind = "uniform_ensemble"
+        n = int(rec.get("n_test") or n_test)
+        s = _record_settings(EvalSettings, rec.get("settings"))
+        elapsed = rec.get("elapsed_s")
+        if s is not None and isinstance(elapsed, (int, float)) and elapsed > 0:
+            try:
+                ev.setdefault(kind, []).append((name, elapsed / eval_work(kind, p, n, s)))
+            except ValueError:
+                pass
+        info = rec.get("adaptive") or {}
+        a = _record_settings(AdaptiveSettings, info.get("settings"))
+        for key, sec in (info.get("elapsed_s") or {}).items():
+            if a is not None and isinstance(sec, (int, float)) and sec > 0:
+                work = attack_work(key, a, kind, p, n, _robust(rec))
+                attack.setdefault(key, []).append((name, sec / work))
+    for seed, variants in inv.ablations.items():
+        for name, rec in variants.items():
+            elapsed, train_s = rec.get("elapsed_s"), inv.ablation_seconds.get((seed, name))
+            n = int(rec.get("n_test") or n_test)
+            experts = int(rec.get("experts") or p.n_experts)
+            if isinstance(elapsed, (int, float)) and elapsed > 0:
+                work = n * eval_passes(ablation_eval_settings(p)) * experts
+                ev.setdefault("ablation", []).append((f"ablation {name}", elapsed / work))
+            if train_s and rec.get("kind") not in (None, "none"):
+                stage = CommonSeedStage(name, rec["kind"], p.mixture_epochs, p.mixture_batch, name)
+                work = train_work(stage, p, n_train) / networks(rec["kind"], p) * experts
+                train.setdefault(rec["kind"], []).append((f"ablation {name}", train_s / work))
+    return MeasuredRates(train, ev, attack)
+
+
+# -------------------------------------------------------------- the probe --
+PROBE_BATCH = 32
+
+
+@functools.lru_cache(maxsize=8)
+def probe_throughput(width: float, batch: int, num_classes: int, in_channels: int, size: int,
+                     device: str, amp: bool, channels_last: bool, try_bf16: bool,
+                     threads: int) -> dict:
+    """Images/s of a ResNet-18 training step (one warm-up step, then two timed), fp32, and with
+    the fast path's bf16 + channels_last when ``try_bf16`` (a CPU whose profile says "auto":
+    the fast path's own probe decides later). ``train``: the rate training will most likely
+    get (:func:`dwf_lab.training.fast_path.choose`); ``fp32``: evaluation's (attacks run in fp32)."""
+    dev = torch.device(device)
+    torch.manual_seed(0)
+    x = torch.rand(batch, in_channels, size, size, device=dev)
+    y = torch.randint(0, num_classes, (batch,), device=dev)
+    paths = {"fp32": (False, False)}
+    if amp or channels_last:
+        paths["profile"] = (amp, channels_last)
+    if try_bf16:
+        paths["bf16+channels_last"] = (True, True)
+    rates, t_all = {}, time.perf_counter()
+    for name, (bf16, cl) in paths.items():
+        model = resnet18(num_classes, width, in_channels).to(dev).train()
+        xs = x.contiguous(memory_format=torch.channels_last) if cl else x
+        if cl:
+            model.to(memory_format=torch.channels_last)
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        for i in range(3):
+            if i == 1:
+                if dev.type == "cuda":
+                    torch.cuda.synchronize(dev)
+                t0 = time.perf_counter()
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+                loss = F.cross_entropy(model(xs).float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        rates[name] = batch * 2 / (time.perf_counter() - t0)
+    if "profile" in rates:
+        train = "profile"
+    elif try_bf16:
+        train = choose(rates)
+    else:
+        train = "fp32"
+    return {"fp32": rates["fp32"], "train": rates[train], "path": train, "batch": batch,
+            "seconds": time.perf_counter() - t_all}
+
+
+def _probe(p: Profile, data, device, threads: int) -> dict:
+    rt = Runtime.from_profile(p)
+    c, h, _ = data.shape
+    try_bf16 = rt.cpu_auto(p) and bf16_supported()
+    return probe_throughput(p.width, min(p.expert_batch, PROBE_BATCH), data.num_classes, c, h, str(device),
+                            bool(rt.amp), bool(rt.channels_last), try_bf16, threads)
+
+
+# ================================================================ estimate ==
+@dataclass
+class StepCost:
+    step: Step
+    seconds: float
+    detail: str          # what was counted, e.g. "5 epochs x 4,992 images"
+    rate: Rate | None    # None when the step is done (loaded, not run)
+
+
+def _names(pairs) -> str:
+    names = [n for n, _ in pairs]
+    return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+
+
+class Estimator:
+    """Seconds per pass for each kind of work, from the run's records first, else a probe."""
+
+    def __init__(self, p: Profile, data, inv: RunInventory, device, threads: int):
+        self.p, self.data, self.inv, self.device, self.threads = p, data, inv, device, threads
+        self.n_train, self.n_test = len(data.x_train), len(data.x_test)
+        self.measured = measured_rates(p, inv, self.n_train, self.n_test)
+        self._probe: dict | None = None
+
+    def probe(self) -> tuple[dict, str]:
+        fp = self.inv.fast_path
+        if fp and isinstance(fp.get("images_per_s"), dict) and fp.get("choice") in fp["images_per_s"]:
+            r = fp["images_per_s"]
+            return ({"fp32": float(r.get("fp32", r[fp["choice"]])), "train": float(r[fp["choice"]])},
+                    f"the fast-path probe this run logged when it first trained ({r[fp['choice']]:.0f} "
+                    f"images/s, {fp['choice']}, one ResNet-18 training step at width {self.p.width:g})")
+        if self._probe is None:
+            self._probe = _probe(self.p, self.data, self.device, self.threads)
+        pr = self._probe
+        return pr, (f"a {pr['seconds']:.1f}-second throughput probe on this machine ({pr['train']:.0f} images/s "
+                    f"for one ResNet-18 training step at width {self.p.width:g}, batch {pr['batch']}, "
+                    f"{self.threads} thread{'s' if self.threads != 1 else ''}; {pr['fp32']:.0f} in fp32, "
+                    f"which the attacks use)")
+
+    def _pick(self, table: dict, kind: str, what: str, others: str) -> Rate | None:
+        if table.get(kind):
+            return Rate(_median(r for _, r in table[kind]), f"{what} measured in this run ({_names(table[kind])})",
+                        "measured")
+        pairs = [pr for rows in table.values() for pr in rows]
+        if pairs:
+            return Rate(_median(r for _, r in pairs), f"scaled from this run's {others} ({_names(pairs)})", "scaled")
+        return None
+
+    def train_rate(self, kind: str) -> Rate:
+        rate = self._pick(self.measured.train, kind, f"time per pass of {kind} training", "training times")
+        if rate is not None:
+            return rate
+        pr, how = self.probe()
+        return Rate(1 / pr["train"], how, "probe")
+
+    def eval_rate(self, kind: str) -> Rate:
+        rate = self._pick(self.measured.eval, kind, f"time per attack step of {kind} evaluations",
+                          "evaluation times")
+        if rate is None:
+            rate = self._pick(self.measured.attack, "", "", "adaptive-attack times")
+        if rate is not None:
+            return rate
+        pr, how = self.probe()
+        return Rate(1 / pr["fp32"], how, "probe")
+
+    def attack_rate(self, key: str) -> Rate:
+        rate = self._pick(self.measured.attack, key, f"time per step of {key}", "adaptive-attack times")
+        return rate if rate is not None else self.eval_rate("")
+
+    # ---- one step
+    def cost(self, step: Step) -> StepCost:
+        p, n_train, n_test = self.p, self.n_train, self.n_test
+        if step.done:
+            return StepCost(step, 0.0, "", None)
+        if step.action == "train":
+            st = step.stage
+            images = steps_per_epoch(n_train, st.batch_size) * st.batch_size
+            m = networks(st.kind, p)
+            detail = (f"{st.epochs} epoch{'s' if st.epochs != 1 else ''} x {images:,} images"
+                      + (f", {m} networks" if m > 1 else ""))
+            rate = self.train_rate(st.kind)
+            return StepCost(step, train_work(st, p, n_train) * rate.seconds_per_pass, detail, rate)
+        if step.action == "evaluate":
+            rate = self.eval_rate(step.kind)
+            return StepCost(step, eval_work(step.kind, p, n_test) * rate.seconds_per_pass,
+                            f"{n_test:,} test images, the paper's protocol", rate)
+        if step.action == "attack":
+            s = AdaptiveSettings.from_profile(p)
+            robust = _robust(self.inv.records.get((step.seed, step.name)))
+            seconds, rate = 0.0, None
+            for key in step.missing:
+                rate = self.attack_rate(key)
+                seconds += attack_work(key, s, step.kind, p, n_test, robust) * rate.seconds_per_pass
+            if step.checklist:
+                rate = rate or self.attack_rate("")
+                seconds += checklist_work(step.kind, p, n_test) * rate.seconds_per_pass
+            what = ", ".join(step.missing) if step.missing else ""
+            what += ("; " if what else "") + ("the gradient-masking checklist" if step.checklist else "")
+            return StepCost(step, seconds, what, rate)
+        if step.action == "ablation":
+            train, ev = ablation_work(step.ablation, p, self.inv, step.seed, n_train, n_test)
+            t_rate, e_rate = self.train_rate(step.ablation.kind if train else "mixture"), self.eval_rate("ablation")
+            detail = "trains a mixture, then PGD-20" if train else "no training, PGD-20"
+            return StepCost(step, train * t_rate.seconds_per_pass + ev * e_rate.seconds_per_pass, detail,
+                            t_rate if train else e_rate)
+        raise ValueError(f"no cost model for a step of action {step.action!r}")
+
+
+def estimate(steps: list[Step], p: Profile, data, inv: RunInventory, device="cpu",
+             threads: int | None = None) -> list[StepCost]:
+    """Each step's estimated seconds (0 for steps already done) and how they were obtained."""
+    est = Estimator(p, data, inv, device, threads if threads is not None else torch.get_num_threads())
+    return [est.cost(s) for s in steps]
