@@ -1,10 +1,14 @@
 """What the course notebooks compute and show (everything two notebooks need lives here, not in
 the notebooks): training curves and stage times from a run's metrics, clean/FGSM/PGD accuracy of
 several models, the per-epoch "catastrophic overfitting watch", and single adversarial examples
-(the smallest flipping eps, accuracy against eps). Disagreement, transfer and gate statistics are
-in :mod:`dwf_lab.evaluation.diagnostics`; readings in :mod:`dwf_lab.reporting.readings`.
+(the smallest flipping eps, accuracy against eps), the quick classifier notebook 00 attacks
+before the run has its own, and the checks behind the "write it here" cells (a hand-written
+training step against the package's, :func:`same_state`). Disagreement, transfer and gate
+statistics are in :mod:`dwf_lab.evaluation.diagnostics`; readings in :mod:`dwf_lab.reporting.readings`.
 """
+import math
 import re
+import time
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -13,11 +17,17 @@ import torch.nn as nn
 
 from dwf_lab import attacks
 from dwf_lab.attacks.pgd import pgd_trajectory
+from dwf_lab.core.config import Profile
+from dwf_lab.core.runtime import Runtime
 from dwf_lab.course.setup import fgsm_label, pgd_label
 from dwf_lab.course.widgets import attack_images
+from dwf_lab.data import ImageData, iterate_batches, steps_per_epoch
 from dwf_lab.evaluation.diagnostics import class_probabilities
+from dwf_lab.models.registry import build_model
 from dwf_lab.reporting.figures import adversarial_example_figure
 from dwf_lab.store.checkpoints import load_model
+from dwf_lab.training.builders import expert_arch
+from dwf_lab.training.loop import cosine_lr, train_step
 
 
 # ======================================================== training curves ==
@@ -199,3 +209,111 @@ def accuracy_vs_eps(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         with torch.no_grad():
             out.append(100.0 * float((model(xa).argmax(1) == ys).float().mean()))
     return out
+
+
+# ===================================================== a classifier, quickly ==
+QUICK_WIDTH = 0.125    # the quick classifier's ResNet-18 width (or the profile's, if narrower)
+QUICK_BATCH = 64       # more updates per second of budget than the experts' 128
+QUICK_LR = 0.05        # a schedule of a few hundred steps needs more than the paper's 0.01
+
+
+def quick_classifier(p: Profile, data: ImageData, seconds: float = 30.0, max_epochs: int = 3,
+                     seed: int = 0, warmup_steps: int = 8) -> tuple[nn.Module, dict]:
+    """A small ResNet-18 trained on clean images for about ``seconds`` (at most ``max_epochs``).
+
+    Notebook 00 attacks it when the run has no benign expert yet, so a learner sees a real
+    adversarial example within a minute instead of after the expert's training. It is the
+    benign recipe through the kit's own training step (:func:`dwf_lab.training.loop.train_step`:
+    SGD with the profile's momentum and weight decay, cosine learning rate from
+    :data:`QUICK_LR`), at width ``min(p.width, QUICK_WIDTH)``, batches of :data:`QUICK_BATCH`
+    clean training images without augmentation (it speeds up learning in a short budget), in
+    fp32. The number of steps is planned from the measured time of steps 3 to
+    ``warmup_steps``, so the learning rate still anneals to 0 inside the budget. Nothing is
+    written to the run. Returns (model in eval mode, info) with info
+    ``{"width", "steps", "epochs", "images", "seconds"}``.
+    """
+    if not seconds > 0 or max_epochs < 1 or warmup_steps < 3:
+        raise ValueError(f"need seconds > 0, max_epochs >= 1 and warmup_steps >= 3, got seconds={seconds}, "
+                         f"max_epochs={max_epochs}, warmup_steps={warmup_steps}")
+    t0 = time.perf_counter()
+    rt = Runtime.from_profile(p.replace(amp="off", channels_last="off"))
+    arch, kw = expert_arch(p, data)
+    width = min(p.width, QUICK_WIDTH)
+    torch.manual_seed(seed)
+    model = rt.prepare(build_model(arch, **{**kw, "width": width}))
+    opt = torch.optim.SGD(model.parameters(), lr=QUICK_LR, momentum=p.momentum, weight_decay=p.weight_decay)
+    batch = min(QUICK_BATCH, len(data.x_train))
+    cap = max_epochs * steps_per_epoch(len(data.x_train), batch)
+    total = cap                           # planned from the measured speed after the warm-up
+    gen = torch.Generator().manual_seed(seed)
+    step, t_warm = 0, 0.0
+    for epoch in range(max_epochs):
+        for _, xb, yb in iterate_batches(data.x_train, data.y_train, batch, seed=seed, epoch=epoch,
+                                         device=rt.device):
+            if step >= total:
+                break
+            train_step("benign", model, opt, xb, yb, p, rt, gen, gen, cosine_lr(step, total, QUICK_LR))
+            step += 1
+            now = time.perf_counter()
+            if step == 2:
+                t_warm = now                  # the first steps pay for warm-up: not timed
+            elif step >= warmup_steps and (step - warmup_steps) % 10 == 0:
+                # replan every 10 steps from the speed so far (a shared machine's speed changes)
+                per_step = (now - t_warm) / (step - 2)
+                total = max(step, min(cap, step + int((seconds - (now - t0)) / per_step)))
+    model.eval()
+    return model, {"width": width, "steps": step, "epochs": step * batch / len(data.x_train),
+                   "images": step * batch, "seconds": time.perf_counter() - t0}
+
+
+def pick_fooled(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float = 8 / 255) -> dict:
+    """A test image the model gets right and FGSM at ``eps`` fools (the most confident such
+    one), and how common that is: ``{"index", "right", "fooled", "n"}`` — ``right`` images of
+    ``n`` classified correctly, ``fooled`` of them misclassified after FGSM. ``index`` is
+    :func:`pick_example`'s choice when FGSM fools none."""
+    dev = next(model.parameters()).device
+    xs, ys = x.to(dev), y.to(dev)
+    right = attacks.correct_mask(model, xs, ys)
+    fooled = right & ~attacks.correct_mask(model, attacks.fgsm(model, xs, ys, eps), ys)
+    if fooled.any():
+        conf = class_probabilities(model, xs).max(1).values
+        index = int(torch.where(fooled, conf, torch.full_like(conf, -1.0)).argmax())
+    else:
+        index = pick_example(model, x, y)
+    return {"index": index, "right": int(right.sum()), "fooled": int(fooled.sum()), "n": len(x)}
+
+
+def accuracy_text(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> str:
+    """Clean accuracy with its binomial standard error: '41.5% ± 3.5% on 200 test images'."""
+    dev = next(model.parameters()).device
+    acc = attacks.accuracy(model, x.to(dev), y.to(dev))
+    se = math.sqrt(acc * (1 - acc) / max(1, len(x)))
+    return f"{100 * acc:.1f}% ± {100 * se:.1f}% on {len(x)} test images"
+
+
+# =============================================== "write it here" checks ==
+def reference_runtime(p: Profile) -> Runtime:
+    """The runtime a hand-written training step is compared under: the profile's, on the CPU,
+    in fp32 and contiguous memory (no bf16, no channels_last), where every operation is
+    deterministic, so the package's :func:`~dwf_lab.training.loop.train_step` must give the
+    same numbers as the same step written out by hand."""
+    return Runtime.from_profile(p.replace(device="cpu", amp="off", channels_last="off"))
+
+
+def same_state(a: nn.Module, b: nn.Module, rtol: float = 1e-5, atol: float = 1e-7) -> bool:
+    """True when two models hold the same parameters and buffers (``torch.allclose`` on each,
+    integer buffers such as BatchNorm's step counter compared exactly): the check that a
+    hand-written training step did what the package's step does."""
+    sa, sb = a.state_dict(), b.state_dict()
+    if sa.keys() != sb.keys():
+        return False
+    for k in sa:
+        ta, tb = sa[k], sb[k]
+        if ta.shape != tb.shape:
+            return False
+        if torch.is_floating_point(ta):
+            if not torch.allclose(ta, tb.to(ta.dtype), rtol=rtol, atol=atol):
+                return False
+        elif not torch.equal(ta, tb):
+            return False
+    return True
