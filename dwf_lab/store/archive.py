@@ -1,0 +1,488 @@
+"""Share a run: one archive of everything it made, and its checked installation on another machine.
+
+:func:`pack_run` writes ``<run>.tar.gz``: the run's folder (config.json, the finished models and
+their per-epoch checkpoints, metrics.jsonl, the evaluation results, the report with its entries and
+model cards, the checklists, executed notebooks) under one top folder, plus ``manifest.json``: the
+sha256 and size of every file, the kit's version and package versions, the finished stages. Left
+out: lock files and other hidden files (names starting with ``.``: locks, half-written temp files),
+``state.safetensors`` (resume state: a finished stage never reads it again) and the checkpoints of
+a stage whose model is not finished (partial training).
+
+:func:`unpack_archive` takes a path or an http(s)/file URL (fetched with urllib to a temporary
+file), checks the archive, extracts it into a temporary folder beside the target, verifies every
+file against the manifest, and only then renames that folder into place as the run (one rename:
+a half-installed run never exists). It refuses, with one :class:`ArchiveError` line and nothing
+installed, anything that does not match: a file whose sha256 or size differs, a file not in the
+manifest, a file of the manifest missing, absolute paths, ``..``, links or devices in the archive,
+a run of the same name with other content (install it under another name with ``name=``). A run
+of the same name with the same files is left as it is.
+
+A run installed this way counts as trained: a stage is done when its ``models/<stage>.safetensors``
+exists (:meth:`dwf_lab.store.runs.Run.is_done`), an evaluation when its ``eval/`` file exists, so
+``python -m dwf_lab run`` and the notebooks load them instead of training.
+"""
+import datetime as _dt
+import hashlib
+import json
+import os
+import re
+import shlex
+import shutil
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path, PurePosixPath
+
+from dwf_lab.core.config import NOT_IN_DIGEST, PROFILES, get_profile
+from dwf_lab.core.io import atomic_write_bytes
+from dwf_lab.core.runtime import package_versions
+from dwf_lab.store.runs import Run, runs_dir
+
+FORMAT = "dwf-lab-run-archive"
+VERSION = 1
+MANIFEST = "manifest.json"
+SUFFIX = ".tar.gz"
+_URL = re.compile(r"^(https?|file)://", re.IGNORECASE)
+_BLOCK = 1 << 20
+
+
+class ArchiveError(ValueError):
+    """An archive that is refused (damaged, changed, unsafe, or clashing with an existing run);
+    nothing was installed."""
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(_BLOCK), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------ what goes in --
+def _finished_checkpoints(rel: PurePosixPath, present: set[str]) -> bool:
+    """True when ``rel`` (a file under a ``checkpoints`` folder) belongs to a finished model:
+    ``seed-k/checkpoints/<stage>/`` needs ``seed-k/models/<stage>.safetensors``; an ablation's
+    ``checkpoints/<expert>/`` its ``experts/<expert>.safetensors``, its ``checkpoints/`` its
+    ``model.safetensors``. Resume state (``state.safetensors``) is never packed."""
+    if rel.name == "state.safetensors":
+        return False
+    parts = rel.parts
+    i = parts.index("checkpoints")
+    owner = PurePosixPath(*parts[:i]) if i else PurePosixPath(".")
+    rest = parts[i + 1:]
+    if len(rest) == 1:   # an ablation variant's own checkpoints/epoch-NNN.safetensors
+        return (owner / "model.safetensors").as_posix() in present
+    stage = rest[0]
+    final = "models" if owner.parent.name != "ablations" else "experts"
+    return (owner / final / f"{stage}.safetensors").as_posix() in present
+
+
+def files_to_pack(root: Path) -> list[str]:
+    """The run's files that go into its archive (relative POSIX paths, sorted): every plain file
+    except hidden ones, the old manifest, resume state and partial checkpoints. A link in the run
+    is refused (an archive holds plain files only)."""
+    root = Path(root)
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for d in dirnames:
+            if (here / d).is_symlink():
+                raise ArchiveError(f"{here / d} is a link; a run archive holds plain files only: "
+                                   "replace it by the folder it points to, or remove it")
+        for f in sorted(filenames):
+            path = here / f
+            if f.startswith("."):
+                continue
+            if path.is_symlink() or not path.is_file():
+                raise ArchiveError(f"{path} is a link or not a plain file; a run archive holds plain "
+                                   "files only: replace it by a copy, or remove it")
+            found.append(path.relative_to(root).as_posix())
+    present = set(found)
+    keep = []
+    for rel in found:
+        p = PurePosixPath(rel)
+        if rel == MANIFEST:
+            continue   # the manifest of an earlier unpack: a new one is written
+        if "checkpoints" in p.parts[:-1] and not _finished_checkpoints(p, present):
+            continue
+        keep.append(rel)
+    return sorted(keep)
+
+
+def finished_stages(root: Path) -> dict[str, list[str]]:
+    """{"seed-k": [stage, ...]}: the finished models of each seed (``seed-k/models/*.safetensors``)."""
+    out = {}
+    for seed_dir in sorted(Path(root).glob("seed-*")):
+        stages = sorted(p.stem for p in (seed_dir / "models").glob("*.safetensors") if not p.name.startswith("."))
+        if stages:
+            out[seed_dir.name] = stages
+    return out
+
+
+def stored_profile(root: Path) -> dict:
+    """The settings in a run folder's config.json (its ``profile``), or one clear error."""
+    cfg = Path(root) / "config.json"
+    if not cfg.is_file():
+        raise FileNotFoundError(f"{root} is not a run (no config.json in it); pass a run name under "
+                                f"{runs_dir()} or a run folder")
+    try:
+        settings = json.loads(cfg.read_text(encoding="utf-8"))["profile"]
+        if not isinstance(settings, dict) or not isinstance(settings.get("name"), str):
+            raise TypeError("no profile name")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ArchiveError(f"{cfg} is damaged ({type(e).__name__}: {e}); restore it before packing") from None
+    return settings
+
+
+def open_run(root: Path) -> Run:
+    """The run in folder ``root``, checked like every command checks it (config.json's checksum)."""
+    settings = dict(stored_profile(root))
+    name = settings.pop("name")
+    return Run.open(Path(root).name, get_profile(name, **settings), root=Path(root))
+
+
+def _arg(value) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return ",".join(_arg(v) for v in value)
+    return str(value)
+
+
+def run_command(settings: dict, run_name: str, command: str = "run") -> str:
+    """The command line that runs ``command`` on this run with its own settings: ``--profile`` and
+    a ``--set`` for each setting that changes results and differs from the named profile (speed
+    switches such as the device are left to the machine)."""
+    name = settings.get("name")
+    base = PROFILES[name].to_dict() if name in PROFILES else None
+    words = ["python", "-m", "dwf_lab", command, "--profile", str(name), "--run", run_name]
+    if base is not None:
+        for key in sorted(settings):
+            if key == "name" or (key in NOT_IN_DIGEST and key != "seeds") or key not in base:
+                continue
+            if json.dumps(settings[key], default=str) != json.dumps(base[key], default=str):
+                words += ["--set", f"{key}={_arg(settings[key])}"]
+    return shlex.join(words)
+
+
+# ------------------------------------------------------------------- pack --
+class _HashingReader:
+    """A file object that hashes what tarfile reads from it."""
+
+    def __init__(self, f):
+        self.f, self.h, self.n = f, hashlib.sha256(), 0
+
+    def read(self, size=-1):
+        data = self.f.read(size)
+        self.h.update(data)
+        self.n += len(data)
+        return data
+
+
+def _member(name: str, size: int, mtime: float, directory: bool = False) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime = (0 if directory else size), int(mtime)
+    info.type = tarfile.DIRTYPE if directory else tarfile.REGTYPE
+    info.mode = 0o755 if directory else 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+def resolve_run(run: str | Path) -> Path:
+    """A run name (a folder under the runs directory) or a path to a run folder."""
+    text = str(run)
+    named = runs_dir() / text
+    is_path = isinstance(run, Path) or "/" in text or os.sep in text or text in (".", "..")
+    root = Path(text).expanduser() if is_path or (not named.exists() and Path(text).is_dir()) else named
+    if not root.is_dir():
+        raise FileNotFoundError(f"no run {text!r} at {root}; pass a run name under {runs_dir()} "
+                                f"($DWF_RUNS_DIR) or the path of a run folder")
+    return root.resolve()
+
+
+def pack_run(run: str | Path, out: str | Path | None = None) -> dict:
+    """Write the archive of a run (a name under the runs directory, or a run folder).
+
+    ``out``: the archive's path (default ``./<run>.tar.gz``; a folder: ``<folder>/<run>.tar.gz``).
+    The run is held (its lock) while it is packed, so no command of the kit writes to it meanwhile;
+    the archive is written to a temporary file and renamed into place. Returns {"path", "sha256",
+    "bytes", "files", "run"}.
+    """
+    root = resolve_run(run)
+    the_run = open_run(root)
+    name = the_run.name
+    out = Path(out).expanduser() if out is not None else Path.cwd() / f"{name}{SUFFIX}"
+    if out.is_dir():
+        out = out / f"{name}{SUFFIX}"
+    if out.resolve().is_relative_to(root):
+        raise ArchiveError(f"{out} is inside the run it packs; write the archive elsewhere (--out PATH)")
+    with the_run.lock("pack"):
+        rels = files_to_pack(root)
+        files = {}
+        for rel in rels:
+            path = root / rel
+            files[rel] = {"sha256": file_sha256(path), "bytes": path.stat().st_size}
+        settings = stored_profile(root)
+        manifest = {"format": FORMAT, "version": VERSION, "run": name, "profile": settings["name"],
+                    "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                    "dwf_lab": package_versions().get("dwf_lab"), "versions": package_versions(),
+                    "command": run_command(settings, name), "finished": finished_stages(root),
+                    "files": files}
+        body = json.dumps(manifest, indent=1).encode()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+        os.close(fd)
+        try:
+            with tarfile.open(tmp, "w:gz", compresslevel=6, format=tarfile.PAX_FORMAT) as tar:
+                now = _dt.datetime.now().timestamp()
+                tar.addfile(_member(name, 0, now, directory=True))
+                tar.addfile(_member(f"{name}/{MANIFEST}", len(body), now), _BytesReader(body))
+                for rel in rels:
+                    path = root / rel
+                    st = path.stat()
+                    with open(path, "rb") as f:
+                        reader = _HashingReader(f)
+                        tar.addfile(_member(f"{name}/{rel}", files[rel]["bytes"], st.st_mtime), reader)
+                    if reader.h.hexdigest() != files[rel]["sha256"] or reader.n != files[rel]["bytes"]:
+                        raise ArchiveError(f"{path} changed while the run was packed; pack it again "
+                                           "when nothing writes to the run")
+            os.replace(tmp, out)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    return {"path": out, "sha256": file_sha256(out), "bytes": out.stat().st_size, "files": len(rels), "run": name}
+
+
+class _BytesReader:
+    def __init__(self, data: bytes):
+        self.data, self.pos = data, 0
+
+    def read(self, size=-1):
+        end = len(self.data) if size is None or size < 0 else self.pos + size
+        chunk = self.data[self.pos:end]
+        self.pos += len(chunk)
+        return chunk
+
+
+# ----------------------------------------------------------------- unpack --
+def _safe_rel(name: str, what: str) -> PurePosixPath:
+    """A relative path with plain components only; else an ArchiveError naming it."""
+    if not isinstance(name, str) or not name or "\\" in name or "\0" in name:
+        raise ArchiveError(f"{what} {name!r} is not a plain relative path; refused, nothing was installed")
+    p = PurePosixPath(name)
+    if p.is_absolute() or name.startswith("/"):
+        raise ArchiveError(f"{what} {name!r} is an absolute path; refused, nothing was installed")
+    if any(part in ("..", ".", "") for part in name.rstrip("/").split("/")):
+        raise ArchiveError(f"{what} {name!r} has '..' or an empty part; refused, nothing was installed")
+    return p
+
+
+def fetch(source: str, into: Path) -> Path:
+    """``source`` as a local file: a path as it is, an http(s) or file URL downloaded into ``into``."""
+    if not _URL.match(source):
+        if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", source):
+            raise ArchiveError(f"{source}: only http://, https:// and file:// URLs are fetched; "
+                               "download it yourself and pass the file")
+        path = Path(source).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"no archive at {path}" + (" (it is a folder)" if path.is_dir() else ""))
+        return path
+    fd, tmp = tempfile.mkstemp(prefix=".download.", suffix=SUFFIX, dir=into)
+    try:
+        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(source, timeout=60) as r:
+            shutil.copyfileobj(r, f, _BLOCK)
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        Path(tmp).unlink(missing_ok=True)
+        reason = getattr(e, "reason", None) or e
+        raise ArchiveError(f"could not fetch {source} ({reason}); check the URL, or download the "
+                           "archive and pass its path") from None
+    return Path(tmp)
+
+
+def _read_manifest(tar: tarfile.TarFile, member: tarfile.TarInfo | None, where: str) -> dict:
+    if member is None:
+        raise ArchiveError(f"{where} has no {MANIFEST}: it is not a dwf-lab run archive "
+                           "(write one with python -m dwf_lab pack RUN)")
+    try:
+        manifest = json.loads(tar.extractfile(member).read())
+    except (ValueError, AttributeError, tarfile.TarError, OSError, EOFError) as e:
+        raise ArchiveError(f"{where}: its {MANIFEST} is unreadable ({type(e).__name__}: {e}); the "
+                           "archive is damaged") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ArchiveError(f"{where}: {MANIFEST} is not a dwf-lab run manifest")
+    files = manifest.get("files")
+    if not isinstance(manifest.get("version"), int) or manifest["version"] > VERSION:
+        raise ArchiveError(f"{where}: run archive version {manifest.get('version')!r} is newer than this "
+                           f"dwf-lab reads ({VERSION}); upgrade dwf-lab")
+    if not isinstance(files, dict) or not all(
+            isinstance(v, dict) and isinstance(v.get("sha256"), str) and isinstance(v.get("bytes"), int)
+            for v in files.values()):
+        raise ArchiveError(f"{where}: {MANIFEST} has no readable file list (path -> sha256, bytes)")
+    for rel in files:
+        _safe_rel(rel, "the manifest's file")
+    if "config.json" not in files:
+        raise ArchiveError(f"{where}: the manifest lists no config.json; it is not a run")
+    return manifest
+
+
+def _members(tar: tarfile.TarFile, where: str) -> tuple[str, dict[str, tarfile.TarInfo]]:
+    """(top folder, {relative path: member}) after refusing anything unsafe or ambiguous."""
+    top, files, seen = None, {}, set()
+    for m in tar.getmembers():
+        p = _safe_rel(m.name, f"{where}: the archive's entry")
+        name = p.as_posix()
+        if not (m.isfile() or m.isdir()):
+            kind = "a link" if (m.issym() or m.islnk()) else "not a plain file or folder"
+            raise ArchiveError(f"{where}: the archive's entry {m.name!r} is {kind}; refused, nothing was installed")
+        if name in seen:
+            raise ArchiveError(f"{where}: the archive holds {m.name!r} twice; refused, nothing was installed")
+        seen.add(name)
+        first = p.parts[0]
+        if top is None:
+            top = first
+        elif first != top:
+            raise ArchiveError(f"{where}: the archive holds more than one top folder ({top!r}, {first!r}); "
+                               "a run archive holds one run")
+        if m.isfile():
+            if len(p.parts) == 1:
+                raise ArchiveError(f"{where}: the file {m.name!r} is outside the run's folder")
+            files[PurePosixPath(*p.parts[1:]).as_posix()] = m
+    if top is None:
+        raise ArchiveError(f"{where} is empty")
+    return top, files
+
+
+def _differs(root: Path, files: dict) -> str | None:
+    """The first file of the manifest that ``root`` lacks or holds with other content, else None."""
+    for rel, want in sorted(files.items()):
+        path = root / rel
+        if not path.is_file() or path.is_symlink():
+            return f"{rel} is missing there"
+        if path.stat().st_size != want["bytes"] or file_sha256(path) != want["sha256"]:
+            return f"{rel} differs"
+    return None
+
+
+def _check_config(folder: Path, run_name: str, where: str) -> None:
+    """The extracted config.json must be one this dwf-lab opens (known settings, its checksum)."""
+    try:
+        settings = dict(stored_profile(folder))
+        Run.open(run_name, get_profile(settings.pop("name"), **settings), root=folder)
+    except (ValueError, FileNotFoundError) as e:
+        raise ArchiveError(f"{where}: its config.json cannot be used by this dwf-lab "
+                           f"({' '.join(str(e).split())}); nothing was installed") from None
+
+
+def _check_name(name: str) -> str:
+    if not isinstance(name, str) or not name or "/" in name or os.sep in name or "\0" in name \
+            or name.startswith(".") or name in ("..",):
+        raise ArchiveError(f"run names are plain folder names, got {name!r}; choose another with --name NAME")
+    return name
+
+
+def unpack_archive(source: str | Path, name: str | None = None, root: str | Path | None = None,
+                   sha256: str | None = None) -> dict:
+    """Verify an archive written by :func:`pack_run` and install it as a run (module docstring).
+
+    ``source``: a path, or an http(s)/file URL. ``name``: the run's name (default: the one it was
+    packed under). ``root``: the runs directory (default :func:`~dwf_lab.store.runs.runs_dir`).
+    ``sha256``: when given, the archive file itself must have this hash (e.g. one published beside
+    the download). Returns {"run", "root", "files", "installed" (False: the same run was already
+    there), "manifest"}.
+    """
+    runs_root = Path(root).expanduser() if root is not None else runs_dir()
+    made_root = not runs_root.exists()
+    runs_root.mkdir(parents=True, exist_ok=True)
+    download = None
+    tmp_dir = None
+    try:
+        path = fetch(str(source), runs_root)
+        download = path if _URL.match(str(source)) else None
+        where = str(source)
+        if sha256 is not None:
+            got = file_sha256(path)
+            if got != sha256.strip().lower():
+                raise ArchiveError(f"{where} has sha256 {got}, not the {sha256} it should have: the "
+                                   "download is damaged or another file; nothing was installed")
+        try:
+            tar = tarfile.open(path, "r:*")
+        except (tarfile.TarError, OSError, EOFError):
+            raise ArchiveError(f"{where} is not a run archive (not a readable tar.gz file); "
+                               "nothing was installed") from None
+        with tar:
+            try:
+                top, members = _members(tar, where)
+                manifest = _read_manifest(tar, members.pop(MANIFEST, None), where)
+            except (tarfile.TarError, OSError, EOFError, ValueError) as e:
+                if isinstance(e, ArchiveError):
+                    raise
+                raise ArchiveError(f"{where} is damaged ({type(e).__name__}: {e}); nothing was installed") from None
+            files = manifest["files"]
+            extra = sorted(set(members) - set(files))
+            if extra:
+                raise ArchiveError(f"{where}: {extra[0]} is in the archive but not in its manifest "
+                                   f"({len(extra)} such file(s)); refused, nothing was installed")
+            missing = sorted(set(files) - set(members))
+            if missing:
+                raise ArchiveError(f"{where}: {missing[0]} is in the manifest but missing from the archive "
+                                   f"({len(missing)} missing); refused, nothing was installed")
+            for rel, m in members.items():
+                if m.size != files[rel]["bytes"]:
+                    raise ArchiveError(f"{where}: {rel} has {m.size} bytes, its manifest says "
+                                       f"{files[rel]['bytes']}: the file was changed; refused, nothing was installed")
+            run_name = _check_name(name if name is not None else str(manifest.get("run") or top))
+            total = sum(v["bytes"] for v in files.values())
+            free = shutil.disk_usage(runs_root).free
+            if total > free:
+                raise ArchiveError(f"the run needs {total / 1e6:.0f} MB but {runs_root} has {free / 1e6:.0f} MB "
+                                   "free; nothing was installed")
+            tmp_dir = Path(tempfile.mkdtemp(prefix=f".unpack-{run_name}.", dir=runs_root))
+            for rel, m in sorted(members.items()):
+                dest = tmp_dir / rel
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                h = hashlib.sha256()
+                try:
+                    with tar.extractfile(m) as src, open(dest, "wb") as f:
+                        for block in iter(lambda: src.read(_BLOCK), b""):
+                            h.update(block)
+                            f.write(block)
+                except (tarfile.TarError, OSError, EOFError, ValueError) as e:
+                    raise ArchiveError(f"{where}: {rel} cannot be read ({type(e).__name__}: {e}); the "
+                                       "archive is damaged, nothing was installed") from None
+                if h.hexdigest() != files[rel]["sha256"]:
+                    raise ArchiveError(f"{where}: {rel} does not match its sha256 in the manifest (it was "
+                                       "changed or damaged); refused, nothing was installed")
+            atomic_write_bytes(tmp_dir / MANIFEST, json.dumps(manifest, indent=1).encode())
+        _check_config(tmp_dir, run_name, where)
+        target = runs_root / run_name
+        if target.exists() or target.is_symlink():
+            why = _differs(target, files)
+            if why is None:
+                return {"run": run_name, "root": target, "files": len(files), "installed": False,
+                        "manifest": manifest}
+            raise ArchiveError(
+                f"a run {run_name!r} already exists at {target} with other content ({why}); nothing was "
+                f"installed. Install it under another name: python -m dwf_lab unpack {source} --name NEW_NAME "
+                "(or delete that folder first)")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_dir, 0o777 & ~umask)   # mkdtemp makes 0700; give the run the usual folder mode
+        os.rename(tmp_dir, target)
+        tmp_dir = None
+        return {"run": run_name, "root": target, "files": len(files), "installed": True, "manifest": manifest}
+    finally:
+        if tmp_dir is not None:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+        if download is not None:
+            download.unlink(missing_ok=True)
+        if made_root:
+            try:
+                runs_root.rmdir()   # only if nothing was installed in the folder this call made
+            except OSError:
+                pass
