@@ -1,6 +1,8 @@
 """Command line: ``python -m dwf_lab <command> [--profile P] [--run NAME] [--set key=value ...]``.
 
-    course     run the numbered notebooks headlessly with papermill (the main job)
+    course     run the numbered notebooks headlessly with papermill (the main job), then render
+               them as a static site (--scope core|full; --site-only: only the site)
+    site       render a run's executed notebooks as a static site, runs/<run>/site/ (opens offline)
     run        train every stage, evaluate and report, without Jupyter
     train      train stages (--stage all|experts|baselines|mixture|<kind>|<name>)
     evaluate   evaluate finished stages (Tables 2-4 protocol); with --checkpoint FILE or --model
@@ -44,7 +46,17 @@ def _parser() -> argparse.ArgumentParser:
                             help="all | experts | baselines | mixture | a kind (fgsm) | a stage (pgd-2); "
                                  "adaptive also: soe | advmoe | uniform-ensemble")
 
-    common(parser("course", help="run the notebooks headlessly (papermill)"))
+    course_p = parser("course", help="run the notebooks headlessly (papermill), then build the static site")
+    common(course_p)
+    course_p.add_argument("--scope", choices=("core", "full"), default=None,
+                          help="core: what fits an evening on a laptop (default, or $DWF_COURSE_SCOPE); full: "
+                               "every model under every attack, every baseline, every ablation")
+    course_p.add_argument("--site-only", action="store_true",
+                          help="only (re)build runs/<run>/site/ from the executed notebooks")
+    site_p = parser("site", help="render a run's executed notebooks as a static site (runs/<run>/site/)")
+    site_p.add_argument("run_name", nargs="?", default=None, metavar="RUN",
+                        help="a run name under runs/ ($DWF_RUNS_DIR) or a run folder "
+                             "(default: $DWF_PROFILE's or laptop's run)")
     run_p = parser("run", help="train + evaluate + report without Jupyter")
     common(run_p, stage=True)
     run_p.add_argument("--beyond", action="store_true",
@@ -150,6 +162,9 @@ def _dispatch(args) -> int:
         raise ValueError("--model-arg, --name, --out and --n-test go with evaluate --checkpoint FILE or "
                          "--model package.module:factory")
 
+    if args.command == "site" or (args.command == "course" and args.site_only):
+        return _site(args)
+
     from dwf_lab.pipeline import run_all
     from dwf_lab.store.runs import Run
     from dwf_lab.training.builders import load_data
@@ -204,11 +219,30 @@ def _evaluate_external(args) -> int:
     return 0
 
 
+def _site(args) -> int:
+    """site [RUN] / course --site-only: render the run's executed notebooks as a static site."""
+    from pathlib import Path
+
+    from dwf_lab.core.config import get_profile
+    from dwf_lab.course.site import build_site
+    from dwf_lab.store.runs import runs_dir
+    name = args.run_name if args.command == "site" else args.run
+    name = name or get_profile(getattr(args, "profile", None)).name
+    root = Path(name) if ("/" in name or name.startswith(".")) else runs_dir() / name
+    if not root.is_dir():
+        raise FileNotFoundError(f"no run {name!r} at {root}: run the course first (python -m dwf_lab course "
+                                f"--run {Path(name).name}), or check the name and $DWF_RUNS_DIR")
+    index = build_site(root)
+    print(f"site: {index} (open it in a browser; it loads nothing from the internet)")
+    return 0
+
+
 def _work(args, p, run, data, progress: bool) -> int:
     from dwf_lab.pipeline import reproduce, run_all
     if args.command == "course":
         from dwf_lab.course.runner import run_course
-        run_course(p, run_name=run.name, sets=args.sets + ([f"seeds={args.seeds}"] if args.seeds else []))
+        run_course(p, run_name=run.name, sets=args.sets + ([f"seeds={args.seeds}"] if args.seeds else []),
+                   scope=args.scope)
         return 0
     if args.command == "run":
         del data   # run_all loads it again (it was loaded above only to check it)

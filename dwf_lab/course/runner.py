@@ -2,9 +2,12 @@
 
 :func:`notebook_sequence` lists ``notebooks/NN_*.ipynb``; :func:`run_course` executes them in
 order (``python -m dwf_lab course``) with the parameters that rebuild the profile
-(:func:`notebook_parameters`), writing executed copies to ``runs/<run>/notebooks/`` and
-stopping at the first failure with a :class:`CourseError` that names the notebook, the cell
-and the exception, and says where the partly executed copy is.
+(:func:`notebook_parameters`) and the course scope, writing executed copies to
+``runs/<run>/notebooks/`` and stopping at the first failure with a :class:`CourseError` that
+names the notebook, the cell and the exception, and says where the partly executed copy is.
+Each notebook's wall time goes to ``runs/<run>/course_times.json`` (:func:`record_time`), and
+the executed course is rendered as a static site in ``runs/<run>/site/``
+(:func:`dwf_lab.course.site.build_site`).
 """
 import json
 import os
@@ -17,7 +20,11 @@ from typing import Iterable, Sequence
 import papermill as pm
 
 from dwf_lab.core.config import PROFILES, Profile, get_profile, parse_sets
+from dwf_lab.core.io import atomic_write_text
 from dwf_lab.course.display import STATIC_ENV
+from dwf_lab.course.plan import inventory
+from dwf_lab.course.setup import SCOPE_ENV, course_scope
+from dwf_lab.course.site import TIMES_FILE, build_site, read_times
 from dwf_lab.store.runs import Run
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parents[2] / "notebooks"
@@ -94,54 +101,104 @@ def _failure_message(nb: Path, out: Path, err: Exception) -> str:
             f"the problem and re-run the same command; finished stages are loaded, not retrained.")
 
 
+# ================================================================= times ==
+def machine_line() -> str:
+    """'2 CPU cores, load 0.4 1.1 1.0 (1, 5, 15 min)': what the times were measured on."""
+    cores = os.cpu_count() or 1
+    try:
+        load = " ".join(f"{v:.1f}" for v in os.getloadavg())
+        return f"{cores} CPU core{'s' if cores != 1 else ''}, load {load} (1, 5, 15 min) at the start"
+    except (AttributeError, OSError):
+        return f"{cores} CPU core{'s' if cores != 1 else ''}"
+
+
+def _trained(run) -> set:
+    inv = inventory(run)
+    return {(seed, name) for seed, names in inv.trained.items() for name in names}
+
+
+def record_time(run_root: Path, nb: Path, seconds: float, ok: bool, profile: str, scope: str,
+                load: str, trained: Sequence[str] = ()) -> dict:
+    """Add one notebook's wall time to ``<run>/course_times.json`` (atomic; the other notebooks'
+    times are kept, so a course run notebook by notebook still adds up); returns the file's data."""
+    data = read_times(run_root)
+    nbs = data.get("notebooks") if isinstance(data.get("notebooks"), dict) else {}
+    nbs[nb.name[:2]] = {"notebook": nb.name, "seconds": round(seconds, 1), "ok": ok, "profile": profile,
+                        "scope": scope, "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": load,
+                        "trained": list(trained)}
+    data = {"profile": profile, "scope": scope, "machine": load,
+            "notebooks": dict(sorted(nbs.items())),
+            "total_s": round(sum(float(v["seconds"]) for v in nbs.values() if isinstance(v, dict)
+                                 and isinstance(v.get("seconds"), (int, float))), 1)}
+    atomic_write_text(Path(run_root) / TIMES_FILE, json.dumps(data, indent=1))
+    return data
+
+
 def run_course(profile: Profile | str | None = None, run_name: str | None = None,
                sets: Sequence[str] | None = None, notebooks: Iterable[str | Path] | None = None,
                out_dir: str | Path | None = None, kernel: str = "python3",
-               log=None) -> list[Path]:
+               log=None, scope: str | None = None, site: bool = True) -> list[Path]:
     """Execute the course notebooks in order with papermill; returns the executed copies.
 
     Each notebook gets the parameters ``profile`` (the profile's name), ``run_name``
-    (default: the profile's name) and ``overrides`` (see :func:`notebook_parameters`),
-    runs with ``notebooks/`` as its working directory, and is written to
-    ``out_dir`` (default ``runs/<run>/notebooks/``). Figures are static there
-    (``$DWF_STATIC_FIGURES=1`` unless set), so they are stored in the copies.
-    The first failing notebook stops the course with a :class:`CourseError`.
+    (default: the profile's name), ``overrides`` (see :func:`notebook_parameters`) and
+    ``scope`` (:func:`dwf_lab.course.setup.course_scope`: "core" unless asked; a notebook
+    that does not declare it still gets it, papermill only logs "Passed unknown parameter",
+    and its kernel sees it as ``$DWF_COURSE_SCOPE`` too), runs with ``notebooks/`` as its
+    working directory, and is written to ``out_dir`` (default ``runs/<run>/notebooks/``).
+    Figures are static there (``$DWF_STATIC_FIGURES=1`` unless set), so they are stored in
+    the copies. Each notebook's time goes to ``runs/<run>/course_times.json``; with ``site``
+    (and the default ``out_dir``) the executed course is then rendered as a static site in
+    ``runs/<run>/site/``. The first failing notebook stops the course with a :class:`CourseError`.
     """
 
     say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     p = profile if isinstance(profile, Profile) else get_profile(profile, **parse_sets(list(sets or [])))
     name = run_name or p.name
     params = notebook_parameters(p, name, sets)   # everything is checked before the run folder exists
+    params["scope"] = scope = course_scope(scope)
     nbs = _select_notebooks(notebook_sequence(), notebooks)
     if not nbs:
         raise CourseError(f"no notebooks to run in {NOTEBOOKS_DIR}")
     run = Run(name, p)  # checks the run directory's settings before any work
     out_dir = Path(out_dir) if out_dir is not None else run.notebooks_dir
     out_dir.mkdir(parents=True, exist_ok=True)
-    say(f"[dwf-lab course] {len(nbs)} notebook(s), profile {p.name}, run {run.name} at {run.root}; "
-        f"executed copies go to {out_dir}")
-    old_env = os.environ.get(STATIC_ENV)
-    if old_env is None:
+    say(f"[dwf-lab course] {len(nbs)} notebook(s), profile {p.name}, scope {scope}, run {run.name} at "
+        f"{run.root}; executed copies go to {out_dir}")
+    old_env = {k: os.environ.get(k) for k in (STATIC_ENV, SCOPE_ENV)}
+    if old_env[STATIC_ENV] is None:
         os.environ[STATIC_ENV] = "1"
+    os.environ[SCOPE_ENV] = scope
+    own_copies = out_dir == run.notebooks_dir
     done: list[Path] = []
     t_all = time.time()
     try:
         for i, nb in enumerate(nbs, 1):
             out = out_dir / nb.name
             say(f"[dwf-lab course] ({i}/{len(nbs)}) {nb.name} ...")
-            t0 = time.time()
+            t0, load, before = time.time(), machine_line(), _trained(run)
             try:
                 pm.execute_notebook(str(nb), str(out), parameters=params, kernel_name=kernel,
                                     cwd=str(nb.parent), progress_bar=False, log_output=False,
                                     request_save_on_cell_execute=True)
             except Exception as err:  # papermill, a dead kernel, a missing kernel ...
                 say(f"[dwf-lab course] ({i}/{len(nbs)}) {nb.name} FAILED after {time.time() - t0:.0f}s")
+                record_time(run.root, nb, time.time() - t0, False, p.name, scope, load,
+                            sorted(f"{n} (seed {s})" for s, n in _trained(run) - before))
                 raise CourseError(_failure_message(nb, out, err)) from err
             done.append(out)
+            record_time(run.root, nb, time.time() - t0, True, p.name, scope, load,
+                        sorted(f"{n} (seed {s})" for s, n in _trained(run) - before))
             say(f"[dwf-lab course] ({i}/{len(nbs)}) {nb.name} done in {time.time() - t0:.0f}s -> {out}")
     finally:
-        if old_env is None:
-            os.environ.pop(STATIC_ENV, None)
+        for k, v in old_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     say(f"[dwf-lab course] all {len(done)} notebook(s) ran in {time.time() - t_all:.0f}s; "
-        f"report: {run.report_dir / 'report.md'}")
+        f"report: {run.report_dir / 'report.md'}; times: {run.root / TIMES_FILE}")
+    if site and own_copies:
+        index = build_site(run.root)
+        say(f"[dwf-lab course] the course as a static site (opens offline): {index}")
     return done

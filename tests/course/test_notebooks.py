@@ -1,13 +1,13 @@
-"""The course notebooks: how they are stored, and that the whole sequence runs headlessly.
+"""The course runner, and that the whole sequence runs headlessly.
 
-- storage: every ``notebooks/NN_*.ipynb`` is stored without outputs or execution
-  counts, with the ``python3`` kernel, one ``parameters`` cell (papermill) defining
-  ``profile``, ``run_name`` and ``overrides``, then a ``setup_notebook`` cell;
-  notebooks define no functions or classes (logic lives in ``dwf_lab``);
-- the course runner: notebook selection, the parameters that rebuild a profile, and a
-  failing notebook reported with the notebook, the cell and the partial copy;
+- the course runner: notebook selection, the parameters that rebuild a profile, the course
+  scope reaching every notebook, per-notebook times in ``course_times.json``, the static site,
+  and a failing notebook reported with the notebook, the cell and the partial copy;
 - the papermill smoke run of the whole sequence (``run_course`` at the ``smoke`` profile,
   with ``$DWF_RUNS_DIR`` in a temporary directory), as ``python -m dwf_lab course`` does.
+
+How each notebook is stored (no outputs, parameters then setup, solutions as hidden code cells)
+is checked in ``test_course_structure.py``.
 
 nbval runs separately (Makefile): ``DWF_PROFILE=smoke pytest --nbval-lax notebooks/
 --nbval-sanitize-with tests/nbval_sanitize.cfg``.
@@ -15,22 +15,16 @@ nbval runs separately (Makefile): ``DWF_PROFILE=smoke pytest --nbval-lax noteboo
 from __future__ import annotations
 
 import json
-import re
+import os
 from pathlib import Path
 
 import nbformat
 import pytest
 
 from dwf_lab.core.config import get_profile
-from dwf_lab.course.runner import (
-    NOTEBOOKS_DIR,
-    CourseError,
-    _select_notebooks,
-    notebook_parameters,
-    notebook_sequence,
-    run_course,
-)
-from dwf_lab.course.setup import setup_notebook
+from dwf_lab.course.runner import CourseError, _select_notebooks, notebook_parameters, notebook_sequence, run_course
+from dwf_lab.course.setup import SCOPE_ENV, setup_notebook
+from dwf_lab.course.site import TIMES_FILE
 from dwf_lab.evaluation.records import load_results
 from dwf_lab.reporting.readings import protocol_reading
 from dwf_lab.reporting.tables import aggregate
@@ -50,47 +44,6 @@ def test_the_course_notebooks_exist_in_order():
     stems = [p.stem for p in NOTEBOOKS]
     assert stems[:len(CORE)] == CORE
     assert stems == sorted(stems)
-
-
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_is_stored_clean(path):
-    nb = _read(path)
-    nbformat.validate(nb)
-    assert nb.metadata["kernelspec"]["name"] == "python3"
-    assert nb.metadata["kernelspec"].get("language") == "python"
-    assert "papermill" not in nb.metadata and "widgets" not in nb.metadata
-    for i, cell in enumerate(nb.cells):
-        if cell.cell_type == "code":
-            assert cell.outputs == [], f"{path.name} cell {i} has stored outputs"
-            assert cell.execution_count is None, f"{path.name} cell {i} has an execution count"
-            assert not re.search(r"^\s*(def|class)\s", cell.source, re.M), \
-                f"{path.name} cell {i} defines a function/class: put it in dwf_lab"
-
-
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_has_parameters_then_setup(path):
-    from papermill.translators import PythonTranslator
-    nb = _read(path)
-    tagged = [i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])]
-    assert len(tagged) == 1, f"{path.name}: expected one cell tagged 'parameters', got {len(tagged)}"
-    cell = nb.cells[tagged[0]]
-    assert cell.cell_type == "code"
-    names = {p.name for p in PythonTranslator.inspect(cell)}
-    assert {"profile", "run_name", "overrides"} <= names
-    ns: dict = {}
-    exec(cell.source, ns)  # noqa: S102 - our own notebook's parameter defaults
-    assert ns["profile"] is None and ns["run_name"] is None and ns["overrides"] == {}
-    nxt = next(c for c in nb.cells[tagged[0] + 1:] if c.cell_type == "code")
-    assert "setup_notebook(profile, run_name, overrides)" in nxt.source
-    assert nb.cells[0].cell_type == "markdown"
-
-
-@pytest.mark.parametrize("stem", CORE)
-def test_core_notebook_says_what_you_will_learn(stem):
-    nb = _read(NOTEBOOKS_DIR / f"{stem}.ipynb")
-    assert "## What you will learn" in nb.cells[0].source
-    text = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
-    assert "Try it yourself" in text and "<details>" in text
 
 
 # ------------------------------------------------------------ course runner --
@@ -118,6 +71,45 @@ def test_setup_notebook_honours_dwf_profile(monkeypatch, tmp_path):
     assert ctx.profile.name == "smoke" and ctx.profile.n_test == 16
     assert ctx.run.root == tmp_path / "smoke" and len(ctx.data.x_test) == 16
     assert ctx.seed == 0 and ctx.threads >= 1 and ctx.n_quick == 16
+
+
+def _tiny_notebook(path: Path, source: str) -> Path:
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_markdown_cell("# A tiny notebook"),
+        nbformat.v4.new_code_cell("profile = None\nrun_name = None\noverrides = {}",
+                                  metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell(source)])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, str(path))
+    return path
+
+
+def test_scope_reaches_every_notebook_and_times_and_site_are_written(monkeypatch, tmp_path):
+    """A notebook that does not declare ``scope`` still gets it (papermill injects it; its kernel
+    also sees $DWF_COURSE_SCOPE); its time goes to course_times.json, its page to the site."""
+    monkeypatch.setenv("DWF_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.delenv(SCOPE_ENV, raising=False)
+    nb = _tiny_notebook(tmp_path / "97_scope.ipynb", "import os\nprint('scope', scope, os.environ['DWF_COURSE_SCOPE'])")
+    done = run_course(get_profile("smoke"), run_name="scoped", notebooks=[nb], scope="full")
+    run = tmp_path / "runs" / "scoped"
+    assert done == [run / "notebooks" / "97_scope.ipynb"]
+    out = "".join(o.get("text", "") for c in _read(done[0]).cells if c.cell_type == "code" for o in c.outputs)
+    assert "scope full full" in out
+    assert SCOPE_ENV not in os.environ          # restored after the course
+    times = json.loads((run / TIMES_FILE).read_text())
+    assert times["scope"] == "full" and times["profile"] == "smoke" and "load" in times["machine"]
+    entry = times["notebooks"]["97"]
+    assert entry["ok"] and entry["seconds"] > 0 and entry["notebook"] == "97_scope.ipynb"
+    assert times["total_s"] == entry["seconds"]
+    index = (run / "site" / "index.html").read_text()
+    assert "97_scope.html" in index and (run / "site" / "97_scope.html").exists()
+
+
+def test_an_unknown_scope_is_refused_before_anything_runs(monkeypatch, tmp_path):
+    monkeypatch.setenv("DWF_RUNS_DIR", str(tmp_path / "runs"))
+    with pytest.raises(ValueError, match="course scope must be one of core, full"):
+        run_course(get_profile("smoke"), run_name="bad", scope="everything")
+    assert not (tmp_path / "runs" / "bad").exists()
 
 
 def test_a_failing_notebook_stops_the_course(monkeypatch, tmp_path):
@@ -155,8 +147,8 @@ def test_reading_is_computed_from_the_numbers():
 def test_course_runs_headlessly_at_smoke(monkeypatch, tmp_path):
     monkeypatch.setenv("DWF_RUNS_DIR", str(tmp_path / "runs"))
     monkeypatch.delenv("DWF_PROFILE", raising=False)
-    out = tmp_path / "executed"
-    done = run_course(get_profile("smoke"), run_name="ci", out_dir=out)
+    done = run_course(get_profile("smoke"), run_name="ci")
+    out = tmp_path / "runs" / "ci" / "notebooks"
     assert [p.name for p in done] == [p.name for p in NOTEBOOKS]
     for path in done:
         nb = _read(path)
@@ -169,6 +161,10 @@ def test_course_runs_headlessly_at_smoke(monkeypatch, tmp_path):
     run = tmp_path / "runs" / "ci"
     assert (run / "report" / "report.md").exists()
     assert (run / "seed-0" / "models" / "mixture.safetensors").exists()
+    times = json.loads((run / TIMES_FILE).read_text())["notebooks"]
+    assert sorted(times) == [p.name[:2] for p in NOTEBOOKS] and all(t["ok"] for t in times.values())
+    site = run / "site"
+    assert all((site / f"{p.stem}.html").exists() for p in NOTEBOOKS) and (site / "index.html").exists()
     executed_00 = _read(out / "00_threat_models.ipynb")
     assert any(o.get("data", {}).get("application/vnd.plotly.v1+json")
                for c in executed_00.cells if c.cell_type == "code" for o in c.outputs)
