@@ -129,14 +129,16 @@ class Banner:
         if self.loads:
             rows.append(("will load", e(compact(self.loads)) + " (already trained: loaded, not retrained)"))
         rows.append(("time", f"<b>{e(self.total_line())}</b>"))
-        body = "".join(f"<tr><td style='padding:1px 10px 1px 0;vertical-align:top;white-space:nowrap;"
-                       f"color:#445'>{e(label)}</td><td style='padding:1px 0'>{value}</td></tr>"
+        # inline styles: JupyterLab's and nbconvert's table styles (right-aligned, striped) stay out
+        cell = "text-align:left;border:none;background:none;vertical-align:top;padding:1px "
+        body = "".join(f"<tr style='background:none;border:none'><td style='{cell}12px 1px 0;white-space:nowrap;"
+                       f"color:#445'>{e(label)}</td><td style='{cell}0'>{value}</td></tr>"
                        for label, value in rows)
         how = "<br>".join(e(h) for h in self.how + self.notes)
         return (f"<div class='dwf-banner' style='border:1px solid #c5d2e3;border-left:4px solid #3b6ea8;"
                 f"background:#f4f7fb;color:#1d2733;padding:8px 12px;margin:4px 0;font-size:13px;"
                 f"line-height:1.45'><div style='font-weight:600;margin-bottom:4px'>{e(self.title)}</div>"
-                f"<table style='border-collapse:collapse;font-size:13px'>{body}</table>"
+                f"<table style='border-collapse:collapse;border:none;margin:0;font-size:13px'>{body}</table>"
                 f"<div style='color:#556;margin-top:4px;font-size:12px'>{how}</div></div>")
 
     def _repr_mimebundle_(self, include=None, exclude=None):
@@ -153,8 +155,12 @@ def _has_lines(p: Profile, inv: RunInventory, run) -> list[tuple[str, str]]:
             own = [n for n in done if n in names]
             trained.append((f"seed {seed}: " if len(inv.seeds) > 1 else "")
                            + (f"{compact(done)} ({len(own)} of {len(names)} stages)" if done else "nothing yet"))
-    evaluated = sorted({m for (_, m) in inv.records})
-    attacked = sorted({m for s in inv.seeds for m in inv.attacked(s)})
+    order = {n: i for i, n in enumerate(names + extra)}
+
+    def in_order(found):
+        return sorted(set(found), key=lambda n: (order.get(n, len(order)), n))
+    evaluated = in_order(m for (_, m) in inv.records)
+    attacked = in_order(m for s in inv.seeds for m in inv.attacked(s))
     ablations = sorted({v for d in inv.ablations.values() for v in d})
     return [("run", f"{run.root} (profile {p.name})"),
             ("trained", "; ".join(trained)),
