@@ -4,22 +4,30 @@ import sys
 
 from dwf_lab.core import distributed
 from dwf_lab.core.config import Profile
+from dwf_lab.data import ImageData
 from dwf_lab.pipeline.ablations import run_ablations
 from dwf_lab.pipeline.adaptive import evaluate_adaptive_run
 from dwf_lab.pipeline.baselines import train_and_evaluate_baselines
 from dwf_lab.pipeline.reproduce import evaluate_run, train_run
+from dwf_lab.reporting.entries import write_entries
+from dwf_lab.reporting.model_cards import write_model_cards
 from dwf_lab.reporting.render import ablation_section, autoattack_section, checklist_section, write_report
 from dwf_lab.store.runs import Run
 from dwf_lab.training.builders import load_data
 
 
-def report_run(run: Run, dataset: str | None = None) -> dict:
+def report_run(run: Run, dataset: str | None = None, data: ImageData | None = None) -> dict:
     """Tables 2-3 and the "beyond" table from the run's results, then AutoAttack stage by stage,
-    the gradient-masking checklists and the ablation table where they exist. ``dataset`` None: the one the results name."""
+    the gradient-masking checklists and the ablation table where they exist. ``dataset`` None: the one the results name.
+    Then a RobustBench-style entry per evaluated model and a model card per trained model
+    (``data``: the run's data, whose test images the entries' hash identifies)."""
     sections = [sec for sec in (autoattack_section(run.eval_dir),
                                 checklist_section(run.report_dir), ablation_section(run))
                 if sec is not None]
-    return write_report(run.eval_dir, run.report_dir, dataset, sections=sections)
+    written = write_report(run.eval_dir, run.report_dir, dataset, sections=sections)
+    entries = write_entries(run, data)
+    cards = write_model_cards(run, entries["entries"])
+    return {**written, "entries": entries["entries_json"], "model_cards": cards["model_cards_dir"]}
 
 
 def run_all(p: Profile, run_name: str | None = None, which: str | None = None,
@@ -43,7 +51,7 @@ def run_all(p: Profile, run_name: str | None = None, which: str | None = None,
         if distributed.is_main():
             for seed in p.seeds:
                 evaluate_run(run, seed, data, which, progress)
-            report_run(run, data.name)
+            report_run(run, data.name, data)
         return run
     for seed in p.seeds:
         train_run(run, seed, data, which, progress)
@@ -53,5 +61,5 @@ def run_all(p: Profile, run_name: str | None = None, which: str | None = None,
                 train_and_evaluate_baselines(run, seed, data, progress=progress)
             evaluate_adaptive_run(run, seed, data, progress=progress, which=which)
             run_ablations(run, seed, data, progress=progress)
-    report_run(run, data.name)
+    report_run(run, data.name, data)
     return run
