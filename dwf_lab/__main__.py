@@ -14,6 +14,9 @@
     report     write Tables 2-3 and Figures 6-7 beside the paper's numbers
     profiles   list the profiles and their settings
     inspect    print a checkpoint's metadata (never unpickles)
+    pack       write one archive of a run (settings, models, results, report, entries, model cards,
+               a manifest of sha256s) to hand on
+    unpack     verify an archive (a path or an http(s)/file URL) and install it as a run
 
 A mistake (a bad setting, a missing run, a dataset that cannot be used, a damaged config.json,
 a run another process is using) prints one line ``dwf-lab: error: ...`` and exits with 2,
@@ -88,6 +91,16 @@ def _parser() -> argparse.ArgumentParser:
     parser("profiles", help="list profiles")
     ins = parser("inspect", help="print a checkpoint's metadata")
     ins.add_argument("path")
+    pack_p = parser("pack", help="write one archive of a run (tar.gz with a manifest of sha256s)")
+    pack_p.add_argument("run_name", metavar="RUN", help="a run name under runs/ ($DWF_RUNS_DIR) or a run folder")
+    pack_p.add_argument("--out", default=None, metavar="PATH",
+                        help="the archive's path or folder (default: ./RUN.tar.gz)")
+    unpack_p = parser("unpack", help="verify a run archive and install it as a run")
+    unpack_p.add_argument("source", metavar="ARCHIVE_OR_URL", help="a .tar.gz written by pack, or its "
+                          "http(s):// or file:// URL")
+    unpack_p.add_argument("--name", default=None, help="install under this run name (default: the packed one)")
+    unpack_p.add_argument("--sha256", default=None, metavar="HEX",
+                          help="the archive's own sha256 (printed by pack), checked before anything is read")
     return ap
 
 
@@ -155,6 +168,8 @@ def _dispatch(args) -> int:
         from dwf_lab.store.checkpoints import read_metadata
         print(json.dumps(read_metadata(args.path), indent=1))
         return 0
+    if args.command in ("pack", "unpack"):
+        return _share(args)
 
     if args.command == "evaluate" and (args.checkpoint or args.model):
         return _evaluate_external(args)
@@ -237,6 +252,34 @@ def _site(args) -> int:
     return 0
 
 
+def _share(args) -> int:
+    """pack RUN: refresh the run's report (entries, model cards), then write its archive; unpack
+    ARCHIVE_OR_URL: verify it and install it as a run (dwf_lab.store.archive)."""
+    from dwf_lab.core.runtime import package_versions
+    from dwf_lab.pipeline.run_all import report_run
+    from dwf_lab.store import archive
+    if args.command == "pack":
+        root = archive.resolve_run(args.run_name)
+        run = archive.open_run(root)
+        if any(run.eval_dir.glob("*.json")):
+            report_run(run)   # the entries and model cards in the archive match the stored results
+        out = archive.pack_run(root, args.out)
+        print(f"packed run {out['run']}: {out['files']} files -> {out['path']} "
+              f"({out['bytes'] / 1e6:.1f} MB, sha256 {out['sha256']})")
+        print(f"install it with: python -m dwf_lab unpack {out['path']} --sha256 {out['sha256']}")
+        return 0
+    done = archive.unpack_archive(args.source, name=args.name, sha256=args.sha256)
+    packed_with, here = done["manifest"].get("dwf_lab"), package_versions().get("dwf_lab")
+    if packed_with != here:
+        print(f"dwf-lab: warning: the run was packed with dwf-lab {packed_with}; this is {here}", file=sys.stderr)
+    what = "installed" if done["installed"] else "already there with the same files, nothing changed:"
+    print(f"{what} run {done['run']} at {done['root']} ({done['files']} files verified against the manifest)")
+    command = archive.run_command(archive.stored_profile(done["root"]), done["run"])
+    print(f"its finished stages count as trained: `{command}` and the notebooks (run_name={done['run']!r}) "
+          "load them instead of training")
+    return 0
+
+
 def _work(args, p, run, data, progress: bool) -> int:
     from dwf_lab.pipeline import reproduce, run_all
     if args.command == "course":
@@ -265,7 +308,7 @@ def _work(args, p, run, data, progress: bool) -> int:
             redo = [k.strip() for k in args.redo.split(",") if k.strip()]
             evaluate_adaptive_run(run, seed, data, progress=progress, which=args.stage, redo=redo)
     if args.command in ("adaptive", "baselines", "ablations"):
-        run_all.report_run(run)
+        run_all.report_run(run, data=data)
     return 0
 
 
