@@ -16,7 +16,9 @@ Metrics (accuracy in percent, over the same test images):
   (clean, FGSM with eps <= 8/255, every PGD), per example: the honest headline. FGSM at
   larger eps (up to 0.09 = 23/255) is another threat model, never pooled into it.
 
-Evaluation runs in fp32 (no autocast) so low precision cannot weaken the attacks. Inputs and
+Every attack runs on the images the model classifies correctly (a misclassified clean image
+counts as not robust under every attack, by the definition of robust accuracy), which saves
+the work a wrong image would cost. Evaluation runs in fp32 (no autocast) so low precision cannot weaken the attacks. Inputs and
 settings are checked once, up front (:func:`check_settings`, :func:`dwf_lab.attacks.base.check_inputs`):
 every eps of the settings, alpha, the batch size, NaN pixels, the model's input shape.
 :func:`evaluate_soe` runs it under each gradient mode; :func:`evaluate_and_write` stores it.
@@ -90,8 +92,8 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, s: EvalSe
     check_settings(s)
     x = attacks.check_inputs(x, s.pgd_eps, model)
 
-    def one_batch(b, xb, yb, gen):
-        res = {"SA": correct_mask(model, xb, yb)}
+    def attacked(xb, yb, gen):
+        res = {}
         for e in s.fgsm_eps:
             res[f"fgsm:{e:g}"] = correct_mask(model, attacks.fgsm(model, xb, yb, e, check=False), yb)
         if s.pgd_steps:
@@ -115,6 +117,21 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, s: EvalSe
                                     eot_samples=s.eot_samples, random_start=s.random_start,
                                     generator=gen(99), check=False)
                 res[f"pgd:{s.long_steps}-a"] = correct_mask(model, a, yb)
+        return res
+
+    def one_batch(b, xb, yb, gen):
+        # Robust accuracy counts an image only if it is classified correctly everywhere in the
+        # eps-ball, the image itself included: a misclassified clean image is not robust under any
+        # attack, so the attacks run on the correctly classified images only (AutoAttack does the same).
+        clean = correct_mask(model, xb, yb)
+        keep = clean.nonzero().squeeze(1)
+        res = {"SA": clean}
+        if len(keep) == 0:
+            return {**res, **{k: torch.zeros_like(clean) for k in s.metric_names() if k != "SA"}}
+        for k, v in attacked(xb[keep], yb[keep], gen).items():
+            full = torch.zeros_like(clean)
+            full[keep] = v.to(full.device)
+            res[k] = full
         return res
 
     correct = per_example(model, x, y, s.batch_size, device, seed, one_batch, desc, progress)

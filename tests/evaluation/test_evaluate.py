@@ -80,17 +80,38 @@ def test_worst_case_is_below_every_metric(evaluated):
 
 
 def test_protocol_pgd_columns_are_reproducible_attacks(evaluated):
-    # pgd:k of batch b is PGD-k from generator seed_from(seed, b, 1): the same numbers a
-    # separate attacks.pgd call gives (so "one trajectory" really equals five runs)
+    # pgd:k of batch b is PGD-k, from generator seed_from(seed, b, 1), on the batch's correctly
+    # classified images: the same numbers a separate attacks.pgd call gives (so "one trajectory"
+    # really equals five runs)
     model, x, y, _, correct = evaluated
     model.eval()
     for b in range(2):
         xb, yb = x[40 * b:40 * (b + 1)], y[40 * b:40 * (b + 1)]
+        keep = _correct(model, xb, yb)
         for k in (2, 4):
-            x_adv = attacks.pgd(model, xb, yb, EPS, ALPHA, steps=k,
+            x_adv = attacks.pgd(model, xb[keep], yb[keep], EPS, ALPHA, steps=k,
                                 generator=gen(seed_from(4, b, 1)))
-            assert torch.equal(correct[f"pgd:{k}"][40 * b:40 * (b + 1)],
-                               _correct(model, x_adv, yb)), (b, k)
+            column = correct[f"pgd:{k}"][40 * b:40 * (b + 1)]
+            assert torch.equal(column[keep], _correct(model, x_adv, yb[keep])), (b, k)
+            assert not column[~keep].any()
+
+
+def test_attacks_run_only_on_correctly_classified_images(trained_model, attack_batch):
+    # a misclassified clean image is not robust under any attack: it is counted wrong in every
+    # column without being attacked, and the attacks see only the rest
+    x, y = attack_batch[0][:40].clone(), attack_batch[1][:40].clone()
+    y[::2] = (y[::2] + 1) % 10                      # half the labels wrong: those images are misclassified
+    seen = []
+    hook = trained_model.register_forward_hook(lambda m, i, o: seen.append(len(i[0])))
+    try:
+        metrics, correct = evaluate_model(trained_model, x, y, SMALL, seed=1, progress=False)
+    finally:
+        hook.remove()
+    wrong = ~correct["SA"]
+    assert wrong[::2].all()
+    for k, v in correct.items():
+        assert not v[wrong].any(), k
+    assert max(seen[1:]) <= int(correct["SA"].sum())   # after the clean pass, no batch is larger
 
 
 def test_evaluate_rejects_normalized_inputs(trained_model, attack_batch):
