@@ -1,4 +1,4 @@
-"""End to end in a real browser: JupyterLab, notebook 00, the ε slider.
+"""End to end in a real browser: JupyterLab, notebook 00, the ε slider; and the static site.
 
 A headless JupyterLab (this interpreter's ``jupyter lab``, so the kernel is this
 venv's) serves a temporary copy of ``notebooks/``; headless Chromium, driven by
@@ -15,6 +15,12 @@ here: it launches the system Chromium. Skipped when either is missing.
 A screenshot of the page after the flip is saved as ``eps_slider.png`` in the
 test's ``tmp_path`` (and copied to ``$DWF_SCREENSHOT_DIR`` when that is set); on
 failure a ``debug.png`` is saved there too and the browser console is printed.
+
+The static site (:mod:`dwf_lab.course.site`): notebooks 00 and 01 run headlessly at the
+smoke profile (``run_course``, which then builds ``runs/<run>/site/``); Chromium opens the
+index and each page from ``file://`` with every http(s) request aborted, and checks that none
+was made, that every plotly figure drew its SVG (``.main-svg``), that every image decoded
+(``naturalWidth > 0``) and that each notebook page shows its cost banner.
 """
 from __future__ import annotations
 
@@ -310,3 +316,62 @@ def test_eps_slider_flips_the_prediction_in_jupyterlab(browser_deps, jupyter_lab
                 raise
         finally:
             browser.close()
+
+
+# ------------------------------------------------------------------ static site --
+SITE_NOTEBOOKS = ("00", "01")
+FIGURE_TIMEOUT = 30_000   # ms: plotly drawing every figure of a page
+
+_FIGURES_JS = """() => {
+  const divs = [...document.querySelectorAll('.plotly-graph-div')];
+  const images = [...document.images];
+  return {figures: divs.length, drawn: divs.filter(d => d.querySelector('.main-svg')).length,
+          images: images.length, decoded: images.filter(i => i.complete && i.naturalWidth > 0).length,
+          banners: document.querySelectorAll('.dwf-banner').length,
+          links: [...document.querySelectorAll('a[href$=".html"]')].map(a => a.getAttribute('href'))};
+}"""
+
+
+def test_static_site_opens_offline_with_its_figures(browser_deps, tmp_path, monkeypatch):
+    from dwf_lab.core.config import get_profile
+    from dwf_lab.course.runner import run_course
+
+    chromium, sync_playwright = browser_deps
+    t0 = time.monotonic()
+    monkeypatch.setenv("DWF_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.delenv("DWF_STATIC_FIGURES", raising=False)
+    done = run_course(get_profile("smoke"), run_name="site", notebooks=list(SITE_NOTEBOOKS))
+    site = tmp_path / "runs" / "site" / "site"
+    pages = [site / f"{p.stem}.html" for p in done]
+    assert all(p.exists() for p in pages) and (site / "index.html").exists()
+    print(f"\n[site] {len(pages)} notebooks executed and rendered after {time.monotonic() - t0:.0f}s")
+    requested: list[str] = []
+    problems: list[str] = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
+        try:
+            context = browser.new_context(viewport={"width": 1300, "height": 900})
+            context.route(lambda url: not url.startswith("file:"),
+                          lambda route: (requested.append(route.request.url), route.abort()))
+            page = context.new_page()
+            page.on("pageerror", lambda e: problems.append(f"[pageerror] {e}"))
+            page.on("console", lambda m: problems.append(f"[console] {m.text}") if m.type == "error" else None)
+            page.goto((site / "index.html").as_uri(), wait_until="load")
+            index = page.evaluate(_FIGURES_JS)
+            assert index["links"] == [p.name for p in pages], index["links"]
+            for path in pages:
+                page.goto(path.as_uri(), wait_until="load")
+                page.wait_for_function(
+                    "() => [...document.querySelectorAll('.plotly-graph-div')]"
+                    ".every(d => d.querySelector('.main-svg'))", timeout=FIGURE_TIMEOUT)
+                state = page.evaluate(_FIGURES_JS)
+                print(f"[site] {path.name}: {state['figures']} figures drawn, {state['images']} images, "
+                      f"{state['banners']} banner")
+                assert state["figures"] >= 1 and state["drawn"] == state["figures"], (path.name, state)
+                assert state["decoded"] == state["images"], (path.name, state)
+                assert state["banners"] == 1, f"{path.name}: no cost banner on the page"
+        finally:
+            browser.close()
+    assert requested == [], f"the site asked the network for {requested}"
+    assert problems == [], "\n".join(problems)
+    print(f"[site] done in {time.monotonic() - t0:.0f}s")
