@@ -17,7 +17,8 @@ under ``dwf_lab.autoattack`` (never a number that was not measured).
 The test set: a run keeps no indices of the test images it drew (:func:`dwf_lab.data.load_dataset`
 draws them inside), so the images themselves are hashed (:func:`test_set_digest`: their float32
 bytes and their labels, the same hashes an external evaluation records), when the report is written
-with the run's data loaded; the digest is kept in ``report/test_set.json`` for later reports.
+with the run's data loaded; the digest is kept in ``report/test_set.json`` for later reports (and kept: a run unpacked on a machine whose data differs
+keeps the hash its results were reported with, with a warning).
 
 Written by :func:`write_entries` to ``runs/<run>/report/entries/<model>_seed<k>.json`` and one
 list, ``report/entries.json``. Numbers come from the stored results (:mod:`dwf_lab.evaluation.records`);
@@ -27,6 +28,7 @@ import hashlib
 import json
 import shlex
 import sys
+import warnings
 from importlib import metadata
 from pathlib import Path
 
@@ -72,9 +74,22 @@ def test_set_digest(data: ImageData) -> dict:
             "test_labels_sha256": hashlib.sha256(y.tobytes()).hexdigest(), "hashed": HASHED}
 
 
-def write_test_set(report_dir: Path, data: ImageData) -> dict:
+def record_test_set(run: Run, data: ImageData) -> dict:
+    """The digest of ``data``'s test images, written to ``report/test_set.json``. A digest already
+    stored for the same dataset and number of images is kept (it is the one the stored results were
+    reported with): when the images loaded now differ from it (another subset file on this machine,
+    say) a warning says so, and the entries keep the stored hash."""
     digest = test_set_digest(data)
-    atomic_write_text(Path(report_dir) / TEST_SET_FILE, json.dumps(digest, indent=1))
+    stored = stored_test_set(run)
+    if stored is not None and (stored["dataset"], stored["n_test"]) == (digest["dataset"], digest["n_test"]):
+        if (stored["test_images_sha256"], stored["test_labels_sha256"]) != \
+                (digest["test_images_sha256"], digest["test_labels_sha256"]):
+            warnings.warn(
+                f"run {run.name!r}: the test images loaded now (sha256 {digest['test_images_sha256'][:12]}...) "
+                f"are not the ones its results were reported with ({stored['test_images_sha256'][:12]}...): "
+                "this machine's data differs; the entries keep the stored hash", RuntimeWarning, stacklevel=2)
+        return stored
+    atomic_write_text(run.report_dir / TEST_SET_FILE, json.dumps(digest, indent=1))
     return digest
 
 
@@ -292,7 +307,7 @@ def write_entries(run: Run, data: ImageData | None = None) -> dict:
     stored by an earlier report is used). Entries of results that are gone are removed. Returns
     {"entries": [entry, ...], "entries_json": path, "entries_dir": path}."""
     report = run.report_dir
-    test_set = write_test_set(report, data) if data is not None else stored_test_set(run)
+    test_set = record_test_set(run, data) if data is not None else stored_test_set(run)
     records = load_results(run.eval_dir)
     folder = report / ENTRIES_DIR
     folder.mkdir(parents=True, exist_ok=True)

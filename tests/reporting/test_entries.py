@@ -2,6 +2,7 @@
 model, every number read from the stored results (never made up), what was not checked said."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -111,6 +112,15 @@ def test_a_later_report_without_the_data_keeps_the_test_images_hash(copy):
     write_entries(run)
     assert entry(run)["dwf_lab"]["test_set"]["test_images_sha256"] is None
     assert "not recorded" in entry(run)["dwf_lab"]["test_set"]["note"]
+
+
+def test_other_test_images_on_this_machine_keep_the_stored_hash_with_a_warning(copy):
+    run, data = copy
+    before = entry(run)["dwf_lab"]["test_set"]["test_images_sha256"]
+    other = dataclasses.replace(data, x_test=data.x_test.flip(-1))
+    with pytest.warns(RuntimeWarning, match="are not the ones its results were reported with"):
+        write_entries(run, other)
+    assert entry(run)["dwf_lab"]["test_set"]["test_images_sha256"] == before
 
 
 def test_autoattack_not_run_is_said_never_a_number(smoke):
