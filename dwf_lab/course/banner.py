@@ -25,7 +25,7 @@ KIND_LABELS = {"benign": ("the benign expert", "benign experts"), "fgsm": ("FGSM
                "pgd_at": ("the PGD-AT baseline", "PGD-AT baselines"), "gate": ("the gate-only phase", "gate phases"),
                "mixture": ("the mixture (Algorithm 3)", "mixtures"), "soe": ("SoE", "SoE"),
                "advmoe": ("ADVMoE", "ADVMoE")}
-ACTIONS = {"train": "train", "evaluate": "evaluate", "attack": "attack", "ablation": "ablations"}
+ACTIONS = {"train": "will train", "evaluate": "will evaluate", "attack": "will attack", "ablation": "will run"}
 W = 15   # the label column of the text banner
 METHOD = ("work = images x epochs x passes per image of each recipe (attack steps included) x networks "
           "(a mixture counts its experts); an estimate, not a measurement of this notebook")
@@ -101,7 +101,7 @@ class Banner:
         if self.todo:
             last = None
             for action, what, seconds, detail in self.todo:
-                label = f"will {ACTIONS[action]}" if action != last else ""
+                label = ACTIONS[action] if action != last else ""
                 last = action
                 lines.append(f"  {label:<{W}}{what}: {about(seconds)}" + (f" [{detail}]" if detail else ""))
         if self.loads:
@@ -122,7 +122,7 @@ class Banner:
         rows = [(label, e(value)) for label, value in self.has]
         last = None
         for action, what, seconds, detail in self.todo:
-            label = f"will {ACTIONS[action]}" if action != last else ""
+            label = ACTIONS[action] if action != last else ""
             last = action
             rows.append((label, f"{e(what)}: <b>{e(about(seconds))}</b>"
                                 + (f" <span style='color:#666'>[{e(detail)}]</span>" if detail else "")))
@@ -185,8 +185,8 @@ def _todo(costs: list[StepCost]) -> list[tuple[str, str, float, str]]:
             label = _kind_label(key, len(names))
             what = (label if names == [key] else f"{label} ({compact(names)})") + _seeds(cs)
             detail = cs[0].detail
-        elif action == "attack":
-            what, detail = f"{key}{_seeds(cs)}", cs[0].detail
+        elif action == "ablation":
+            what, detail = f"ablation {key}{_seeds(cs)}", cs[0].detail
         else:
             what, detail = f"{key}{_seeds(cs)}", cs[0].detail
         out.append((action, what, seconds, detail))

@@ -236,17 +236,22 @@ def measured_rates(p: Profile, inv: RunInventory, n_train: int, n_test: int) -> 
 
 
 # -------------------------------------------------------------- the probe --
-PROBE_BATCH = 32
+PROBE_BATCH = 16
+PROBE_SECONDS = 0.4    # timed per path (after one warm-up step), at most PROBE_STEPS steps
+PROBE_STEPS = 5
+PROBE_BUDGET = 2.0     # seconds for the whole probe, beyond one warm-up and one timed step
 
 
 @functools.lru_cache(maxsize=8)
 def probe_throughput(width: float, batch: int, num_classes: int, in_channels: int, size: int,
                      device: str, amp: bool, channels_last: bool, try_bf16: bool,
                      threads: int) -> dict:
-    """Images/s of a ResNet-18 training step (one warm-up step, then two timed), fp32, and with
-    the fast path's bf16 + channels_last when ``try_bf16`` (a CPU whose profile says "auto":
-    the fast path's own probe decides later). ``train``: the rate training will most likely
-    get (:func:`dwf_lab.training.fast_path.choose`); ``fp32``: evaluation's (attacks run in fp32)."""
+    """Images/s of a ResNet-18 training step: one warm-up step, then steps for about
+    :data:`PROBE_SECONDS` (:data:`PROBE_BUDGET` in all), in fp32 and, when ``try_bf16`` (a CPU
+    whose profile says "auto": the fast path's own probe decides when training starts), with
+    bf16 + channels_last, skipped when fp32 alone took more than a second (a busy machine). ``train``: the rate training will
+    most likely get (:func:`dwf_lab.training.fast_path.choose`); ``fp32``: evaluation's (attacks
+    run in fp32). About a second on a laptop CPU; cached per process."""
     dev = torch.device(device)
     torch.manual_seed(0)
     x = torch.rand(batch, in_channels, size, size, device=dev)
@@ -256,29 +261,37 @@ def probe_throughput(width: float, batch: int, num_classes: int, in_channels: in
         paths["profile"] = (amp, channels_last)
     if try_bf16:
         paths["bf16+channels_last"] = (True, True)
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
     rates, t_all = {}, time.perf_counter()
     for name, (bf16, cl) in paths.items():
+        if name != "fp32" and time.perf_counter() - t_all > 1.0:
+            break
         model = resnet18(num_classes, width, in_channels).to(dev).train()
         xs = x.contiguous(memory_format=torch.channels_last) if cl else x
         if cl:
             model.to(memory_format=torch.channels_last)
         opt = torch.optim.SGD(model.parameters(), lr=0.01)
-        for i in range(3):
-            if i == 1:
-                if dev.type == "cuda":
-                    torch.cuda.synchronize(dev)
+        steps, t0 = 0, 0.0
+        while steps < 2 or (steps < PROBE_STEPS + 1 and time.perf_counter() - t0 < PROBE_SECONDS
+                            and time.perf_counter() - t_all < PROBE_BUDGET):
+            if steps == 1:
+                sync()
                 t0 = time.perf_counter()
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
                 loss = F.cross_entropy(model(xs).float(), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        rates[name] = batch * 2 / (time.perf_counter() - t0)
+            steps += 1
+        sync()
+        rates[name] = batch * (steps - 1) / (time.perf_counter() - t0)
     if "profile" in rates:
         train = "profile"
-    elif try_bf16:
+    elif "bf16+channels_last" in rates:
         train = choose(rates)
     else:
         train = "fp32"
