@@ -199,6 +199,11 @@ def run_course(profile: Profile | str | None = None, run_name: str | None = None
     say(f"[dwf-lab course] all {len(done)} notebook(s) ran in {time.time() - t_all:.0f}s; "
         f"report: {run.report_dir / 'report.md'}; times: {run.root / TIMES_FILE}")
     if site and own_copies:
-        index = build_site(run.root)
-        say(f"[dwf-lab course] the course as a static site (opens offline): {index}")
+        try:
+            index = build_site(run.root)
+        except (OSError, RuntimeError, ValueError) as err:   # the notebooks ran: never lose that to the site
+            say(f"[dwf-lab course] the static site was not built: {err}. Fix it, then: python -m dwf_lab "
+                f"site {run.name}")
+        else:
+            say(f"[dwf-lab course] the course as a static site (opens offline): {index}")
     return done
