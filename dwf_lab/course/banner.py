@@ -17,7 +17,15 @@ from IPython.display import display
 from dwf_lab.core.config import Profile
 from dwf_lab.course.cost import StepCost, estimate
 from dwf_lab.course.display import in_kernel
-from dwf_lab.course.plan import RunInventory, inventory, notebook_plan, notebook_steps, selection
+from dwf_lab.course.plan import (
+    NOTEBOOK_PLANS,
+    NotebookPlan,
+    RunInventory,
+    inventory,
+    notebook_plan,
+    notebook_steps,
+    selection,
+)
 from dwf_lab.training.stages import baseline_stages, plan_stages
 
 KIND_LABELS = {"benign": ("the benign expert", "benign experts"), "fgsm": ("FGSM expert", "FGSM experts"),
@@ -209,9 +217,10 @@ def notebook_banner(notebook: str, p: Profile, run, data, scope: str = "core", d
                     threads: int | None = None) -> Banner:
     """The banner of notebook ``notebook`` ("00" ... ) on ``run``: quick (file reads; a probe of
     about a second only when something will run and the run has measured nothing yet)."""
-    plan = notebook_plan(notebook)
+    planned = notebook in NOTEBOOK_PLANS
+    plan = notebook_plan(notebook) if planned else NotebookPlan()
     inv = inventory(run)
-    steps = notebook_steps(notebook, p, inv, scope)
+    steps = notebook_steps(notebook, p, inv, scope) if planned else []
     costs = estimate(steps, p, data, inv, device, threads)
     title = f"Notebook {notebook}: what it will do, and about how long it takes"
     has = _has_lines(p, inv, run)
@@ -223,6 +232,9 @@ def notebook_banner(notebook: str, p: Profile, run, data, scope: str = "core", d
                                 + (" (python -m dwf_lab course --scope full, or scope = \"full\" in the "
                                    "parameters cell, runs everything)" if scope == "core" else "")))
     notes = []
+    if not planned:
+        notes.append(f"dwf_lab.course.plan.NOTEBOOK_PLANS has no plan for notebook {notebook}: this banner "
+                     "cannot say what it trains")
     if plan.reads_only:
         notes.append("this notebook trains and evaluates nothing: it reads the run's results")
         if not inv.records:

@@ -131,6 +131,12 @@ def test_setup_notebook_prints_the_banner_before_anything_trains(smoke, capsys):
     assert not (run.root.parent / "other").exists()
 
 
+def test_a_notebook_without_a_plan_still_opens(smoke):
+    p, run, data = smoke
+    b = notebook_banner("42", p, run, data)
+    assert b.costs == [] and "has no plan for notebook 42" in b.text()
+
+
 def test_last_headless_time_is_quoted(smoke):
     p, run, data = smoke
     (run.root / "course_times.json").write_text(json.dumps(
