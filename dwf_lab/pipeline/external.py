@@ -228,13 +228,17 @@ def _adaptive(model, data, rec: dict, s: AdaptiveSettings, seed: int, dev, progr
         _, correct, found = evaluate_any(model, data.x_test, data.y_test, s, seed, dev, progress,
                                          [k for k in s.attack_names(is_mixture(model)) if k in stored],
                                          f"adaptive {name}")
-        merge_into_result(rec, correct)
+        computed = found.get("attack_settings")   # each attack's own settings, where the engine gives them
+        if computed is not None:
+            merge_into_result(rec, correct, settings=computed)
+        else:
+            merge_into_result(rec, correct)
+        if "autoattack_stages" in found:          # robust accuracy after each attack of AutoAttack
+            rec["autoattack_stages"] = found["autoattack_stages"]
         info = rec.setdefault("adaptive", {})
         info["settings"] = s.to_dict()
         info.setdefault("elapsed_s", {}).update(found.get("elapsed_s", {}))
-        for k, v in found.items():
-            if k != "elapsed_s":
-                info[k] = v
+        info.update({k: v for k, v in found.items() if k not in ("elapsed_s", "attack_settings")})
         info["elapsed_s_total"] = round(info.get("elapsed_s_total", 0.0) + time.time() - t0, 2)
         info["note"] = ("attacks beyond the paper (dwf_lab.evaluation.adaptive); 'worst-case (all)' is the "
                         "per-example worst case over every stored attack, the paper's included")

@@ -13,6 +13,7 @@ from tinymodels import tiny_trained  # tests/ is on sys.path
 
 from dwf_lab.__main__ import main
 from dwf_lab.core.config import get_profile
+from dwf_lab.evaluation.adaptive import AdaptiveSettings
 from dwf_lab.models.external import load_factory
 from dwf_lab.pipeline.run_all import report_run
 from dwf_lab.store.checkpoints import save_model, weights_digest
@@ -52,9 +53,12 @@ def test_a_torchvision_resnet18_is_evaluated_like_a_run(runs, capsys, monkeypatc
     assert ident["spec"] == RESNET and ident["source"] == "factory"
     assert ident["state_dict_sha256"] == weights_digest(load_factory(RESNET).state_dict())
     m = rec["metrics"]
-    for key in ("SA", "fgsm:0.03", "pgd:4", "pgd:4-ms", "pgd:4-a", "pgd-5", "pgd-dlr", "autoattack", "square"):
-        assert key in m, key
-    assert "routing" not in m and "transfer-best" not in m          # mixture-only attacks: not for a ResNet
+    s = AdaptiveSettings.from_profile(get_profile("smoke"))
+    for key in ("SA", "fgsm:0.03", "pgd:4", "pgd:4-ms", "pgd:4-a", *s.attack_names(False)):
+        assert key in m, key                                         # the protocol and every adaptive attack
+    assert "autoattack" in m
+    mixture_only = set(s.attack_names(True)) - set(s.attack_names(False))
+    assert mixture_only and not mixture_only & set(m)               # the gate-aware attacks: mixtures only
     assert m["worst-case (all)"] <= min(m["SA"], m["pgd:4"], m["autoattack"])
     assert json.loads((out / "model.json").read_text())["identity"] == ident
     report = (out / "report" / "report.md").read_text()
