@@ -182,6 +182,19 @@ def test_an_external_model_is_named_by_its_own_identity(copy):
     assert e["dwf_lab"]["command"] == "python -m dwf_lab evaluate --checkpoint x"
 
 
+def test_the_uniform_ensemble_is_named_by_its_experts_checkpoints(copy):
+    run, _ = copy
+    rec = record(run, "benign")
+    rec.update(model="uniform-ensemble", row="Uniform ensemble", stage_kind="uniform_ensemble")
+    run.eval_path(0, "uniform-ensemble").write_text(json.dumps(rec))
+    write_entries(run)
+    e = entry(run, "uniform-ensemble")
+    experts = e["dwf_lab"]["checkpoint"]["experts"]
+    assert [x["path"] for x in experts] == [f"seed-0/models/{s}.safetensors" for s in ("benign", "fgsm-1", "pgd-1")]
+    assert experts[1]["file_sha256"] == hashlib.sha256(run.model_path(0, "fgsm-1").read_bytes()).hexdigest()
+    assert e["architecture"] == "uniform average of 3 ResNet-18 experts (width 0.0625), no gate"
+
+
 def test_the_entry_of_a_removed_result_is_removed(copy):
     run, _ = copy
     run.eval_path(0, "benign").unlink()
