@@ -74,6 +74,7 @@ class Profile:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     expert_epochs: int = 150
+    benign_epochs: int | None = None     # the benign expert's epochs (None = expert_epochs, as in Table 5)
     expert_batch: int = 128
     gate_epochs: int = 100               # gate-only phase with frozen experts (0 = off)
     mixture_epochs: int = 100
@@ -140,6 +141,9 @@ NOT_IN_DIGEST = frozenset({"device", "amp", "channels_last", "compile", "data_on
                            "expert_batching", "sync_batchnorm", "description", "ckpt_every",
                            "keep_epoch_checkpoints", "seeds", "eval_batch"})
 _FIELDS = {f.name: f for f in fields(Profile)}
+# fields added after runs were first stored, with the value every older run had: a config.json
+# without one holds that value, and the digest leaves the field out at it, so older runs stay valid
+ADDED_FIELDS: dict[str, object] = {"benign_epochs": None}
 
 
 PROFILES: dict[str, Profile] = {
@@ -186,7 +190,8 @@ def canonical_dataset(name: str) -> str:
 # ------------------------------------------------------------- settings --
 def settings_digest(settings: dict) -> str:
     """The digest of a profile's settings as a dict (what :meth:`Profile.digest` hashes)."""
-    d = {k: v for k, v in settings.items() if k not in NOT_IN_DIGEST}
+    d = {k: v for k, v in settings.items()
+         if k not in NOT_IN_DIGEST and not (k in ADDED_FIELDS and v == ADDED_FIELDS[k])}
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -325,6 +330,7 @@ _RULES = {
     "n_fgsm_experts": _AT_LEAST_0, "n_pgd_experts": _AT_LEAST_0,
     "lr": _POSITIVE, "momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "weight_decay": (lambda v: _finite(v) and v >= 0, "a finite number >= 0"),
+    "benign_epochs": (lambda v: v is None or v >= 0, ">= 0 or none (= expert_epochs)"),
     "expert_epochs": _AT_LEAST_0, "gate_epochs": _AT_LEAST_0, "mixture_epochs": _AT_LEAST_0,
     "baseline_epochs": _AT_LEAST_0,
     "expert_batch": _AT_LEAST_1, "mixture_batch": _AT_LEAST_1, "eval_batch": _AT_LEAST_1,

@@ -177,7 +177,8 @@ def describe_profile(p: Profile) -> str:
     keys = [("dataset", "dataset"), ("n_train", "training images (None = all)"),
             ("n_test", "test images (None = all)"), ("width", "ResNet-18 width"),
             ("n_fgsm_experts", "FGSM experts"), ("n_pgd_experts", "PGD experts"),
-            ("expert_epochs", "expert epochs"), ("mixture_epochs", "end-to-end epochs"),
+            ("expert_epochs", "expert epochs"), ("benign_epochs", "benign expert epochs (None = expert epochs)"),
+            ("mixture_epochs", "end-to-end epochs"),
             ("baseline_epochs", "baseline epochs"), ("pgd_steps_choices", "training PGD steps"),
             ("eval_pgd_steps", "evaluation PGD steps"), ("eval_long_steps", "long PGD steps"),
             ("seeds", "seeds")]

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from dwf_lab.core.config import NOT_IN_DIGEST, Profile, settings_digest
+from dwf_lab.core.config import ADDED_FIELDS, NOT_IN_DIGEST, Profile, settings_digest
 from dwf_lab.core.io import atomic_write_text
 
 RUNS_DIR_ENV = "DWF_RUNS_DIR"
@@ -126,7 +126,8 @@ class Run:
                     if extra else "its profile is not a mapping")
             raise RunConfigMismatch(f"{damaged} ({what}). {advice}")
         known = set(self.profile.to_dict())
-        lost, unknown = sorted(known - set(old["profile"])), sorted(set(old["profile"]) - known)
+        lost = sorted(known - set(old["profile"]) - set(ADDED_FIELDS))
+        unknown = sorted(set(old["profile"]) - known)
         if lost or unknown:
             what = f"settings missing: {', '.join(lost)}" if lost else f"unknown settings: {', '.join(unknown)}"
             raise RunConfigMismatch(f"{damaged} ({what}). {advice}")
@@ -137,6 +138,8 @@ class Run:
                       else "its settings match this command's, but not its own checksum")
             raise RunConfigMismatch(f"run {self.name!r}: {cfg} was edited by hand (its settings no "
                                     f"longer match its checksum and digest; {versus}). {advice}")
+        for k, v in ADDED_FIELDS.items():   # a run stored before the field existed had its default
+            old["profile"].setdefault(k, v)
         return old
 
     def _check_or_write_config(self, create: bool) -> None:

@@ -30,7 +30,8 @@ class Stage:
 
 def plan_stages(p: Profile) -> list[Stage]:
     """Every stage of a run, in training order."""
-    st = [Stage("benign", "benign", p.expert_epochs, p.expert_batch, "ResNet-18")]
+    benign_epochs = p.expert_epochs if p.benign_epochs is None else p.benign_epochs
+    st = [Stage("benign", "benign", benign_epochs, p.expert_batch, "ResNet-18")]
     st += [Stage(f"fgsm-{i}", "fgsm", p.expert_epochs, p.expert_batch, f"FGSM expert {i}")
            for i in range(1, p.n_fgsm_experts + 1)]
     st += [Stage(f"pgd-{i}", "pgd", p.expert_epochs, p.expert_batch, f"PGD expert {i}")
