@@ -24,7 +24,7 @@ it can only catch numbers that contradict each other.
 | ``late-cliff`` | a PGD curve that flattened by 50 steps does not fall further from 50 to 100 than from 10 to 50 | the short attacks had not converged, or the long one is another attack |
 | ``clean-bound`` | no attacked accuracy above the clean accuracy | robust accuracy counted on other images |
 | ``undefended`` | an undefended network keeps almost nothing (≤ :data:`UNDEFENDED_PGD_MAX` %) under PGD at 8/255 | ε on the wrong scale (e.g. on normalized inputs), or an attack that does not reach the model |
-| ``undefended-flat`` | against an undefended network that still holds out, 5x the PGD steps take at least a tenth of what is left (:data:`FLAT_FRACTION`) | an attack that stalls |
+| ``undefended-flat`` | against an undefended network that still holds out, the most PGD steps take at least a tenth of what the fewest leave (:data:`FLAT_FRACTION`) | an attack that stalls |
 | ``reference`` | no more than the best published numbers for the same recipe (:data:`REFERENCE_POINTS`) | a result that needs more checking than the paper gives |
 """
 import math
@@ -310,12 +310,11 @@ def rule_undefended_flat(t: AuditTable) -> list[Finding]:
             out.append(Finding("undefended-flat", row, "ok",
                                f"PGD-{k0} already leaves only {a.mean:.2f}%: nothing left to fall", None, None))
             continue
-        flat = drop < max(Z * se, FLAT_FRACTION * a.mean)
-        out.append(Finding("undefended-flat", row, "flagged" if flat else "ok",
-                           f"PGD-{k0} {a.mean:.2f}% → PGD-{k1} {b.mean:.2f}%: "
-                           + (f"{k1} steps instead of {k0} take only {drop:.2f} points more from a network "
-                              "with no defence" if flat else f"more steps take {drop:.2f} points"),
-                           -drop, se))
+        excess = FLAT_FRACTION * a.mean - drop          # > 0: the curve falls by less than it should
+        out.append(Finding("undefended-flat", row, _status(excess, se),
+                           f"PGD-{k0} {a.mean:.2f}% → PGD-{k1} {b.mean:.2f}%: {k1} steps instead of {k0} take "
+                           f"{drop:.2f} points more from a network with no defence (a tenth of what is left "
+                           f"would be {FLAT_FRACTION * a.mean:.2f}; {_z(excess, se)})", excess, se))
     return out
 
 

@@ -100,6 +100,9 @@ def test_an_undefended_network_that_falls_passes():
     assert _status(f, "undefended-flat", "ResNet-18") == {"ok"}   # already at the floor
     assert _status(f, "undefended", "VGG-19") == {"flagged"}       # 15% left, 5 SE above the 10% limit
     assert _status(f, "undefended-flat", "VGG-19") == {"ok"}       # but more steps took 25 points
+    # on a few test images a curve that barely falls is not evidence of a stalled attack
+    few = audit(_table({"ResNet-18": {"pgd:2": (12, 4), "pgd:4": (11.5, 4)}}))
+    assert _status(few, "undefended-flat", "ResNet-18") == {"within noise"}
 
 
 def test_a_rule_without_its_columns_says_nothing():
