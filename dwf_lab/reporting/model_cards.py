@@ -204,7 +204,7 @@ def not_checked(run: Run, seed: int, st: Stage, entry: dict | None, data_name: s
         if not aa["run"]:
             out.append(f"AutoAttack not run ({aa['note']})")
         elif not aa["standard"]:
-            out.append(f"AutoAttack here is {aa['label']}: not a RobustBench-comparable number")
+            out.append(f"the AutoAttack number is {aa['label']}: not comparable with RobustBench's")
         n = entry["n_examples"]
         if n < FULL_TEST_SET:
             se = (entry["dwf_lab"]["clean"] or {}).get("se")
