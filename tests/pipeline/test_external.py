@@ -9,12 +9,14 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 from tinymodels import tiny_trained  # tests/ is on sys.path
 
 from dwf_lab.__main__ import main
 from dwf_lab.core.config import get_profile
 from dwf_lab.evaluation.adaptive import AdaptiveSettings
 from dwf_lab.models.external import load_factory
+from dwf_lab.models.registry import build_model
 from dwf_lab.pipeline.run_all import report_run
 from dwf_lab.store.checkpoints import save_model, weights_digest
 from dwf_lab.store.runs import RUNS_DIR_ENV, Run
@@ -109,6 +111,16 @@ def test_a_kit_checkpoint_without_a_run(runs, tmp_path, capsys):
     assert evaluate("--checkpoint", str(bad)) == 2
     assert "damaged" in error_line(capsys)
     assert not (runs / "external" / "bad").exists()
+
+
+def test_a_kit_mixture_checkpoint_gets_the_attacks_made_for_mixtures(runs, tmp_path):
+    torch.manual_seed(0)
+    mix = build_model("dwf_mixture", n_experts=3, width=0.0625, dataset="synthetic", gate_hidden=16)
+    save_model(tmp_path / "dwf.safetensors", mix, {"row": "DWF", "stage": "mixture"})
+    assert evaluate("--checkpoint", str(tmp_path / "dwf.safetensors"), "--n-test", "16") == 0
+    rec = json.loads((runs / "external" / "mixture" / "eval" / "mixture_seed0.json").read_text())
+    s = AdaptiveSettings.from_profile(get_profile("smoke"))
+    assert rec["row"] == "DWF" and set(s.attack_names(True)) <= set(rec["metrics"])   # routing, transfer included
 
 
 def test_a_model_that_expects_normalized_images_is_warned_about(runs, capsys):
