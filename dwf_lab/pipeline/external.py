@@ -200,7 +200,7 @@ def evaluate_external(ext: ExternalModel, p: Profile, data: ImageData, out: Path
                   ext.name)
         atomic_write_text(path, json.dumps(rec, indent=1))
         _checklist(run, model, data, rec, ext, seed, dev, checklist_settings or ChecklistSettings.from_profile(p))
-        written = report_run(run, data.name)
+        written = report_run(run, data.name, data)   # the entries hash its test images
     return {"eval": path, "model": out / IDENTITY_FILE, **written}
 
 
