@@ -231,7 +231,7 @@ def notebook_banner(notebook: str, p: Profile, run, data, scope: str = "core", d
         has.insert(1, ("scope", f"{scope}: {what.get(notebook, '')}"
                                 + (" (python -m dwf_lab course --scope full, or scope = \"full\" in the "
                                    "parameters cell, runs everything)" if scope == "core" else "")))
-    notes = []
+    notes = [plan.note] if plan.note else []
     if not planned:
         notes.append(f"dwf_lab.course.plan.NOTEBOOK_PLANS has no plan for notebook {notebook}: this banner "
                      "cannot say what it trains")

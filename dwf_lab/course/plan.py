@@ -33,10 +33,12 @@ class NotebookPlan:
     ablations: bool = False     # the ablation variants: ablation_selection(p, scope)
     scoped: bool = False        # what it runs depends on the course scope
     reads_only: bool = False    # trains and evaluates nothing: reads the run's results
+    note: str = ""              # what else it does that costs time, in one line
 
 
 NOTEBOOK_PLANS: dict[str, NotebookPlan] = {
-    "00": NotebookPlan(trains="benign"),
+    "00": NotebookPlan(note="uses the run's benign expert if it has one, else trains a quick classifier "
+                            "for about 30 s (not saved); notebook 01 trains the benign expert"),
     "01": NotebookPlan(trains="benign"),
     "02": NotebookPlan(trains="fgsm,benign"),
     "03": NotebookPlan(trains="experts"),
