@@ -50,9 +50,9 @@ def test_after_training_it_loads_and_scales_from_measured_times(smoke, monkeypat
     p, run, data = smoke
     train_run(run, p.seeds[0], data, "benign", progress=False)
     _no_probe(monkeypatch)
-    b00 = notebook_banner("00", p, run, data)
-    assert b00.trains == [] and b00.loads == ["benign"] and b00.total_s == 0
-    assert "will load" in b00.text() and "nothing to train" in b00.text()
+    b01 = notebook_banner("01", p, run, data)
+    assert b01.trains == [] and b01.loads == ["benign"] and b01.total_s == 0
+    assert "will load" in b01.text() and "nothing to train" in b01.text()
     b02 = notebook_banner("02", p, run, data)
     assert b02.trains == ["fgsm-1"] and b02.loads == ["benign"]
     assert "scaled from this run's training times (benign)" in b02.text()
@@ -71,9 +71,9 @@ def test_the_estimate_follows_the_work(smoke, monkeypatch):
     assert fg.seconds == pytest.approx(2.0 * cost.passes_per_image("fgsm", p) / cost.passes_per_image("benign", p))
     monkeypatch.setattr(cost, "_probe", lambda *a: {"fp32": 100.0, "train": 100.0, "batch": 32, "seconds": 0.1})
     empty = inventory(run)
-    one = cost.estimate(notebook_steps("00", p, empty), p, data, empty)[0]
+    one = cost.estimate(notebook_steps("01", p, empty), p, data, empty)[0]
     p2 = p.replace(expert_epochs=2)
-    two = cost.estimate(notebook_steps("00", p2, empty), p2, data, empty)[0]
+    two = cost.estimate(notebook_steps("01", p2, empty), p2, data, empty)[0]
     assert one.rate.source == "probe" and two.seconds == pytest.approx(2 * one.seconds)
     assert one.seconds == pytest.approx(256 / 100.0)          # 256 images, 1 epoch, 1 pass, 100 images/s
     assert cost.passes_per_image("pgd", p) > cost.passes_per_image("fgsm", p) > cost.passes_per_image("benign", p)
