@@ -70,6 +70,15 @@ def _art():
             "PyTorchClassifier": PyTorchClassifier}
 
 
+def version() -> str | None:
+    """ART's version (recorded with every result it computed), or None when it is not installed."""
+    try:
+        import art
+    except Exception:   # not installed, or a broken install
+        return None
+    return getattr(art, "__version__", "unknown")
+
+
 def available() -> bool:
     """True when ART imports (the tests and notebooks skip ART attacks otherwise)."""
     try:

@@ -7,15 +7,25 @@ with uninformative gradients, the soft weighting can flatten the loss, and one l
 objective (Carlini et al. 2019; Tramer et al. 2020; the gate attack of Bai et al., "Adaptive
 Smoothing"). :func:`evaluate_adaptive` runs, at :class:`AdaptiveSettings` budgets, PGD with CE
 and DLR losses, the gate-aware routing and transfer attacks (:mod:`dwf_lab.attacks.gate`; mixtures
-only), long PGD with restarts, AutoAttack and Square (:mod:`dwf_lab.attacks.art_suite`), and the
-per-example worst case: an attacker may pick, for each image, whichever attack works.
+only), long PGD with restarts, the official AutoAttack (:mod:`dwf_lab.attacks.autoattack`, the
+authors' code) and, on request, ART's Square on every image, and the per-example worst case: an
+attacker may pick, for each image, whichever attack works.
 
 Metric keys (accuracy in percent, :meth:`AdaptiveSettings.metric_names`): ``"SA"``, ``"pgd-<k>"``
 (PGD-k, CE), ``"pgd-dlr"``, ``"routing"`` and ``"transfer-best"`` (mixtures only),
-``"pgd-<L>x<R>"`` (L steps, R restarts), ``"autoattack"``, ``"square"``, ``"worst-case (all)"``.
+``"pgd-<L>x<R>"`` (L steps, R restarts), ``"autoattack"`` (the official suite: standard, rand, or a
+reduced budget that its settings and every label say is not the standard suite), ``"square"``
+(off by default: the suite's own Square stage attacks every image the white-box stages left),
+``"worst-case (all)"``.
+
+Every attack key has its own settings (:meth:`AdaptiveSettings.attack_settings`: budget, eps,
+restarts, library versions), stored beside its result so that a result is never relabelled
+with settings it was not computed with (:func:`dwf_lab.evaluation.records.settings_difference`).
 """
+import dataclasses
+import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, ClassVar, Sequence
 
 import torch
@@ -23,6 +33,7 @@ import torch.nn as nn
 
 from dwf_lab import attacks
 from dwf_lab.attacks import art_suite
+from dwf_lab.attacks import autoattack as official
 from dwf_lab.attacks.base import check_batch_size, correct_mask
 from dwf_lab.attacks.gate import (
     expert_models,
@@ -38,6 +49,8 @@ from dwf_lab.core.runtime import seed_from
 from dwf_lab.evaluation.diagnostics import gate_weights
 from dwf_lab.evaluation.metrics import WORST, over_gradient_modes, per_example, worst_case
 from dwf_lab.mixture.moe import MixtureOfExperts, gate_entropy
+
+AA_SEED_TAG = 99    # the official suite's seed for test batch b: seed_from(seed, b, AA_SEED_TAG) % 2**31
 
 
 # ---------------------------------------------------------------- settings --
@@ -55,21 +68,26 @@ class AdaptiveSettings(SizedSettings):
     transfer: bool = True                # mixtures only: from each expert and the uniform average
     long_steps: int = 500
     long_restarts: int = 5
-    autoattack: bool = True
-    aa_version: str = "standard"
-    aa_iter: int = 100
-    aa_queries: int = 5000
-    aa_targets: int = 9
-    square: bool = True
+    autoattack: bool = True              # "autoattack": the official suite (pyautoattack)
+    aa_version: str = "standard"         # "standard"; "rand" for a model with a random forward pass (EoT)
+    aa_iter: int = 100                   # the library's standard budget: APGD / FAB iterations,
+    aa_targets: int = 9                  # APGD-T / FAB-T target classes, Square queries, EoT draws (rand);
+    aa_queries: int = 5000               # any other value is a reduced budget, stored and labelled
+    aa_eot: int = 20                     # "reduced budget: NOT the standard suite"
+    square: bool = False                 # ART's Square on every image (the suite's Square stage covers it)
     square_queries: int = 5000
     batch_size: int = 500
     name: str = "paper"
     SIZES: ClassVar[dict[str, dict]] = {
-        "paper": {},   # PGD-20, PGD-500 x 5, AutoAttack (100 iterations, 9 targets, 5,000 queries)
+        "paper": {},   # PGD-20, PGD-500 x 5, the standard AutoAttack
         "laptop": dict(long_steps=100, long_restarts=2, aa_iter=50, aa_queries=500, aa_targets=3,
                        square_queries=500, name="laptop"),
         "smoke": dict(pgd_steps=5, long_steps=6, long_restarts=2, aa_iter=5, aa_queries=10, aa_targets=1,
-                      square_queries=10, batch_size=256, name="smoke")}
+                      aa_eot=2, square_queries=10, batch_size=256, name="smoke")}
+
+    def __post_init__(self):
+        if self.aa_version not in official.VERSIONS:
+            raise ValueError(f"aa_version must be one of {', '.join(official.VERSIONS)}, got {self.aa_version!r}")
 
     # ---- metric keys
     @property
@@ -100,13 +118,83 @@ class AdaptiveSettings(SizedSettings):
     def metric_names(self, mixture: bool) -> list[str]:
         return ["SA"] + self.attack_names(mixture) + [WORST]
 
+    def standard_autoattack(self) -> "AdaptiveSettings":
+        """These settings with the official AutoAttack at its standard budget (the defaults: the library's own)."""
+        fields = type(self).__dataclass_fields__
+        return dataclasses.replace(self, **{k: fields[k].default for k in ("aa_iter", "aa_targets", "aa_queries",
+                                                                           "aa_eot")})
+
+    # ---- what each key means
+    def aa_budget(self) -> official.Budget:
+        return official.Budget(n_iter=self.aa_iter, n_target_classes=self.aa_targets, n_queries=self.aa_queries,
+                               eot_iter=self.aa_eot)
+
+    def attack_settings(self, key: str, seed: int) -> dict:
+        """What defines the result stored under attack key ``key`` for a run seed: the attack, its
+        budget, eps, restarts and the library that ran it (JSON types). A stored result whose
+        settings differ from these is not the result these settings ask for."""
+        pgd = {"steps": self.pgd_steps, "alpha": self.alpha, "random_start": self.random_start}
+        if key == self.pgd_key:
+            d = {"attack": "PGD, cross-entropy (dwf_lab.attacks.pgd)", **pgd}
+        elif key == "pgd-dlr":
+            d = {"attack": "PGD, DLR loss (dwf_lab.attacks.pgd)", **pgd}
+        elif key == "routing":
+            d = {"attack": "routing PGD (dwf_lab.attacks.gate)", **pgd, "lam": self.routing_lam,
+                 "targets": "each expert and the weakest" if self.routing_targets is None
+                 else list(self.routing_targets)}
+        elif key == "transfer-best":
+            d = {"attack": "transfer PGD from each expert and their uniform average (dwf_lab.attacks.gate)", **pgd}
+        elif key == self.long_key:
+            d = {"attack": "PGD with restarts (dwf_lab.attacks.gate)", "steps": self.long_steps,
+                 "restarts": self.long_restarts, "alpha": self.alpha}
+        elif key == "autoattack":
+            return official.planned_settings(eps=self.eps, version=self.aa_version, seed=int(seed),
+                                             budget=self.aa_budget())
+        elif key == "square":
+            d = {"attack": "Square (ART)", "queries": self.square_queries, "p_init": 0.8,
+                 "adversarial-robustness-toolbox": art_suite.version()}
+        else:
+            raise ValueError(f"no attack {key!r} in these settings; the attacks are {self.attack_names(True)}")
+        return json.loads(json.dumps({**d, "eps": self.eps, "seed": int(seed)}))
 
 
 # -------------------------------------------------------------- evaluation --
+@dataclass
+class _AutoAttackTally:
+    """The official suite over all test batches: images left after each stage, and what ran."""
+    left: dict = field(default_factory=dict)
+    n: int = 0
+    rechecked: int = 0
+    seconds: dict = field(default_factory=dict)
+    warnings: list = field(default_factory=list)
+    settings: dict | None = None
+
+    def add(self, r: official.AutoAttackResult) -> None:
+        n = len(r.correct)
+        for k, v in r.stages.items():
+            self.left[k] = self.left.get(k, 0) + round(v * n / 100)
+        self.n += n
+        self.rechecked += r.rechecked
+        for k, v in r.seconds.items():
+            self.seconds[k] = round(self.seconds.get(k, 0.0) + v, 2)
+        self.warnings += [w for w in r.settings.get("library_warnings", []) if w not in self.warnings]
+        self.settings = self.settings or r.settings
+
+    def stages(self) -> dict:
+        return {k: round(100.0 * v / max(1, self.n), 2) for k, v in self.left.items()}
+
+    def record(self, seed: int, batch_size: int) -> dict:
+        """The settings to store: the first batch's, for all of them (the library's seed per batch noted)."""
+        return {**(self.settings or {}), "seed": int(seed), "n": self.n, "batch_size": batch_size,
+                "seed_per_batch": f"seed_from(seed, batch, {AA_SEED_TAG}) % 2**31 (dwf_lab.core.runtime)",
+                "library_warnings": self.warnings, "rechecked": self.rechecked, "seconds": self.seconds}
+
+
 def _run_batch(model: nn.Module, xb: torch.Tensor, yb: torch.Tensor, s: AdaptiveSettings, want: set,
-               gen: Callable[[int], torch.Generator], aa_seed: int, timings: dict, aa_left: dict) -> dict:
+               gen: Callable[[int], torch.Generator], aa_seed: int, timings: dict,
+               aa_tally: _AutoAttackTally) -> dict:
     """One batch of every attack in ``want``: per-example correctness per key. Adds each attack's
-    seconds to ``timings`` and, per AutoAttack stage, the images still correct to ``aa_left``."""
+    seconds to ``timings`` and the official AutoAttack's result for the batch to ``aa_tally``."""
     res: dict[str, torch.Tensor] = {}
 
     def timed(key: str, fn):
@@ -145,20 +233,16 @@ def _run_batch(model: nn.Module, xb: torch.Tensor, yb: torch.Tensor, s: Adaptive
     if s.long_key in want:
         timed(s.long_key, lambda: long_pgd(model, xb, yb, s.eps, s.alpha, s.long_steps, s.long_restarts,
                                            generator=gen(13)))
-    if "autoattack" in want or "square" in want:
-        if "autoattack" in want:
-            def autoattack():
-                ok, details = art_suite.autoattack(model, xb, yb, s.eps, version=s.aa_version, n_iter=s.aa_iter,
-                                            n_queries=s.aa_queries, n_target_classes=s.aa_targets,
-                                            batch_size=s.batch_size, seed=aa_seed, return_details=True)
-                for k, v in details.items():
-                    if k == "clean" or k.startswith("after "):
-                        aa_left[k] = aa_left.get(k, 0) + round(v * details["n"] / 100)
-                return ok
-            timed("autoattack", autoattack)
-        if "square" in want:
-            timed("square", lambda: art_suite.square(model, xb, yb, s.eps, max_iter=s.square_queries,
-                                              batch_size=s.batch_size, seed=aa_seed + 1))
+    if "autoattack" in want:
+        def autoattack():
+            r = official.official_autoattack(model, xb, yb, eps=s.eps, version=s.aa_version, seed=aa_seed,
+                                             batch_size=s.batch_size, budget=s.aa_budget())
+            aa_tally.add(r)
+            return r.correct
+        timed("autoattack", autoattack)
+    if "square" in want:
+        timed("square", lambda: art_suite.square(model, xb, yb, s.eps, max_iter=s.square_queries,
+                                                 batch_size=s.batch_size, seed=aa_seed + 1))
     return res
 
 
@@ -168,36 +252,43 @@ def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, s: AdaptiveSet
     check_batch_size(s.batch_size)
     mixture = is_mixture(model)
     want = set(s.attack_names(mixture)) - set(skip)
+    planned = {k: s.attack_settings(k, seed) for k in s.attack_names(mixture) if k in want}  # bad settings: now
     timings: dict[str, float] = {}
-    aa_left: dict[str, int] = {}
+    tally = _AutoAttackTally()
     correct = per_example(model, x, y, s.batch_size, device, seed,
                           lambda b, xb, yb, gen: _run_batch(model, xb, yb, s, want, gen,
-                                                            seed_from(seed, b, 99) % (2 ** 31), timings,
-                                                            aa_left),
+                                                            seed_from(seed, b, AA_SEED_TAG) % (2 ** 31),
+                                                            timings, tally),
                           desc, progress)
     order = [k for k in s.metric_names(mixture) if k in correct]
     correct = {k: correct[k] for k in order}
     correct[WORST] = worst_case(correct, s.eps)
     metrics = {k: 100.0 * v.float().mean().item() for k, v in correct.items()}
-    info: dict = {"elapsed_s": {k: round(v, 2) for k, v in timings.items()}}
-    if aa_left:     # robust accuracy (%) after each stage of the AutoAttack cascade
-        info["autoattack_stages"] = {k: round(100.0 * v / max(1, len(x)), 2) for k, v in aa_left.items()}
+    versions = {"torch": torch.__version__, "n": len(x)}
+    info: dict = {"elapsed_s": {k: round(v, 2) for k, v in timings.items()},
+                  "attack_settings": {k: {**v, **versions} for k, v in planned.items()}}
+    if tally.n:
+        info["autoattack_stages"] = tally.stages()
+        info["attack_settings"]["autoattack"] = {**planned["autoattack"], **versions,
+                                                 **tally.record(seed, s.batch_size)}
     return metrics, correct, info
 
 
 def evaluate_adaptive(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                       settings: AdaptiveSettings | None = None, *, seed: int = 0, device=None,
                       progress: bool = True, skip: Sequence[str] = (),
-                      desc: str = "adaptive attacks") -> tuple[dict, dict]:
+                      desc: str = "adaptive attacks", return_info: bool = False):
     """Run every adaptive attack; returns (metrics in percent, per-example correctness per metric).
 
     ``"worst-case (all)"`` is the per-example worst case over clean accuracy and
     every attack that ran. ``skip`` leaves out attack keys (e.g. ones already
     stored). Accuracies are over the same images, in fp32, model in eval mode.
+    With ``return_info=True`` a third item: ``{"attack_settings": {key: settings},
+    "autoattack_stages": {stage: %}, "elapsed_s": {key: s}}`` (what to store with the results).
     """
-    metrics, correct, _ = _evaluate(model, x, y, settings or AdaptiveSettings(), seed, device,
-                                    progress, skip, desc)
-    return metrics, correct
+    metrics, correct, info = evaluate_any(model, x, y, settings or AdaptiveSettings(), seed, device,
+                                          progress, skip, desc)
+    return (metrics, correct, info) if return_info else (metrics, correct)
 
 
 def evaluate_any(model: nn.Module, x, y, s: AdaptiveSettings, seed: int, dev, progress: bool,
@@ -213,6 +304,8 @@ def evaluate_any(model: nn.Module, x, y, s: AdaptiveSettings, seed: int, dev, pr
     combined, per_mode = over_gradient_modes(model, one)
     info: dict = {"elapsed_s": {f"{k} ({mode})": v for mode, i in per_mode.items()
                                 for k, v in i["elapsed_s"].items()}}
+    first = next(iter(per_mode.values()))
+    info["attack_settings"] = {k: {**v, "gradient_modes": list(per_mode)} for k, v in first["attack_settings"].items()}
     stages = {mode: i["autoattack_stages"] for mode, i in per_mode.items() if "autoattack_stages" in i}
     if stages:
         info["autoattack_stages"] = stages

@@ -2,10 +2,18 @@
 
     {"model": "dwf", "row": "DWF", "seed": 0, "dataset": "cifar10-subset",
      "n_test": 1017, "metrics": {"SA": 84.1, "fgsm:0.01": 70.2, ..., "pgd:100-a": 27.5},
-     "settings": {...}, "elapsed_s": 12.3, "per_example": {metric: hex bits}}
+     "settings": {...}, "elapsed_s": 12.3, "per_example": {metric: hex bits},
+     "attack_settings": {attack key: its own settings}, "autoattack_stages": {stage: %}}
 
-:func:`write_result` writes one; :func:`merge_into_result` adds per-example results
-(recomputing ``"worst-case (all)"``); :func:`check_result` / :func:`load_results` validate
+``settings`` are the paper protocol's (Tables 2-4); each attack added after it (the adaptive
+ones) carries its own settings in ``attack_settings`` -- budget, eps, restarts, the library
+and its version (:meth:`dwf_lab.evaluation.adaptive.AdaptiveSettings.attack_settings`) --, and
+``autoattack_stages`` holds the official AutoAttack's robust accuracy after each of its attacks
+(``{"clean", "apgd-ce", "apgd-t", "fab-t", "square"}``; per gradient mode for SoE).
+
+:func:`write_result` writes one; :func:`merge_into_result` adds per-example results with their
+settings (recomputing ``"worst-case (all)"``); :func:`settings_difference` says how a stored
+result's settings differ from the ones asked for; :func:`check_result` / :func:`load_results` validate
 what the report reads; :func:`infer_dataset` and :func:`record_eps` read a record's dataset
 and threat-model eps; :func:`load_checklist` reads a checklist written by
 :func:`dwf_lab.pipeline.adaptive.evaluate_adaptive_run`.
@@ -33,11 +41,14 @@ def write_result(path: Path, *, model: str, row: str, seed: int, dataset: str, m
 
 
 # ------------------------------------------------------- run integration --
-def merge_into_result(rec: dict, correct: dict[str, torch.Tensor], overwrite: bool = False) -> list[str]:
+def merge_into_result(rec: dict, correct: dict[str, torch.Tensor], overwrite: bool = False,
+                      settings: dict[str, dict] | None = None) -> list[str]:
     """Add per-example results to an evaluation record; recompute ``"worst-case (all)"``.
 
     New keys go into ``rec["metrics"]`` (percent) and ``rec["per_example"]`` (packed
-    bits); keys already there are kept unless ``overwrite``. Then
+    bits), with their ``settings[key]`` into ``rec["attack_settings"]`` (a key's settings are
+    only ever written together with its result, so they always describe the stored numbers);
+    keys already there are kept, settings and all, unless ``overwrite``. Then
     ``"worst-case (all)"`` is recomputed from the stored bits as the per-example
     worst case over the paper's attacks AND the adaptive ones. Returns the keys added.
     """
@@ -55,6 +66,10 @@ def merge_into_result(rec: dict, correct: dict[str, torch.Tensor], overwrite: bo
             raise ValueError(f"metric {k!r} covers {len(v)} examples, the result has {n}")
         bits[k] = pack_bits(v)
         metrics[k] = 100.0 * v.float().mean().item()
+        if settings and k in settings:
+            rec.setdefault("attack_settings", {})[k] = settings[k]
+        elif k in rec.get("attack_settings", {}):
+            del rec["attack_settings"][k]     # settings that no longer describe the result
         added.append(k)
     stored = {k: unpack_bits(h, n) for k, h in bits.items() if k not in DERIVED}
     if stored:
@@ -62,6 +77,26 @@ def merge_into_result(rec: dict, correct: dict[str, torch.Tensor], overwrite: bo
         bits[WORST] = pack_bits(wc)
         metrics[WORST] = 100.0 * wc.float().mean().item()
     return added
+
+
+def settings_difference(stored: dict | None, wanted: dict) -> str | None:
+    """How a stored result's settings differ from ``wanted`` (None: not at all), in words.
+
+    Only the fields of ``wanted`` are compared (a stored record may hold more: the images, the
+    torch version, timings). A result stored without settings (an older dwf-lab) differs.
+    """
+    if not isinstance(stored, dict):
+        return "no recorded settings (an older dwf-lab stored it)"
+    diffs = []
+
+    def walk(a, b, where):
+        if isinstance(b, dict) and isinstance(a, dict):
+            for k in b:
+                walk(a.get(k), b[k], f"{where}.{k}" if where else k)
+        elif a != b:
+            diffs.append(f"{where} {json.dumps(a)} (stored) vs {json.dumps(b)} (asked)")
+    walk(stored, wanted, "")
+    return "; ".join(diffs) or None
 
 
 def record_eps(rec: dict) -> float:

@@ -1,7 +1,7 @@
 """The adaptive evaluation of a run: every finished model under the attacks beyond the paper.
 
 :func:`evaluate_adaptive_run` runs :func:`dwf_lab.evaluation.adaptive.evaluate_adaptive`
-(attacks made for mixtures, AutoAttack, Square, long PGD, and the per-example worst case
+(attacks made for mixtures, the official AutoAttack, long PGD, and the per-example worst case
 ``"worst-case (all)"``) on the finished stages and baselines of one seed and merges the
 numbers into the seed's evaluation files, so the report's "Beyond the paper" table shows
 them beside Tables 2 and 3. It also writes each model's gradient-masking checklist
@@ -30,7 +30,7 @@ from dwf_lab.evaluation.checklist import (
     with_stored_checks,
 )
 from dwf_lab.evaluation.metrics import unpack_bits
-from dwf_lab.evaluation.records import load_checklist, merge_into_result, record_eps
+from dwf_lab.evaluation.records import load_checklist, merge_into_result, record_eps, settings_difference
 from dwf_lab.pipeline.reproduce import evaluate_run
 from dwf_lab.training.builders import load_run_model, uniform_ensemble
 from dwf_lab.training.stages import BASELINE_ROWS, select_stages, stages_done
@@ -82,6 +82,22 @@ def _targets(run, seed: int, data, which: str | None, dev) -> list[_Target]:
     return out
 
 
+def check_stored_settings(path, rec: dict, s: AdaptiveSettings, names: Sequence[str], seed: int,
+                          redo: Sequence[str], run_name: str) -> None:
+    """Refuse, with one line, a stored attack result whose own settings differ from the ones asked
+    for (a result is never relabelled): which result, how it differs, and how to redo it."""
+    stored = rec.get("per_example", {})
+    for k in names:
+        if k not in stored or k in redo:
+            continue
+        why = settings_difference(rec.get("attack_settings", {}).get(k), s.attack_settings(k, seed))
+        if why:
+            raise ValueError(
+                f"{path}: the stored {k!r} result was computed with other settings than asked for ({why}); "
+                f"it is kept as it is and nothing was run. Recompute it with these settings: python -m dwf_lab "
+                f"adaptive --run {run_name} --redo {k} (in Python: redo=({k!r},)), or ask for its own settings")
+
+
 def evaluate_adaptive_run(run, seed: int, data, settings: AdaptiveSettings | None = None,
                           progress: bool = True, which: str | None = None, checklist: bool = True,
                           checklist_settings=None, device: str | None = None,
@@ -93,15 +109,19 @@ def evaluate_adaptive_run(run, seed: int, data, settings: AdaptiveSettings | Non
     :func:`dwf_lab.pipeline.baselines.train_and_evaluate_baselines` (SoE is attacked with
     both of its gradient modes, per example the worse one counts). Makes sure the
     paper-protocol evaluation exists (runs it if not), computes the adaptive
-    metrics that are not stored yet, adds them and their per-example bits to
-    ``eval/<name>_seed<k>.json``, recomputes ``"worst-case (all)"`` over every
-    stored attack, and writes the file atomically. With ``checklist`` it also
-    writes the gradient-masking checklist to ``report/checklist_<name>_seed<k>.md``
-    and ``.json``; its checks read off the stored results are refreshed on every call.
-    Idempotent: no attack already stored is rerun, except the attack keys in ``redo``
-    (e.g. ``("autoattack",)`` after a library upgrade), which replace the stored ones.
-    The robust accuracy after each stage of AutoAttack goes to
-    ``rec["adaptive"]["autoattack_stages"]``. Returns the records.
+    metrics that are not stored yet, adds them, their per-example bits and each one's own
+    settings (``rec["attack_settings"][key]``) to ``eval/<name>_seed<k>.json``, recomputes
+    ``"worst-case (all)"`` over every stored attack, and writes the file atomically. With
+    ``checklist`` it also writes the gradient-masking checklist to
+    ``report/checklist_<name>_seed<k>.md`` and ``.json``; its checks read off the stored results
+    are refreshed on every call.
+
+    Idempotent: an attack already stored with the settings asked for is not rerun. One stored
+    with other settings (a smaller budget, another library version, or none recorded) is never
+    relabelled: before anything runs, the call stops with one line naming the result, the
+    difference and how to redo it, unless its key is in ``redo`` (e.g. ``("autoattack",)``),
+    which recomputes it and replaces the stored one. The official AutoAttack's robust accuracy
+    after each of its attacks goes to ``rec["autoattack_stages"]``. Returns the records.
     """
 
     p = run.profile
@@ -111,8 +131,14 @@ def evaluate_adaptive_run(run, seed: int, data, settings: AdaptiveSettings | Non
     if set(redo) - known:
         raise ValueError(f"cannot redo {sorted(set(redo) - known)}: the attacks are {sorted(known)}")
     done = [st.name for st in stages_done(run, seed)]
+    targets = _targets(run, seed, data, which, dev)
+    for target in targets:      # every stored result checked before anything runs
+        path = run.eval_path(seed, target.name)
+        if path.exists():
+            check_stored_settings(path, json.loads(path.read_text()), s, s.attack_names(target.mixture), seed,
+                                  redo, run.name)
     out = []
-    for target in _targets(run, seed, data, which, dev):
+    for target in targets:
         path = run.eval_path(seed, target.name)
         if not path.exists():
             evaluate_run(run, seed, data, which=target.name, progress=progress,
@@ -143,16 +169,20 @@ def evaluate_adaptive_run(run, seed: int, data, settings: AdaptiveSettings | Non
                     raise ValueError(f"{path}: the stored clean predictions differ from this model's "
                                      f"on {100 * differ:.1f}% of the images (another model or other "
                                      "data?); re-evaluate the run")
-            merge_into_result(rec, {k: v for k, v in correct.items() if k in redo}, overwrite=True)
-            merge_into_result(rec, correct)
-            info = rec.setdefault("adaptive", {})
-            info["settings"] = s.to_dict()
-            info.setdefault("elapsed_s", {}).update(found["elapsed_s"])
+            computed = found["attack_settings"]
+            merge_into_result(rec, {k: v for k, v in correct.items() if k in redo}, overwrite=True,
+                              settings=computed)
+            merge_into_result(rec, correct, settings=computed)
             if "autoattack_stages" in found:
-                info["autoattack_stages"] = found["autoattack_stages"]
+                rec["autoattack_stages"] = found["autoattack_stages"]
+            info = rec.setdefault("adaptive", {})
+            info["settings"] = s.to_dict()   # the last call's; each result's own: rec["attack_settings"]
+            info.setdefault("elapsed_s", {}).update(found["elapsed_s"])
+            info.pop("autoattack_stages", None)   # an older dwf-lab's cascade stages: not the official suite's
             info["elapsed_s_total"] = round(info.get("elapsed_s_total", 0.0) + time.time() - t0, 2)
-            info["note"] = ("attacks beyond the paper (dwf_lab.evaluation.adaptive); 'worst-case (all)' is the "
-                            "per-example worst case over every stored attack, the paper's included")
+            info["note"] = ("attacks beyond the paper (dwf_lab.evaluation.adaptive); each one's settings are in "
+                            "'attack_settings'; 'worst-case (all)' is the per-example worst case over every "
+                            "stored attack, the paper's included")
         else:
             merge_into_result(rec, {})   # keeps worst-case (all) in step with what is stored
         atomic_write_text(path, json.dumps(rec, indent=1))

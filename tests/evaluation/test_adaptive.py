@@ -3,6 +3,7 @@
 Tiny CIFAR ResNet-18s (width 1/16) trained for a few seconds on generated data:
 clean accuracy near 100 %, so the attacks have something to take away.
 """
+import dataclasses
 import importlib.util
 import json
 import sys
@@ -48,6 +49,9 @@ _art_warnings = pytest.mark.filterwarnings("ignore::DeprecationWarning")   # ART
 
 def needs_art(fn):
     return _no_art(_art_warnings(fn))
+
+
+needs_aa = pytest.mark.skipif(importlib.util.find_spec("pyautoattack") is None, reason="pyautoattack not installed")
 
 
 def tiny_mixture(n_experts: int = 2, seed: int = 0) -> MixtureOfExperts:
@@ -176,12 +180,13 @@ def test_transfer_is_weaker_than_white_box():
     assert long.float().mean() <= white.float().mean() + 0.03
 
 
+@needs_aa
 @needs_art
 def test_worst_case_is_below_every_attack():
     mix = tiny_mixture(2)
     _, data = tiny_trained(0)
     x, y = data.x_test[:32], data.y_test[:32]
-    s = tiny_settings()
+    s = tiny_settings(square=True)
     metrics, correct = evaluate_adaptive(mix, x, y, s, progress=False)
     assert list(metrics) == s.metric_names(mixture=True)
     assert {"pgd-4", "pgd-dlr", "routing", "transfer-best", "pgd-6x2", "autoattack", "square",
@@ -204,8 +209,12 @@ def test_settings_sizes_and_keys():
     p = AdaptiveSettings.paper()
     assert (p.pgd_key, p.long_key) == ("pgd-20", "pgd-500x5")
     assert p.metric_names(True) == ["SA", "pgd-20", "pgd-dlr", "routing", "transfer-best", "pgd-500x5",
-                                    "autoattack", "square", "worst-case (all)"]
+                                    "autoattack", "worst-case (all)"]
     assert "routing" not in p.metric_names(False)
+    assert p.attack_settings("autoattack", 0)["standard"] is True     # the paper size: the standard suite
+    assert s.attack_settings("autoattack", 0)["standard"] is False    # smoke: a reduced budget, said so
+    with pytest.raises(ValueError, match="aa_version"):
+        AdaptiveSettings(aa_version="plus")
 
 
 # ------------------------------------------------------------ diagnostics --
@@ -320,26 +329,32 @@ def test_evaluate_adaptive_run_merges_and_is_idempotent(tmp_path, monkeypatch):
     assert "<h2>Gradient-masking checklist" in (run.report_dir / "report.html").read_text()
 
 
-@needs_art
+@needs_aa
 def test_redo_reruns_only_the_named_attack_and_records_autoattacks_stages(tmp_path, monkeypatch):
     run, data = tiny_run(tmp_path / "run", mixture=False)
-    s = tiny_settings(square=False, long_steps=0)
+    s = tiny_settings(long_steps=0)
     evaluate_adaptive_run(run, 0, data, s, progress=False, which="benign", checklist=False)
     rec = json.loads(run.eval_path(0, "benign").read_text())
-    # the cascade's robust accuracy after each stage: from clean down to the final number
-    st = rec["adaptive"]["autoattack_stages"]
-    assert list(st) == ["clean", "after APGD-CE", "after APGD-T", "after FAB-T", "after Square"]
+    # the official suite's robust accuracy after each attack: from clean down to the stored number
+    st = rec["autoattack_stages"]
+    assert list(st) == ["clean", "apgd-ce", "apgd-t", "fab-t", "square"]
     vals = list(st.values())
     assert vals[0] == pytest.approx(rec["metrics"]["SA"], abs=0.01)
     assert all(b <= a + 1e-9 for a, b in zip(vals, vals[1:]))
     assert vals[-1] == pytest.approx(rec["metrics"]["autoattack"], abs=0.01)
-    # ... and the run's report shows them
+    aa = rec["attack_settings"]["autoattack"]
+    assert aa["standard"] is False and aa["n"] == rec["n_test"] and aa["pyautoattack"] == "0.2.0"
+    # ... and the run's report shows them, labelled as what they are
     report_run(run)
-    assert "## AutoAttack stage by stage (%)" in (run.report_dir / "report.md").read_text()
-    rows = autoattack_stage_rows([rec, {"row": "SoE", "seed": 0, "adaptive": {"autoattack_stages": {
-        "hard": {"clean": 45.0, "after APGD-CE": 30.0}, "bpda": {"clean": 45.0}}}}])
+    md = (run.report_dir / "report.md").read_text()
+    assert "## AutoAttack (the official suite) stage by stage (%)" in md
+    assert "AutoAttack (official standard, reduced budget: NOT the standard suite)" in md
+    rows = autoattack_stage_rows([rec, {"row": "SoE", "seed": 0, "metrics": {"autoattack": 30.0},
+                                        "autoattack_stages": {"hard": {"clean": 45.0, "apgd-ce": 30.0},
+                                                              "bpda": {"clean": 45.0}}}])
     assert [r["model"] for r in rows] == ["ResNet-18", "SoE (hard gradient)", "SoE (bpda gradient)"]
-    assert rows[1]["after APGD-CE"] == 30.0 and rows[2]["after Square"] is None
+    assert rows[1]["apgd-ce"] == 30.0 and "square" not in rows[2]
+    assert "not the official suite" in rows[1]["suite"]      # no settings stored: an older kit's cascade
 
     # --redo autoattack: only AutoAttack runs again, and its new bits replace the old ones
     seen = []
@@ -362,6 +377,44 @@ def test_redo_reruns_only_the_named_attack_and_records_autoattacks_stages(tmp_pa
     # an attack the kit does not have is refused before anything runs
     with pytest.raises(ValueError, match="cannot redo"):
         evaluate_adaptive_run(run, 0, data, s, progress=False, which="benign", redo=("pgd-7",))
+
+
+@needs_aa
+def test_a_result_is_never_relabelled_with_settings_it_was_not_computed_with(tmp_path, monkeypatch):
+    run, data = tiny_run(tmp_path / "run", mixture=False)
+    small = tiny_settings(dlr=False, long_steps=0)
+    evaluate_adaptive_run(run, 0, data, small, progress=False, which="benign", checklist=False)
+    path = run.eval_path(0, "benign")
+    stored = path.read_text()
+    rec = json.loads(stored)
+    assert rec["attack_settings"]["pgd-4"]["steps"] == 4 and rec["attack_settings"]["autoattack"]["budget"][
+        "apgd_iter"] == 3
+    # a bigger AutoAttack budget asked after the smaller one: refused, with what differs and how to redo it
+    bigger = dataclasses.replace(small, aa_iter=6)
+    with pytest.raises(ValueError) as err:
+        evaluate_adaptive_run(run, 0, data, bigger, progress=False, which="benign", checklist=False)
+    msg = str(err.value)
+    assert "'autoattack'" in msg and "budget.apgd_iter 3 (stored) vs 6 (asked)" in msg and "--redo autoattack" in msg
+    assert "\n" not in msg and path.read_text() == stored, "nothing changed, nothing ran"
+    # with --redo it is recomputed and stored with the settings it was computed with
+    seen = []
+    real = _run_batch
+    monkeypatch.setattr(ev_adaptive, "_run_batch", lambda m, xb, yb, s_, want, *a: seen.append(set(want)) or
+                        real(m, xb, yb, s_, want, *a))
+    evaluate_adaptive_run(run, 0, data, bigger, progress=False, which="benign", checklist=False, redo=("autoattack",))
+    assert seen and all(w == {"autoattack"} for w in seen)
+    after = json.loads(path.read_text())
+    assert after["attack_settings"]["autoattack"]["budget"]["apgd_iter"] == 6
+    assert after["attack_settings"]["pgd-4"] == rec["attack_settings"]["pgd-4"]
+    # another eps-preserving change (PGD's step) is caught too, for the key it concerns
+    with pytest.raises(ValueError, match=r"'pgd-4'.*alpha"):
+        evaluate_adaptive_run(run, 0, data, dataclasses.replace(bigger, alpha=ALPHA / 2), progress=False,
+                              which="benign", checklist=False)
+    # a result an older dwf-lab stored without its settings is refused, not taken for the new suite
+    del after["attack_settings"]["autoattack"]
+    path.write_text(json.dumps(after))
+    with pytest.raises(ValueError, match="no recorded settings"):
+        evaluate_adaptive_run(run, 0, data, bigger, progress=False, which="benign", checklist=False)
 
 
 def test_attacks_at_another_eps_are_refused_not_pooled(tmp_path):
