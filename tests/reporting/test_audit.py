@@ -128,3 +128,13 @@ def test_the_reading_names_what_was_flagged(cifar):
     assert "**clean-bound** (no attacked accuracy above the clean one), 13 checks: nothing flagged." in text
     assert audit_reading([], "this run") == "- No rule applies to this run: it has none of the columns the rules read."
     assert [r["rule"] for r in rule_rows()][:2] == ["pgd-vs-fgsm", "fgsm-eps"]
+
+
+def test_what_notebook_08_says_about_the_paper_holds(cifar):
+    """Notebook 08's prose on the published tables: DWF's rows pass every rule on both datasets;
+    the PGD-vs-FGSM rule flags the two AT ResNet-18s by 9.6 and 16.6 points and the two mixtures by < 2."""
+    svhn = audit(paper_table("svhn"))
+    assert {f.status for f in cifar + svhn if f.row == "DWF"} == {"ok"}
+    by_row = {f.row: f for f in cifar if f.rule == "pgd-vs-fgsm"}
+    assert all(9.5 <= by_row[r].excess <= 16.7 for r in ("ResNet-18 (FGSM-AT)", "ResNet-18 (PGD-AT)"))
+    assert all(by_row[r].status == "flagged" and by_row[r].excess < 2 for r in ("SoE", "ADVMoE"))
