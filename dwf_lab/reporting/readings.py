@@ -3,6 +3,7 @@
 - :func:`protocol_reading`: the paper's protocol (Tables 2-3) of a run, beside the published numbers;
 - :func:`adaptive_reading`: per model, the strongest attack beyond the paper and how far the
   worst case over all attacks falls below the paper's attacks;
+- :func:`autoattack_reading`: per model, what each attack of the official AutoAttack took away;
 - :func:`gate_reading`: what the gate does with clean, FGSM and PGD inputs;
 - :func:`overfitting_verdicts`: catastrophic overfitting in a per-epoch checkpoint watch;
 - :func:`describe_profile`: a profile's settings beside the paper's Table 5;
@@ -15,13 +16,14 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from dwf_lab.attacks.autoattack import STAGE_NAMES
 from dwf_lab.core.config import PROFILES, Profile
 from dwf_lab.evaluation.metrics import WORST
 from dwf_lab.evaluation.records import infer_dataset
 from dwf_lab.reporting.noise import accuracy_se, compare
 from dwf_lab.reporting.paper import comparability_note, is_comparable, paper_value
 from dwf_lab.reporting.render import markdown_table
-from dwf_lab.reporting.tables import aggregate
+from dwf_lab.reporting.tables import AA_STAGES, aggregate, autoattack_stage_rows
 from dwf_lab.training.stages import expert_kind
 
 
@@ -60,6 +62,31 @@ def adaptive_reading(rows: Sequence[dict]) -> str:
             text += f". The paper reports {paper:.1f}% under PGD-20 for this row"
         lines.append(text + ".")
     return "\n".join(lines) if lines else "- No adaptive results yet."
+
+
+def autoattack_reading(records: Sequence[dict]) -> str:
+    """Per model, the official AutoAttack stage by stage (:func:`autoattack_stage_rows`) in words:
+    which attack took how many points, and whether Square, which needs no gradient, broke images
+    the white-box attacks left (markdown bullets)."""
+    lines = []
+    for r in autoattack_stage_rows(records):
+        stages = [(k, r[k]) for k in AA_STAGES if r.get(k) is not None]
+        if len(stages) < 2:
+            continue
+        drops = [(k, before - after) for (_, before), (k, after) in zip(stages, stages[1:])]
+        took = [f"{STAGE_NAMES.get(k, k)} {d:.1f}" for k, d in drops if d >= 0.05]
+        text = (f"- **{r['model']}** ({r['suite']}): {stages[0][1]:.1f}% clean, {stages[-1][1]:.1f}% after the "
+                f"suite; points taken: " + (", ".join(took) if took else "none"))
+        rest = sum(d for _, d in drops[1:])
+        if rest >= 0.05:
+            text += (f". APGD-CE alone (the cross-entropy) would have overstated its robustness by "
+                     f"{rest:.1f} points")
+        square = dict(drops).get("square", 0.0)
+        if square >= 0.05:
+            text += (f". Square, which never looks at a gradient, breaks {square:.1f} points that every "
+                     "white-box attack left: its gradients hide adversarial examples")
+        lines.append(text + ".")
+    return "\n".join(lines) if lines else "- No AutoAttack stages recorded yet."
 
 
 # ===================================================== reading the results ==

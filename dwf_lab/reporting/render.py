@@ -5,7 +5,7 @@ report.json, report.md, report.html, fig6_fgsm.html, fig7_pgd.html, and the figu
 when a working exporter (kaleido) is installed. Cells read "ours / paper": ours ``mean ± std``
 over seeds, the paper's value as published; a missing metric is shown as "—". Every number
 is as measured; nothing is rescaled or rounded before it is stored. Also the report's other
-sections: the ablations, AutoAttack stage by stage, the gradient-masking checklists.
+sections: the ablations, the official AutoAttack stage by stage, the gradient-masking checklists.
 """
 import html
 import importlib.util
@@ -24,6 +24,7 @@ from dwf_lab.evaluation.records import infer_dataset, load_checklist, load_resul
 from dwf_lab.reporting.figures import figure_fgsm, figure_pgd
 from dwf_lab.reporting.paper import DATASET_LABELS
 from dwf_lab.reporting.tables import (
+    AA_STAGE_LABELS,
     AA_STAGES,
     ablation_table,
     autoattack_stage_rows,
@@ -138,7 +139,7 @@ def to_markdown(tables: dict, title: str = DEFAULT_TITLE,
             continue
         has_paper = key != "beyond"
         lines += ["", f"## {table['title']}", ""]
-        header = ["Model", "runs"] + list(table["columns"])
+        header = ["Model", "runs"] + [table.get("headers", {}).get(c, c) for c in table["columns"]]
         lines.append("| " + " | ".join(_md_escape(h) for h in header) + " |")
         lines.append("| --- | ---: |" + " ---: |" * len(table["columns"]))
         for row, runs_text, ours, paper, _ in _table_rows(table, meta):
@@ -190,7 +191,7 @@ def to_html(tables: dict, title: str = DEFAULT_TITLE,
             continue
         parts.append(f"<h2>{esc(table['title'])}</h2>")
         parts.append("<table><thead><tr><th>Model</th><th>runs</th>"
-                     + "".join(f"<th>{esc(c)}</th>" for c in table["columns"])
+                     + "".join(f"<th>{esc(table.get('headers', {}).get(c, c))}</th>" for c in table["columns"])
                      + "</tr></thead><tbody>")
         for row, runs_text, ours, paper, paper_only in _table_rows(table, meta):
             cls = ' class="paper-only"' if paper_only else ""
@@ -342,7 +343,8 @@ def write_ablation_report(run, skipped: dict | None = None) -> dict:
 
 
 def autoattack_section(eval_dir) -> dict | None:
-    """:func:`autoattack_stage_rows` of a run's evaluation files as a report section (None: none)."""
+    """The official AutoAttack stage by stage (:func:`autoattack_stage_rows`) of a run's evaluation
+    files as a report section (None: no record has its stages)."""
     records = load_results(eval_dir)
     names = list(dict.fromkeys(r.get("row") or r.get("model") for r in records))
     order = row_order(names, records[0].get("dataset") if records else None)
@@ -350,15 +352,21 @@ def autoattack_section(eval_dir) -> dict | None:
     rows = autoattack_stage_rows(records)
     if not rows:
         return None
+    stages = [k for k in AA_STAGES if any(k in r for r in rows)]
     fmt = lambda v: "-" if v is None else f"{v:.1f}"   # noqa: E731
-    return {"title": "AutoAttack stage by stage (%)",
-            "notes": ["Robust accuracy after each attack of the cascade, which only attacks the images "
-                      "still classified correctly: a large drop at APGD-T or FAB-T (margin losses, "
-                      "targeted) and none at APGD-CE means cross-entropy is a poor objective for the "
-                      "model; a drop at Square (no gradients) after the white-box stages means its "
-                      "gradients hide adversarial examples."],
-            "columns": ["model", "seed", *AA_STAGES],
-            "rows": [[r["model"], r["seed"], *(fmt(r[k]) for k in AA_STAGES)] for r in rows]}
+    suites = list(dict.fromkeys(r["suite"] for r in rows))
+    notes = ["The official AutoAttack (Croce & Hein 2020), run with the authors' code (pyautoattack): "
+             "APGD-CE, APGD-T, FAB-T and Square in the standard version (APGD-CE and APGD-DLR with "
+             "EoT in the rand version), each attack only on the images every earlier one failed on. "
+             "Suite: " + "; ".join(suites) + ".",
+             "Robust accuracy after each attack: a large drop at APGD-T or FAB-T (margin losses, "
+             "targeted) and none at APGD-CE means cross-entropy is a poor objective for the model; a "
+             "drop at Square (no gradients) after the white-box stages means its gradients hide "
+             "adversarial examples."]
+    return {"title": "AutoAttack (the official suite) stage by stage (%)", "notes": notes,
+            "columns": ["model", "seed", "suite", *(AA_STAGE_LABELS[k] for k in stages), "AutoAttack"],
+            "rows": [[r["model"], r["seed"], r["suite"], *(fmt(r.get(k)) for k in stages), fmt(r["AutoAttack"])]
+                     for r in rows]}
 
 
 def checklist_section(report_dir) -> dict | None:

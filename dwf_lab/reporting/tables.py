@@ -14,6 +14,7 @@ import statistics
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from dwf_lab.attacks.autoattack import label as official_label
 from dwf_lab.evaluation.checklist import CheckItem
 from dwf_lab.evaluation.metrics import WORST
 from dwf_lab.evaluation.records import infer_dataset, validated
@@ -182,10 +183,14 @@ def build_tables(results: Iterable[dict], dataset: str | None = None) -> dict:
     meta = _meta(results, dataset)
     for key in ("seeds", "runs"):  # in table row order
         meta[key] = {row: meta[key][row] for row in agg}
+    beyond = _beyond_table(agg)
+    headers = autoattack_headers(results)
+    if headers and "autoattack" in beyond["columns"]:
+        beyond["headers"] = headers    # the column says which AutoAttack it is
     return {"meta": meta,
             "table2": _paper_table("table2", agg, dataset),
             "table3": _paper_table("table3", agg, dataset),
-            "beyond": _beyond_table(agg)}
+            "beyond": beyond}
 
 
 # ------------------------------------------------------------ reading --
@@ -228,23 +233,51 @@ def comparison_rows(records: Sequence[dict], dataset: str | None = None) -> tupl
     return rows, ["model", "seed"] + cols + ["paper PGD-20", "paper 100 (MS)"]
 
 
-AA_STAGES = ("clean", "after APGD-CE", "after APGD-T", "after FAB-T", "after Square")
+AA_STAGES = ("clean", "apgd-ce", "apgd-t", "fab-t", "square", "apgd-dlr")   # the suite's attacks, in order
+AA_STAGE_LABELS = {"clean": "clean", "apgd-ce": "after APGD-CE", "apgd-t": "after APGD-T",
+                   "fab-t": "after FAB-T", "square": "after Square", "apgd-dlr": "after APGD-DLR"}
+
+
+def autoattack_label(rec: dict) -> str | None:
+    """What a record's ``autoattack`` is (None: not run): the official suite, standard or rand, or a
+    reduced budget said to be NOT the standard suite, or an older kit's own cascade."""
+    if rec.get("metrics", {}).get("autoattack") is None:
+        return None
+    settings = (rec.get("attack_settings") or {}).get("autoattack")
+    if not isinstance(settings, dict) or "pyautoattack" not in str(settings.get("suite", "")):
+        return "the kit's own AutoAttack-style cascade (an older dwf-lab): not the official suite"
+    return official_label(settings)
+
+
+def autoattack_headers(records: Sequence[dict]) -> dict:
+    """``{"autoattack": label}`` for a table's column header (one label for all its records, or
+    each label with its count where they differ); empty when no record has AutoAttack."""
+    labels = [lab for lab in (autoattack_label(r) for r in records) if lab]
+    if not labels:
+        return {}
+    seen = list(dict.fromkeys(labels))
+    return {"autoattack": "autoattack = " + (seen[0] if len(seen) == 1 else
+                                             "mixed: " + "; ".join(f"{lab} ({labels.count(lab)})" for lab in seen))}
 
 
 def autoattack_stage_rows(records: Sequence[dict]) -> list[dict]:
-    """Robust accuracy (%) after each stage of the AutoAttack cascade, one row per model (and per
+    """Robust accuracy (%) after each attack of the official AutoAttack, one row per model (and per
     gradient mode for a model attacked under several, e.g. SoE): which part of AutoAttack broke it.
-    Models whose stages were not recorded are left out."""
+    Keys: "model", "seed", "suite" (:func:`autoattack_label`), then :data:`AA_STAGES` that ran,
+    "AutoAttack" (the stored per-example result, which the last stage must match). Models whose
+    stages were not recorded (an older kit's cascade included) are left out."""
     rows = []
     for r in records:
-        stages = r.get("adaptive", {}).get("autoattack_stages")
+        stages = r.get("autoattack_stages")
         if not stages:
             continue
         per_mode = stages if all(isinstance(v, dict) for v in stages.values()) else {None: stages}
         for mode, st in per_mode.items():
             name = r.get("row") or r.get("model")
             rows.append({"model": name if mode is None else f"{name} ({mode} gradient)",
-                         "seed": r.get("seed"), **{k: st.get(k) for k in AA_STAGES}})
+                         "seed": r.get("seed"), "suite": autoattack_label(r),
+                         **{k: st[k] for k in AA_STAGES if k in st},
+                         "AutoAttack": r.get("metrics", {}).get("autoattack")})
     return rows
 
 
