@@ -1,6 +1,7 @@
 """L-infinity attacks in pixel space. ``base``: the conventions every attack keeps (attack mode,
 projection, losses, input checks); ``pgd``: FGSM, PGD, EoT and the one PGD core; ``gate``:
-attacks aimed at a mixture's gate; ``fab``: FAB-T; ``art_suite``: ART's attacks.
+attacks aimed at a mixture's gate; ``autoattack``: the official AutoAttack (the authors' code,
+pyautoattack); ``art_suite``: ART's PGD, APGD and Square.
 
 The names below are the everyday ones: ``from dwf_lab import attacks; attacks.pgd(...)``.
 """

@@ -80,10 +80,11 @@ def available() -> bool:
 class Budget:
     """A reduced budget: each field that is not None replaces the library's standard value.
 
-    Only for CPU tests and smoke runs: a result run with any value other than the library's
-    is labelled "reduced budget", never "standard" (a value equal to the library's changes nothing). ``n_iter``: APGD and FAB iterations (standard 100);
-    ``n_target_classes``: APGD-T's and FAB-T's targets (9); ``n_queries``: Square's queries
-    (5,000); ``eot_iter``: draws per gradient in the rand version (20).
+    Only for CPU tests and small profiles: a result run with any value other than the
+    library's is labelled "reduced budget", never "standard" (a value equal to the library's
+    changes nothing). ``n_iter``: APGD and FAB iterations (standard 100); ``n_target_classes``:
+    APGD-T's and FAB-T's targets (9); ``n_queries``: Square's queries (5,000); ``eot_iter``:
+    draws per gradient in the rand version (20).
     """
     n_iter: int | None = None
     n_target_classes: int | None = None

@@ -277,8 +277,8 @@ def test_pick_is_uniform_over_any_sequence():
 import importlib  # noqa: E402
 
 from dwf_lab.attacks import art_suite  # noqa: E402
+from dwf_lab.attacks import autoattack as official  # noqa: E402
 from dwf_lab.attacks.base import check_batch_size, check_eps  # noqa: E402
-from dwf_lab.attacks.fab import fab_t  # noqa: E402
 from dwf_lab.attacks.gate import long_pgd, routing_attack, transfer_attack  # noqa: E402
 from dwf_lab.models.registry import build_model  # noqa: E402
 
@@ -286,7 +286,7 @@ pgd_module = importlib.import_module("dwf_lab.attacks.pgd")   # the module (atta
 
 
 def _every_attack(model, other):
-    """Every attack of attacks/ as ``f(x, y, eps)`` (ART's only where ART is installed)."""
+    """Every attack of attacks/ as ``f(x, y, eps)`` (ART's and the official AutoAttack only where installed)."""
     out = {
         "fgsm": lambda x, y, e: fgsm(model, x, y, e),
         "pgd": lambda x, y, e: pgd(model, x, y, e, alpha=2 / 255, steps=1),
@@ -294,15 +294,15 @@ def _every_attack(model, other):
         "routing": lambda x, y, e: routing_attack(model, x, y, 0, 1.0, e, 2 / 255, steps=1),
         "transfer": lambda x, y, e: transfer_attack(other, model, x, y, e, 2 / 255, steps=1),
         "long-pgd": lambda x, y, e: long_pgd(model, x, y, e, 2 / 255, steps=1, restarts=1),
-        "fab-t": lambda x, y, e: fab_t(model, x, y, e, n_iter=1, n_target_classes=1),
         "trajectory": lambda x, y, e: pgd_module.pgd_trajectory(model, x, y, e, 2 / 255, (1,)),
     }
     if art_suite.available():
         out["art-pgd"] = lambda x, y, e: art_suite.art_pgd(model, x, y, e, 2 / 255, steps=1)
         out["square"] = lambda x, y, e: art_suite.square(model, x, y, e, max_iter=1)
         out["apgd"] = lambda x, y, e: art_suite.apgd(model, x, y, e, n_iter=1)
-        out["autoattack"] = lambda x, y, e: art_suite.autoattack(model, x, y, e, n_iter=1, n_queries=1,
-                                                                 n_target_classes=1)
+    if official.available():
+        out["autoattack"] = lambda x, y, e: official.official_autoattack(
+            model, x, y, eps=e, budget=official.Budget(n_iter=1, n_target_classes=1, n_queries=1))
     return out
 
 
@@ -402,8 +402,9 @@ def test_batch_sizes_are_positive_integers(trained_model, attack_batch, bad):
     x, y = attack_batch
     with pytest.raises(ValueError, match=rf"batch_size must be a positive integer, got {bad!r}"):
         accuracy(trained_model, x, y, batch_size=bad)
-    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
-        fab_t(trained_model, x[:4], y[:4], EPS, n_iter=1, batch_size=bad)
+    if official.available():
+        with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+            official.official_autoattack(trained_model, x[:4], y[:4], eps=EPS, batch_size=bad)
     with pytest.raises(ValueError, match="batch_size must be a positive integer"):
         check_batch_size(bad)
 

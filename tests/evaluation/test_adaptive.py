@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from dwf_lab import attacks
-from dwf_lab.attacks.art_suite import ARTUnavailableError, apgd, art_pgd, autoattack, available, correctness, square
+from dwf_lab.attacks.art_suite import ARTUnavailableError, apgd, art_pgd, available, correctness, square
 from dwf_lab.attacks.gate import long_pgd, routing_loss, routing_pgd, transfer_attack, uniform_mixture
 from dwf_lab.core.config import get_profile
 from dwf_lab.data import load_dataset
@@ -90,13 +90,8 @@ def test_art_attacks_return_checked_per_example_correctness():
     x, y = data.x_test[:24], data.y_test[:24]
     clean = model(x).argmax(1) == y
     sq = square(model, x, y, EPS, max_iter=5)
-    auto, details = autoattack(model, x, y, EPS, n_iter=3, n_queries=5, n_target_classes=2,
-                                  return_details=True)
-    for c in (sq, auto):
-        assert c.dtype == torch.bool and c.shape == (24,)
-    assert not (auto & ~clean).any(), "AutoAttack only counts images that are correct when clean"
-    assert details["suite"][0] == "APGD-CE" and details["suite"][2].startswith("FAB-T")
-    assert details["after APGD-CE"] >= details["after APGD-T"] >= details["after FAB-T"] >= details["robust"]
+    assert sq.dtype == torch.bool and sq.shape == (24,)
+    assert not (sq & ~clean).any(), "an attack only counts images that are correct when clean"
     pgd_rs = art_pgd(model, x, y, EPS, ALPHA, 3, random_start=True, restarts=2)
     apgd_dlr = apgd(model, x, y, EPS, loss="dlr", n_iter=3)
     assert pgd_rs.shape == apgd_dlr.shape == (24,)
