@@ -253,8 +253,8 @@ def test_gate_heatmap_precomputes_every_stop(make_mixture, test_images, capsys):
 
 
 def test_heatmap_grid():
-    assert heatmap_grid(0.1) == pytest.approx([k / 255 for k in (0, 1, 2, 4, 6, 8, 12, 16)] + [0.1])
-    assert heatmap_grid(4 / 255) == pytest.approx([k / 255 for k in (0, 1, 2, 4)])
+    assert heatmap_grid(0.1) == pytest.approx([k / 255 for k in (0, 2, 4, 8, 12, 16)] + [0.1])
+    assert heatmap_grid(4 / 255) == pytest.approx([k / 255 for k in (0, 2, 4)])
     assert heatmap_grid(0.002) == [0.0, 0.002]
 
 
