@@ -90,7 +90,7 @@ class _Noisy(nn.Module):
 def test_rand_version_for_a_random_forward_pass_and_the_library_warning():
     model, data = tiny_trained(0)
     x, y = data.x_test[:12], data.y_test[:12]
-    noisy = _Noisy(model)
+    noisy = _Noisy(model).eval()   # (a new module starts in train mode; the attack gives back the mode it found)
     r = official_autoattack(noisy, x, y, eps=EPS, version="rand", budget=Budget(n_iter=3, eot_iter=2))
     assert list(r.stages) == ["clean", "apgd-ce", "apgd-dlr"] and r.settings["budget"]["apgd_eot_iter"] == 2
     assert not r.settings["standard"]
