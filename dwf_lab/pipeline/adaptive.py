@@ -82,20 +82,36 @@ def _targets(run, seed: int, data, which: str | None, dev) -> list[_Target]:
     return out
 
 
-def check_stored_settings(path, rec: dict, s: AdaptiveSettings, names: Sequence[str], seed: int,
-                          redo: Sequence[str], run_name: str) -> None:
-    """Refuse, with one line, a stored attack result whose own settings differ from the ones asked
-    for (a result is never relabelled): which result, how it differs, and how to redo it."""
+def stored_settings_differences(rec: dict, s: AdaptiveSettings, names: Sequence[str], seed: int,
+                                redo: Sequence[str] = ()) -> dict[str, str]:
+    """The attack keys of ``names`` stored in ``rec`` with other settings than ``s`` asks for (keys in
+    ``redo`` left out), each with how it differs (:func:`settings_difference`)."""
     stored = rec.get("per_example", {})
+    out = {}
     for k in names:
-        if k not in stored or k in redo:
-            continue
-        why = settings_difference(rec.get("attack_settings", {}).get(k), s.attack_settings(k, seed))
-        if why:
-            raise ValueError(
-                f"{path}: the stored {k!r} result was computed with other settings than asked for ({why}); "
-                f"it is kept as it is and nothing was run. Recompute it with these settings: python -m dwf_lab "
-                f"adaptive --run {run_name} --redo {k} (in Python: redo=({k!r},)), or ask for its own settings")
+        if k in stored and k not in redo:
+            why = settings_difference(rec.get("attack_settings", {}).get(k), s.attack_settings(k, seed))
+            if why:
+                out[k] = why
+    return out
+
+
+def refuse_changed_settings(found: dict, run_name: str) -> None:
+    """One line for stored results computed with other settings than asked for (``found``: path ->
+    {key: difference}): which result differs and how, and how to recompute them. A result is never
+    relabelled with settings it was not computed with."""
+    if not found:
+        return
+    path, diffs = next(iter(found.items()))
+    key, why = next(iter(diffs.items()))
+    keys = list(dict.fromkeys(k for d in found.values() for k in d))
+    more = sum(len(d) for d in found.values()) - 1
+    raise ValueError(
+        f"{path}: the stored {key!r} result was computed with other settings than asked for ({why})"
+        + (f", and so were {more} more stored result(s) ({', '.join(keys)})" if more else "")
+        + f"; nothing was run and every stored result is kept. Recompute with these settings: python -m dwf_lab "
+        f"adaptive --run {run_name} --redo {','.join(keys)} (in Python: redo={tuple(keys)!r}), or ask for the "
+        "stored settings")
 
 
 def evaluate_adaptive_run(run, seed: int, data, settings: AdaptiveSettings | None = None,
@@ -132,11 +148,15 @@ def evaluate_adaptive_run(run, seed: int, data, settings: AdaptiveSettings | Non
         raise ValueError(f"cannot redo {sorted(set(redo) - known)}: the attacks are {sorted(known)}")
     done = [st.name for st in stages_done(run, seed)]
     targets = _targets(run, seed, data, which, dev)
-    for target in targets:      # every stored result checked before anything runs
+    changed = {}                # every stored result checked before anything runs
+    for target in targets:
         path = run.eval_path(seed, target.name)
         if path.exists():
-            check_stored_settings(path, json.loads(path.read_text()), s, s.attack_names(target.mixture), seed,
-                                  redo, run.name)
+            diffs = stored_settings_differences(json.loads(path.read_text()), s, s.attack_names(target.mixture),
+                                                seed, redo)
+            if diffs:
+                changed[path] = diffs
+    refuse_changed_settings(changed, run.name)
     out = []
     for target in targets:
         path = run.eval_path(seed, target.name)

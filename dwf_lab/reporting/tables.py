@@ -238,13 +238,24 @@ AA_STAGE_LABELS = {"clean": "clean", "apgd-ce": "after APGD-CE", "apgd-t": "afte
                    "fab-t": "after FAB-T", "square": "after Square", "apgd-dlr": "after APGD-DLR"}
 
 
+def _official_autoattack(rec: dict) -> tuple[dict | None, dict | None]:
+    """(settings, stages) of a record's official AutoAttack, (None, None) if it holds none: at the top
+    of the record (:mod:`dwf_lab.evaluation.records`) or, as a writer may keep them, under "adaptive".
+    An older kit's cascade has no pyautoattack settings: never taken for the official suite."""
+    for holder in (rec, rec.get("adaptive") if isinstance(rec.get("adaptive"), dict) else {}):
+        settings = (holder.get("attack_settings") or {}).get("autoattack")
+        if isinstance(settings, dict) and "pyautoattack" in str(settings.get("suite", "")):
+            return settings, holder.get("autoattack_stages") or rec.get("autoattack_stages")
+    return None, None
+
+
 def autoattack_label(rec: dict) -> str | None:
     """What a record's ``autoattack`` is (None: not run): the official suite, standard or rand, or a
     reduced budget said to be NOT the standard suite, or an older kit's own cascade."""
     if rec.get("metrics", {}).get("autoattack") is None:
         return None
-    settings = (rec.get("attack_settings") or {}).get("autoattack")
-    if not isinstance(settings, dict) or "pyautoattack" not in str(settings.get("suite", "")):
+    settings, _ = _official_autoattack(rec)
+    if settings is None:
         return "the kit's own AutoAttack-style cascade (an older dwf-lab): not the official suite"
     return official_label(settings)
 
@@ -268,7 +279,7 @@ def autoattack_stage_rows(records: Sequence[dict]) -> list[dict]:
     stages were not recorded (an older kit's cascade included) are left out."""
     rows = []
     for r in records:
-        stages = r.get("autoattack_stages")
+        stages = _official_autoattack(r)[1]
         if not stages:
             continue
         per_mode = stages if all(isinstance(v, dict) for v in stages.values()) else {None: stages}

@@ -405,10 +405,12 @@ def test_a_result_is_never_relabelled_with_settings_it_was_not_computed_with(tmp
     with pytest.raises(ValueError, match=r"'pgd-4'.*alpha"):
         evaluate_adaptive_run(run, 0, data, dataclasses.replace(bigger, alpha=ALPHA / 2), progress=False,
                               which="benign", checklist=False)
-    # a result an older dwf-lab stored without its settings is refused, not taken for the new suite
-    del after["attack_settings"]["autoattack"]
+    # results an older dwf-lab stored without their settings are refused, not taken for the new suite,
+    # all of them named at once with the one command that recomputes them
+    del after["attack_settings"]
     path.write_text(json.dumps(after))
-    with pytest.raises(ValueError, match="no recorded settings"):
+    with pytest.raises(ValueError, match=r"'pgd-4' result .*no recorded settings.*1 more stored result.*"
+                                         r"--redo pgd-4,autoattack "):
         evaluate_adaptive_run(run, 0, data, bigger, progress=False, which="benign", checklist=False)
 
 

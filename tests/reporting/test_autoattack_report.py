@@ -38,8 +38,13 @@ def test_the_column_names_the_suite_and_a_reduced_budget_is_never_standard():
 
 
 def test_stage_rows_and_their_reading():
-    rows = autoattack_stage_rows([_rec("DWF", 14.5, STANDARD, STAGES), _rec("ResNet-18", 0.5, None, None)])
-    assert len(rows) == 1 and rows[0]["suite"] == "AutoAttack (official, standard)"
+    older = _rec("ResNet-18", 0.5, None, None)
+    older["adaptive"] = {"autoattack_stages": {"clean": 40.0, "after APGD-CE": 1.0}}   # an older kit's cascade
+    kept_under_adaptive = _rec("SoE", 9.0, None, None)
+    kept_under_adaptive["adaptive"] = {"attack_settings": {"autoattack": REDUCED}, "autoattack_stages": STAGES}
+    rows = autoattack_stage_rows([_rec("DWF", 14.5, STANDARD, STAGES), older, kept_under_adaptive])
+    assert [r["model"] for r in rows] == ["DWF", "SoE"] and rows[0]["suite"] == "AutoAttack (official, standard)"
+    assert "reduced budget" in rows[1]["suite"]
     assert [rows[0][k] for k in ("clean", "apgd-ce", "apgd-t", "fab-t", "square", "AutoAttack")] == \
         [40.0, 22.0, 16.0, 16.0, 14.5, 14.5]
     text = autoattack_reading([_rec("DWF", 14.5, STANDARD, STAGES)])
