@@ -53,8 +53,9 @@ STAGE_NAMES = {"apgd-ce": "APGD-CE", "apgd-t": "APGD-T", "fab-t": "FAB-T", "squa
                "apgd-dlr": "APGD-DLR", "fab": "FAB"}
 
 
-class AutoAttackUnavailableError(ImportError):
-    """pyautoattack is not installed (or fails to import); the message says how to install it."""
+class AutoAttackUnavailableError(ImportError, RuntimeError):
+    """pyautoattack is not installed (or fails to import); the message says how to install it (a
+    RuntimeError too, so the command line shows it as its one-line error)."""
 
 
 def _library():

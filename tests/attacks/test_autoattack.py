@@ -126,3 +126,4 @@ def test_missing_library_says_how_to_install(monkeypatch):
     with pytest.raises(official.AutoAttackUnavailableError, match="pip install pyautoattack==0.2.0"):
         official_autoattack(model, data.x_test[:4], data.y_test[:4], eps=EPS)
     assert not official.available()
+    assert issubclass(official.AutoAttackUnavailableError, RuntimeError)   # the CLI shows it in one line
