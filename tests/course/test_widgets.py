@@ -252,6 +252,19 @@ def test_gate_heatmap_precomputes_every_stop(make_mixture, test_images, capsys):
     assert calls[0] == seen
 
 
+def test_gate_heatmap_live_figure_is_a_child(make_mixture, test_images):
+    if not live_widgets_available():
+        pytest.skip("plotly FigureWidget needs anywidget and plotly >= 6")
+    x, y = test_images
+    mixture = make_mixture(n_experts=3).eval()
+    ui, fig, _ = gate_heatmap(mixture, x, y, NAMES, n=4, pgd_steps=1, grid=[0.0, 0.05], eps=0.0,
+                              precompute=False, static=False)
+    assert isinstance(fig, go.FigureWidget) and fig in ui.children
+    ui.slider.value = 0.05
+    np.testing.assert_allclose(np.array(fig.data[2].z), ui.result["weights"]["pgd"])
+    assert list(fig.data[5].text) == [RIGHT if ok else WRONG for ok in ui.result["right"]["pgd"]]
+
+
 def test_heatmap_grid():
     assert heatmap_grid(0.1) == pytest.approx([k / 255 for k in (0, 2, 4, 8, 12, 16)] + [0.1])
     assert heatmap_grid(4 / 255) == pytest.approx([k / 255 for k in (0, 2, 4)])
