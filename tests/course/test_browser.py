@@ -169,20 +169,23 @@ def _wait_until(predicate, timeout: float, what: str, interval: float = 0.25):
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
+def _kernel_idle(base: str, token: str) -> bool:
+    """Does the server have a session for the notebook whose kernel is idle?"""
+    try:
+        with urllib.request.urlopen(f"{base}/api/sessions?token={token}", timeout=5) as r:
+            sessions = json.load(r)
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError, ValueError):
+        return False
+    return any(s.get("path", "").endswith(NOTEBOOK) and
+               (s.get("kernel") or {}).get("execution_state") == "idle" for s in sessions)
+
+
 def _kernel_ready(base: str, token: str, timeout: float) -> None:
     """Wait until the server has a session for the notebook whose kernel is idle. (The page's
     execution indicator reads 'idle' before any kernel exists: running cells then would
     open JupyterLab's 'Select Kernel' dialog.)"""
-    def ready():
-        try:
-            with urllib.request.urlopen(f"{base}/api/sessions?token={token}", timeout=5) as r:
-                sessions = json.load(r)
-        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError, ValueError):
-            return False
-        return any(s.get("path", "").endswith(NOTEBOOK) and
-                   (s.get("kernel") or {}).get("execution_state") == "idle" for s in sessions)
-
-    _wait_until(ready, timeout, "the notebook's kernel to start and be idle", interval=0.5)
+    _wait_until(lambda: _kernel_idle(base, token), timeout, "the notebook's kernel to start and be idle",
+                interval=0.5)
 
 
 def _accept_dialog(page) -> bool:
@@ -195,8 +198,9 @@ def _accept_dialog(page) -> bool:
     return False
 
 
-def _run_all_cells(page) -> None:
-    """Run → Run All Cells through JupyterLab's main menu, then wait for every prompt to be [n]."""
+def _run_all_cells(page, base: str, token: str) -> None:
+    """Run → Run All Cells through JupyterLab's main menu, then wait for every shown prompt to be
+    [n] and the kernel to be idle (a solution cell's source starts hidden, and with it its prompt)."""
     page.locator("#jp-MainMenu .lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
     page.locator(".lm-Menu .lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
 
@@ -205,8 +209,9 @@ def _run_all_cells(page) -> None:
         state = page.evaluate(_CELL_STATE_JS)
         if state["errors"]:
             raise AssertionError("a notebook cell failed:\n" + "\n\n".join(state["errors"])[-4000:])
-        prompts = [p.strip() for p in state["prompts"]]
-        return bool(prompts) and all(re.fullmatch(r"\[\d+\]:", p) for p in prompts) and prompts
+        prompts = [p.strip() for p in state["prompts"] if p.strip()]
+        return (bool(prompts) and all(re.fullmatch(r"\[\d+\]:", p) for p in prompts)
+                and _kernel_idle(base, token) and prompts)
 
     _wait_until(done, RUN_ALL_TIMEOUT, "all cells of the notebook to execute", interval=1.0)
 
@@ -240,7 +245,7 @@ def test_eps_slider_flips_the_prediction_in_jupyterlab(browser_deps, jupyter_lab
                 _accept_dialog(page)
                 print(f"\n[browser] notebook open, kernel idle after {time.monotonic() - t0:.0f}s")
 
-                _run_all_cells(page)
+                _run_all_cells(page, base, token)
                 print(f"[browser] all cells executed after {time.monotonic() - t0:.0f}s")
 
                 # the ε explorer: the output area holding the .dwf-prediction line
