@@ -344,12 +344,13 @@ def test_redo_reruns_only_the_named_attack_and_records_autoattacks_stages(tmp_pa
     md = (run.report_dir / "report.md").read_text()
     assert "## AutoAttack (the official suite) stage by stage (%)" in md
     assert "AutoAttack (official standard, reduced budget: NOT the standard suite)" in md
-    rows = autoattack_stage_rows([rec, {"row": "SoE", "seed": 0, "metrics": {"autoattack": 30.0},
-                                        "autoattack_stages": {"hard": {"clean": 45.0, "apgd-ce": 30.0},
-                                                              "bpda": {"clean": 45.0}}}])
+    soe = {"row": "SoE", "seed": 0, "metrics": {"autoattack": 30.0},
+           "attack_settings": {"autoattack": {**aa, "standard": True}},
+           "autoattack_stages": {"hard": {"clean": 45.0, "apgd-ce": 30.0}, "bpda": {"clean": 45.0}}}
+    rows = autoattack_stage_rows([rec, soe])
     assert [r["model"] for r in rows] == ["ResNet-18", "SoE (hard gradient)", "SoE (bpda gradient)"]
     assert rows[1]["apgd-ce"] == 30.0 and "square" not in rows[2]
-    assert "not the official suite" in rows[1]["suite"]      # no settings stored: an older kit's cascade
+    assert rows[1]["suite"] == "AutoAttack (official, standard)" and "reduced budget" in rows[0]["suite"]
 
     # --redo autoattack: only AutoAttack runs again, and its new bits replace the old ones
     seen = []
