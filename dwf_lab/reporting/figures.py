@@ -196,26 +196,6 @@ def matrix_figure(matrix, row_labels: Sequence[str], col_labels: Sequence[str], 
     return fig
 
 
-def gate_weights_figure(weights: Mapping[str, np.ndarray], expert_names: Sequence[str],
-                        title: str = "Gate weights w_i(x)", zmax: float = 1.0) -> go.Figure:
-    """One heatmap (inputs × experts) per input kind, side by side (e.g. clean / FGSM / PGD)."""
-    kinds = list(weights)
-    fig = make_subplots(rows=1, cols=len(kinds), subplot_titles=kinds, shared_yaxes=True,
-                        horizontal_spacing=0.04)
-    for j, k in enumerate(kinds):
-        w = np.asarray(weights[k], dtype=float)
-        fig.add_trace(go.Heatmap(z=w, x=list(expert_names), y=list(range(len(w))), zmin=0,
-                                 zmax=zmax, colorscale="Blues", showscale=(j == len(kinds) - 1),
-                                 colorbar=dict(title="w"),
-                                 hovertemplate="input %{y}, %{x}: w = %{z:.3f}<extra>" + k
-                                 + "</extra>"),
-                      row=1, col=j + 1)
-    fig.update_yaxes(autorange="reversed", title_text="test input", row=1, col=1)
-    fig.update_layout(title=title, height=460, width=min(1400, 330 * len(kinds) + 120),
-                      template=TEMPLATE)
-    return fig
-
-
 def curves_figure(x: Sequence, series: Mapping[str, Sequence[float]], title: str,
                   xaxis_title: str, yaxis_title: str = "accuracy (%)",
                   yrange: Iterable[float] | None = (0, 100)) -> go.Figure:
