@@ -37,6 +37,14 @@ def _parser() -> argparse.ArgumentParser:
     def parser(name: str, help: str) -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help, parents=[debug])
 
+    def attack_flags(sp, which: str):
+        sp.add_argument("--redo", default="", metavar="ATTACKS",
+                        help=f"{which}comma-separated attack keys to run again although stored "
+                             "(e.g. autoattack); the new results replace the old")
+        sp.add_argument("--aa", choices=("profile", "standard"), default="profile",
+                        help=f"{which}the official AutoAttack at the profile's budget (default; reduced "
+                             "below the paper profile, and labelled so) or at its full standard budget")
+
     def common(sp, stage=False):
         sp.add_argument("--profile", default=None, help="smoke | laptop | paper (default: $DWF_PROFILE or laptop; evaluate, adaptive and report --run NAME: the run's own settings)")
         sp.add_argument("--run", default=None, help="run directory name under runs/ (default: the profile's name)")
@@ -80,11 +88,10 @@ def _parser() -> argparse.ArgumentParser:
                             help="--checkpoint/--model: output folder (default: runs/external/<name>)")
     evaluate_p.add_argument("--n-test", dest="n_test", type=int, default=None, metavar="N",
                             help="--checkpoint/--model: number of test images (default: the profile's n_test)")
+    attack_flags(evaluate_p, "--checkpoint/--model: ")
     adaptive_p = parser("adaptive", help="attacks beyond the paper + checklist")
     common(adaptive_p, stage=True)
-    adaptive_p.add_argument("--redo", default="", metavar="ATTACKS",
-                            help="comma-separated attack keys to run again although stored "
-                                 "(e.g. autoattack); the new results replace the old")
+    attack_flags(adaptive_p, "")
     common(parser("baselines", help="SoE, ADVMoE, uniform ensemble"))
     common(parser("ablations", help="the ablation table"))
     common(parser("report", help="write the report"))
@@ -173,9 +180,10 @@ def _dispatch(args) -> int:
 
     if args.command == "evaluate" and (args.checkpoint or args.model):
         return _evaluate_external(args)
-    if args.command == "evaluate" and (args.model_args or args.name or args.out or args.n_test is not None):
-        raise ValueError("--model-arg, --name, --out and --n-test go with evaluate --checkpoint FILE or "
-                         "--model package.module:factory")
+    if args.command == "evaluate" and (args.model_args or args.name or args.out or args.n_test is not None
+                                       or args.redo or args.aa != "profile"):
+        raise ValueError("--model-arg, --name, --out, --n-test, --redo and --aa go with evaluate --checkpoint "
+                         "FILE or --model package.module:factory (a run's models: python -m dwf_lab adaptive)")
 
     if args.command == "site" or (args.command == "course" and args.site_only):
         return _site(args)
@@ -228,10 +236,25 @@ def _evaluate_external(args) -> int:
     command = ["python -m dwf_lab evaluate",
                f"--checkpoint {args.checkpoint}" if args.checkpoint else f"--model {args.model}",
                *(f"--model-arg {a}" for a in args.model_args), f"--profile {p.name}",
-               *(f"--set {s}" for s in args.sets), *([f"--name {args.name}"] if args.name else [])]
-    paths = external.evaluate_external(ext, p, data, args.out, progress=not args.quiet, command=" ".join(command))
+               *(f"--set {s}" for s in args.sets), *([f"--name {args.name}"] if args.name else []),
+               *(["--aa standard"] if args.aa == "standard" else [])]
+    paths = external.evaluate_external(ext, p, data, args.out, progress=not args.quiet, command=" ".join(command),
+                                       adaptive_settings=_adaptive_settings(args, p), redo=_redo(args))
     print(json.dumps({k: str(v) for k, v in paths.items()}, indent=1))
     return 0
+
+
+def _adaptive_settings(args, p):
+    """adaptive / evaluate --checkpoint/--model: the profile's attack settings, with --aa standard the
+    official AutoAttack at its full standard budget; None: the profile's own."""
+    if args.aa != "standard":
+        return None
+    from dwf_lab.evaluation.adaptive import AdaptiveSettings
+    return AdaptiveSettings.from_profile(p).standard_autoattack()
+
+
+def _redo(args) -> list[str]:
+    return [k.strip() for k in args.redo.split(",") if k.strip()]
 
 
 def _site(args) -> int:
@@ -305,8 +328,8 @@ def _work(args, p, run, data, progress: bool) -> int:
             run_ablations(run, seed, data, progress=progress)
         elif args.command == "adaptive":
             from dwf_lab.pipeline.adaptive import evaluate_adaptive_run
-            redo = [k.strip() for k in args.redo.split(",") if k.strip()]
-            evaluate_adaptive_run(run, seed, data, progress=progress, which=args.stage, redo=redo)
+            evaluate_adaptive_run(run, seed, data, _adaptive_settings(args, p), progress=progress, which=args.stage,
+                                  redo=_redo(args))
     if args.command in ("adaptive", "baselines", "ablations"):
         run_all.report_run(run, data=data)
     return 0

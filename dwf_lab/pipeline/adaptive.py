@@ -7,6 +7,9 @@ numbers into the seed's evaluation files, so the report's "Beyond the paper" tab
 them beside Tables 2 and 3. It also writes each model's gradient-masking checklist
 (``report/checklist_<name>_seed<k>.md`` / ``.json``, :mod:`dwf_lab.evaluation.checklist`),
 with another finished single model of the run as the transfer surrogate.
+
+The per-model steps, :func:`adaptive_into_record` and :func:`write_checklist`, are the ones a
+model no run trained goes through too (:mod:`dwf_lab.pipeline.external`).
 """
 import json
 import time
@@ -43,6 +46,15 @@ def _surrogate_stage(name: str, done: list) -> str | None:
             return other
     others = [n for n in done if n != name and n not in ("mixture", "gate")]
     return others[0] if others else None
+
+
+def _surrogate_for(run, seed: int, name: str, done: list, data, dev) -> Callable[[nn.Module], nn.Module | None]:
+    """The checklist's transfer source for the run's model ``name``: :func:`_surrogate_stage`, loaded
+    (none for a mixture: the average of its own experts serves)."""
+    def surrogate(model: nn.Module) -> nn.Module | None:
+        other = None if is_mixture(model) else _surrogate_stage(name, done)
+        return None if other is None else load_run_model(run, seed, other, data, map_location=dev)
+    return surrogate
 
 
 @dataclass
@@ -96,10 +108,18 @@ def stored_settings_differences(rec: dict, s: AdaptiveSettings, names: Sequence[
     return out
 
 
-def refuse_changed_settings(found: dict, run_name: str) -> None:
+def check_redo(s: AdaptiveSettings, redo: Sequence[str]) -> None:
+    """Refuse ``redo`` keys that name no attack of ``s`` (one ValueError, before anything runs)."""
+    known = set(s.attack_names(True))
+    if set(redo) - known:
+        raise ValueError(f"cannot redo {sorted(set(redo) - known)}: the attacks are {sorted(known)}")
+
+
+def refuse_changed_settings(found: dict, command: str) -> None:
     """One line for stored results computed with other settings than asked for (``found``: path ->
-    {key: difference}): which result differs and how, and how to recompute them. A result is never
-    relabelled with settings it was not computed with."""
+    {key: difference}): which result differs and how, and how to recompute them (``command``, the
+    command line that made them, gets ``--redo``). A result is never relabelled with settings it was
+    not computed with."""
     if not found:
         return
     path, diffs = next(iter(found.items()))
@@ -109,9 +129,80 @@ def refuse_changed_settings(found: dict, run_name: str) -> None:
     raise ValueError(
         f"{path}: the stored {key!r} result was computed with other settings than asked for ({why})"
         + (f", and so were {more} more stored result(s) ({', '.join(keys)})" if more else "")
-        + f"; nothing was run and every stored result is kept. Recompute with these settings: python -m dwf_lab "
-        f"adaptive --run {run_name} --redo {','.join(keys)} (in Python: redo={tuple(keys)!r}), or ask for the "
-        "stored settings")
+        + f"; nothing was run and every stored result is kept. Recompute with these settings: {command} "
+        f"--redo {','.join(keys)} (in Python: redo={tuple(keys)!r}), or ask for the stored settings")
+
+
+def _aa_flag(s: AdaptiveSettings, p) -> str:
+    """``" --aa standard"`` when ``s`` runs the official AutoAttack at its standard budget and the
+    profile ``p``'s size would not (the command line that asks for ``s``), else ``""``."""
+    standard = s.aa_budget() == s.standard_autoattack().aa_budget()
+    return " --aa standard" if standard and s.aa_budget() != AdaptiveSettings.from_profile(p).aa_budget() else ""
+
+
+def check_stored_settings(rec: dict, path, s: AdaptiveSettings, mixture: bool, seed: int,
+                          redo: Sequence[str] = (), command: str = "python -m dwf_lab adaptive") -> None:
+    """:func:`refuse_changed_settings` for the one record ``rec`` (stored at ``path``)."""
+    diffs = stored_settings_differences(rec, s, s.attack_names(mixture), seed, redo)
+    refuse_changed_settings({path: diffs} if diffs else {}, command)
+
+
+def adaptive_into_record(rec: dict, path, load: Callable[[], nn.Module], mixture: bool, data,
+                         s: AdaptiveSettings, seed: int, dev, *, progress: bool = True,
+                         desc: str = "adaptive attacks", redo: Sequence[str] = (),
+                         command: str = "python -m dwf_lab adaptive") -> nn.Module | None:
+    """The adaptive attacks of ``s`` that the evaluation record ``rec`` (of the file ``path``) lacks,
+    merged into it; the caller writes it. The one per-record step of a run's models and of a model
+    no run trained (:mod:`dwf_lab.pipeline.external`).
+
+    Refused with one line, before anything runs: a record of other test images or another eps, and
+    a stored result computed with other settings than ``s`` (:func:`check_stored_settings`; its
+    line names ``command`` with the ``--redo`` that recomputes it) unless its key is in ``redo``,
+    which recomputes it and replaces the stored one. The model (``load()``, called only when an
+    attack runs; ``mixture``: it gets the gate-aware attacks) must agree with the stored clean
+    predictions. Each result's own settings go to ``rec["attack_settings"][key]``, the official
+    AutoAttack's accuracy after each of its attacks to ``rec["autoattack_stages"]``, and
+    ``"worst-case (all)"`` is recomputed over every stored attack. Returns the model if it was
+    loaded, else None.
+    """
+    n = int(rec.get("n_test") or 0)
+    if n != len(data.x_test):
+        raise ValueError(f"{path} covers {n} test images but the data has {len(data.x_test)}: "
+                         "evaluate with the same data (profile) the run was evaluated with")
+    if abs(record_eps(rec) - s.eps) > 1e-9:
+        raise ValueError(f"{path} was evaluated at eps {pixel_fraction(record_eps(rec))} but the adaptive "
+                         f"attacks run at eps {pixel_fraction(s.eps)}: one worst case cannot pool two "
+                         "threat models. Use the run's own settings, or another run for another eps")
+    check_stored_settings(rec, path, s, mixture, seed, redo, command)
+    stored = set(rec.get("per_example", {})) - set(redo)
+    if not [k for k in s.attack_names(mixture) if k not in stored]:
+        merge_into_result(rec, {})   # keeps worst-case (all) in step with what is stored
+        return None
+    model = load().eval()
+    skip = [k for k in s.attack_names(is_mixture(model)) if k in stored]
+    t0 = time.time()
+    _, correct, found = evaluate_any(model, data.x_test, data.y_test, s, seed, dev, progress, skip, desc)
+    sa_stored = rec.get("per_example", {}).get("SA")
+    if sa_stored is not None:
+        differ = (unpack_bits(sa_stored, n) != correct["SA"].cpu()).float().mean().item()
+        if differ > 0.01:   # a few borderline flips are float noise (e.g. GPU kernels)
+            raise ValueError(f"{path}: the stored clean predictions differ from this model's "
+                             f"on {100 * differ:.1f}% of the images (another model or other "
+                             "data?); re-evaluate the model")
+    computed = found["attack_settings"]
+    merge_into_result(rec, {k: v for k, v in correct.items() if k in redo}, overwrite=True, settings=computed)
+    merge_into_result(rec, correct, settings=computed)
+    if "autoattack_stages" in found:
+        rec["autoattack_stages"] = found["autoattack_stages"]
+    info = rec.setdefault("adaptive", {})
+    info["settings"] = s.to_dict()   # the last call's; each result's own: rec["attack_settings"]
+    info.setdefault("elapsed_s", {}).update(found["elapsed_s"])
+    info.pop("autoattack_stages", None)   # an older dwf-lab's cascade stages: not the official suite's
+    info["elapsed_s_total"] = round(info.get("elapsed_s_total", 0.0) + time.time() - t0, 2)
+    info["note"] = ("attacks beyond the paper (dwf_lab.evaluation.adaptive); each one's settings are in "
+                    "'attack_settings'; 'worst-case (all)' is the per-example worst case over every "
+                    "stored attack, the paper's included")
+    return model
 
 
 def evaluate_adaptive_run(run, seed: int, data, settings: AdaptiveSettings | None = None,
@@ -143,9 +234,8 @@ def evaluate_adaptive_run(run, seed: int, data, settings: AdaptiveSettings | Non
     p = run.profile
     s = settings or AdaptiveSettings.from_profile(p)
     dev = torch.device(device) if device else Runtime.from_profile(p).device
-    known = set(s.attack_names(True))
-    if set(redo) - known:
-        raise ValueError(f"cannot redo {sorted(set(redo) - known)}: the attacks are {sorted(known)}")
+    check_redo(s, redo)
+    command = f"python -m dwf_lab adaptive --run {run.name}" + _aa_flag(s, p)
     done = [st.name for st in stages_done(run, seed)]
     targets = _targets(run, seed, data, which, dev)
     changed = {}                # every stored result checked before anything runs
@@ -156,7 +246,7 @@ def evaluate_adaptive_run(run, seed: int, data, settings: AdaptiveSettings | Non
                                                 seed, redo)
             if diffs:
                 changed[path] = diffs
-    refuse_changed_settings(changed, run.name)
+    refuse_changed_settings(changed, command)
     out = []
     for target in targets:
         path = run.eval_path(seed, target.name)
@@ -164,61 +254,27 @@ def evaluate_adaptive_run(run, seed: int, data, settings: AdaptiveSettings | Non
             evaluate_run(run, seed, data, which=target.name, progress=progress,
                          device=str(dev) if device else None)
         rec = json.loads(path.read_text())
-        n = int(rec.get("n_test") or 0)
-        if n != len(data.x_test):
-            raise ValueError(f"{path} covers {n} test images but the data has {len(data.x_test)}: "
-                             "evaluate with the same data (profile) the run was evaluated with")
-        if abs(record_eps(rec) - s.eps) > 1e-9:
-            raise ValueError(f"{path} was evaluated at eps {pixel_fraction(record_eps(rec))} but the adaptive "
-                             f"attacks run at eps {pixel_fraction(s.eps)}: one worst case cannot pool two "
-                             "threat models. Use the run's own settings, or another run for another eps")
-        model = None
-        stored = set(rec.get("per_example", {})) - set(redo)
-        missing = [k for k in s.attack_names(target.mixture) if k not in stored]
-        if missing:
-            model = target.load().eval()
-            mixture = is_mixture(model)
-            skip = [k for k in s.attack_names(mixture) if k in stored]
-            t0 = time.time()
-            _, correct, found = evaluate_any(model, data.x_test, data.y_test, s, seed, dev, progress,
-                                              skip, f"adaptive {target.name}")
-            sa_stored = rec.get("per_example", {}).get("SA")
-            if sa_stored is not None:
-                differ = (unpack_bits(sa_stored, n) != correct["SA"].cpu()).float().mean().item()
-                if differ > 0.01:   # a few borderline flips are float noise (e.g. GPU kernels)
-                    raise ValueError(f"{path}: the stored clean predictions differ from this model's "
-                                     f"on {100 * differ:.1f}% of the images (another model or other "
-                                     "data?); re-evaluate the run")
-            computed = found["attack_settings"]
-            merge_into_result(rec, {k: v for k, v in correct.items() if k in redo}, overwrite=True,
-                              settings=computed)
-            merge_into_result(rec, correct, settings=computed)
-            if "autoattack_stages" in found:
-                rec["autoattack_stages"] = found["autoattack_stages"]
-            info = rec.setdefault("adaptive", {})
-            info["settings"] = s.to_dict()   # the last call's; each result's own: rec["attack_settings"]
-            info.setdefault("elapsed_s", {}).update(found["elapsed_s"])
-            info.pop("autoattack_stages", None)   # an older dwf-lab's cascade stages: not the official suite's
-            info["elapsed_s_total"] = round(info.get("elapsed_s_total", 0.0) + time.time() - t0, 2)
-            info["note"] = ("attacks beyond the paper (dwf_lab.evaluation.adaptive); each one's settings are in "
-                            "'attack_settings'; 'worst-case (all)' is the per-example worst case over every "
-                            "stored attack, the paper's included")
-        else:
-            merge_into_result(rec, {})   # keeps worst-case (all) in step with what is stored
+        model = adaptive_into_record(rec, path, target.load, target.mixture, data, s, seed, dev, progress=progress,
+                                     desc=f"adaptive {target.name}", redo=redo, command=command)
         atomic_write_text(path, json.dumps(rec, indent=1))
         out.append(rec)
 
         if checklist:
-            _write_checklist(run, seed, target, rec, model, data, dev, done, checklist_settings)
+            load = (lambda m=model: m) if model is not None else (lambda t=target: t.load().eval())
+            write_checklist(run, seed, target.name, target.row, rec, load, data, dev, checklist_settings,
+                            _surrogate_for(run, seed, target.name, done, data, dev))
     return out
 
 
-def _write_checklist(run, seed: int, target: _Target, rec: dict, model: nn.Module | None, data, dev,
-                     done: list, settings=None) -> None:
-    """``report/checklist_<name>_seed<k>.md`` and ``.json``: the checks that run attacks (once; a
-    saved checklist is kept) and the checks read off the evaluation record ``rec`` (recomputed
-    every time, so they follow the attacks stored since)."""
-    md = run.checklist_path(seed, target.name, ".md")
+def write_checklist(run, seed: int, name: str, row: str, rec: dict, load: Callable[[], nn.Module], data, dev,
+                    settings: ChecklistSettings | None = None,
+                    surrogate: Callable[[nn.Module], nn.Module | None] | None = None) -> None:
+    """``report/checklist_<name>_seed<k>.md`` and ``.json`` of one model (a run's, or one no run
+    trained): the checks that run attacks (once; a saved checklist is kept, and ``load()`` is then
+    never called) and the checks read off the evaluation record ``rec`` (recomputed every time, so
+    they follow the attacks stored since). ``surrogate(model)``: the transfer check's source model,
+    or None (no transfer check, except for a mixture: the average of its own experts)."""
+    md = run.checklist_path(seed, name, ".md")
     js = md.with_suffix(".json")
     if md.exists() and js.exists():
         try:
@@ -231,20 +287,13 @@ def _write_checklist(run, seed: int, target: _Target, rec: dict, model: nn.Modul
             raise ValueError(f"{js} is not a readable checklist ({err}); delete it and its .md "
                              "to recompute it") from err
     else:
-        if model is None:
-            model = target.load().eval()
+        model = load()
         cs = settings or ChecklistSettings.from_profile(run.profile)
-        surrogate = None
-        if not is_mixture(model):
-            other = _surrogate_stage(target.name, done)
-            if other is not None:
-                surrogate = load_run_model(run, seed, other, data, map_location=dev)
         m = min(len(data.x_test), cs.n_examples or len(data.x_test))
         items = run_checklist(model, data.x_test[:m].to(dev), data.y_test[:m].to(dev), cs,
-                              surrogate=surrogate, seed=seed)
+                              surrogate=surrogate(model) if surrogate else None, seed=seed)
     items = with_stored_checks(items, rec, cs)
-    title = f"Gradient-masking checklist: {target.row} ({target.name}), seed {seed}"
+    title = f"Gradient-masking checklist: {row} ({name}), seed {seed}"
     atomic_write_text(md, checklist_markdown(items, title=title))
-    atomic_write_text(js, json.dumps({"model": target.name, "row": target.row, "seed": seed,
-                                      "n_examples": m, "settings": cs.to_dict(),
-                                      "items": items_to_json(items)}, indent=1))
+    atomic_write_text(js, json.dumps({"model": name, "row": row, "seed": seed, "n_examples": m,
+                                      "settings": cs.to_dict(), "items": items_to_json(items)}, indent=1))

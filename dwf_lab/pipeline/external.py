@@ -16,7 +16,9 @@ report. The output folder is laid out like a run, so the report code reads it as
       report/                      report.md / .html / .json, figures, checklist_<name>_seed<k>.md
 
 A folder that holds another model's results is refused before anything is written; the same model
-again keeps what is stored and computes only what is missing. The first seed of the profile seeds
+again keeps what is stored and computes only what is missing; a stored result computed with other
+settings than asked for (``--aa standard`` after the profile's AutoAttack budget, say) is refused
+with one line, and recomputed with ``--redo KEY``. The first seed of the profile seeds
 the attacks (one model: one evaluation).
 """
 import hashlib
@@ -26,6 +28,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -36,19 +39,13 @@ from dwf_lab.core.config import Profile
 from dwf_lab.core.io import atomic_write_text, jsonable
 from dwf_lab.core.runtime import Runtime, package_versions
 from dwf_lab.data import ImageData
-from dwf_lab.evaluation.adaptive import AdaptiveSettings, evaluate_any
-from dwf_lab.evaluation.checklist import (
-    CheckItem,
-    ChecklistSettings,
-    checklist_markdown,
-    items_to_json,
-    run_checklist,
-    with_stored_checks,
-)
+from dwf_lab.evaluation.adaptive import AdaptiveSettings
+from dwf_lab.evaluation.checklist import ChecklistSettings
 from dwf_lab.evaluation.protocol import EvalSettings, evaluate_model, evaluate_soe
-from dwf_lab.evaluation.records import load_checklist, merge_into_result, write_result
+from dwf_lab.evaluation.records import write_result
 from dwf_lab.models.common import normalization_for
 from dwf_lab.models.external import check_classifier, load_factory, normalization_warning
+from dwf_lab.pipeline.adaptive import adaptive_into_record, check_redo, check_stored_settings, write_checklist
 from dwf_lab.pipeline.run_all import report_run
 from dwf_lab.store.checkpoints import load_model, weights_digest
 from dwf_lab.store.runs import Run, runs_dir
@@ -172,34 +169,48 @@ def _data_record(data: ImageData) -> dict:
 def evaluate_external(ext: ExternalModel, p: Profile, data: ImageData, out: Path | None = None,
                       progress: bool = True, device: str | None = None, command: str | None = None,
                       adaptive_settings: AdaptiveSettings | None = None,
-                      checklist_settings: ChecklistSettings | None = None) -> dict[str, Path]:
+                      checklist_settings: ChecklistSettings | None = None,
+                      redo: Sequence[str] = ()) -> dict[str, Path]:
     """Protocol, adaptive attacks, checklist and report of one model into ``out`` (module docstring).
 
     Returns the report's files and the evaluation record's path. Settings that differ from the
-    folder's config.json, or another model's results in it, are refused before anything is written.
+    folder's config.json, another model's results in it, or a stored adaptive result computed with
+    other settings than ``adaptive_settings`` (one line naming it, the difference and the
+    ``--redo`` that recomputes it) are refused before anything is written. Attack keys in ``redo``
+    are run again and replace the stored ones (:func:`dwf_lab.pipeline.adaptive.adaptive_into_record`,
+    the step a run's models go through too). ``command``: the command line, stored and quoted in
+    that line.
     """
     out = Path(out).expanduser() if out is not None else default_out(ext.name)
     check_folder(out, ext)
+    s = adaptive_settings or AdaptiveSettings.from_profile(p)
+    check_redo(s, redo)
     run = Run(_checked_name(out.resolve().name), p, root=out)   # writes config.json; refuses other settings
     dev = torch.device(device) if device else Runtime.from_profile(p).device
     seed = p.seeds[0]
     model = ext.model.to(dev).eval()
     for w in ext.warnings:
         print(f"dwf-lab: warning: {w}", file=sys.stderr)
+    mixture = is_mixture(model)
+    again = f"{command or 'python -m dwf_lab evaluate --checkpoint FILE (or --model SPEC)'} --out {out}"
     with run.lock("evaluate"):
+        path = run.eval_path(seed, ext.name)
+        if path.exists():   # results made with other settings: refused before anything is written
+            check_stored_settings(json.loads(path.read_text()), path, s, mixture, seed, redo, again)
         atomic_write_text(out / IDENTITY_FILE, json.dumps(
             {"name": ext.name, "row": ext.row, "identity": ext.identity, "warnings": ext.warnings,
              "data": _data_record(data), "threat_model": p.threat_model.label(), "seed": seed,
              "versions": package_versions(), "command": command}, indent=1, default=str))
-        path = run.eval_path(seed, ext.name)
         extra = {"stage_kind": "external", "external": ext.identity, "warnings": ext.warnings}
         if not path.exists():
             _protocol(model, data, p, path, ext, seed, dev, progress, extra)
         rec = json.loads(path.read_text())
-        _adaptive(model, data, rec, adaptive_settings or AdaptiveSettings.from_profile(p), seed, dev, progress,
-                  ext.name)
+        adaptive_into_record(rec, path, lambda: model, mixture, data, s, seed, dev, progress=progress,
+                             desc=f"adaptive {ext.name}", redo=redo, command=again)
         atomic_write_text(path, json.dumps(rec, indent=1))
-        _checklist(run, model, data, rec, ext, seed, dev, checklist_settings or ChecklistSettings.from_profile(p))
+        # no surrogate model: the transfer check is not run, except for a mixture (the average of its own experts)
+        write_checklist(run, seed, ext.name, ext.row, rec, lambda: model, data, dev,
+                        checklist_settings or ChecklistSettings.from_profile(p))
         written = report_run(run, data.name, data)   # the entries hash its test images
     return {"eval": path, "model": out / IDENTITY_FILE, **written}
 
@@ -217,56 +228,3 @@ def _protocol(model, data, p, path, ext, seed, dev, progress, extra) -> None:
                                           progress=progress, desc=f"eval {ext.name}")
     write_result(path, model=ext.name, row=ext.row, seed=seed, dataset=data.name, metrics=metrics,
                  correct=correct, settings=s, elapsed_s=time.time() - t0, extra=extra)
-
-
-def _adaptive(model, data, rec: dict, s: AdaptiveSettings, seed: int, dev, progress: bool, name: str) -> None:
-    """The adaptive attacks not stored in ``rec`` yet, merged into it (worst case over all recomputed)."""
-    stored = set(rec.get("per_example", {}))
-    missing = [k for k in s.attack_names(is_mixture(model)) if k not in stored]
-    if missing:
-        t0 = time.time()
-        _, correct, found = evaluate_any(model, data.x_test, data.y_test, s, seed, dev, progress,
-                                         [k for k in s.attack_names(is_mixture(model)) if k in stored],
-                                         f"adaptive {name}")
-        computed = found.get("attack_settings")   # each attack's own settings, where the engine gives them
-        if computed is not None:
-            merge_into_result(rec, correct, settings=computed)
-        else:
-            merge_into_result(rec, correct)
-        if "autoattack_stages" in found:          # robust accuracy after each attack of AutoAttack
-            rec["autoattack_stages"] = found["autoattack_stages"]
-        info = rec.setdefault("adaptive", {})
-        info["settings"] = s.to_dict()
-        info.setdefault("elapsed_s", {}).update(found.get("elapsed_s", {}))
-        info.update({k: v for k, v in found.items() if k not in ("elapsed_s", "attack_settings")})
-        info["elapsed_s_total"] = round(info.get("elapsed_s_total", 0.0) + time.time() - t0, 2)
-        info["note"] = ("attacks beyond the paper (dwf_lab.evaluation.adaptive); 'worst-case (all)' is the "
-                        "per-example worst case over every stored attack, the paper's included")
-    else:
-        merge_into_result(rec, {})
-
-
-def _checklist(run: Run, model, data, rec: dict, ext: ExternalModel, seed: int, dev, cs: ChecklistSettings) -> None:
-    """``report/checklist_<name>_seed<k>.md`` / ``.json`` (the attack checks once; a saved one is kept,
-    its checks read off the record refreshed). No surrogate model: the transfer check is not run,
-    except for a mixture (the average of its own experts)."""
-    md = run.checklist_path(seed, ext.name, ".md")
-    js = md.with_suffix(".json")
-    if md.exists() and js.exists():
-        try:
-            saved = load_checklist(js)
-            known = set(ChecklistSettings.__dataclass_fields__)
-            cs = ChecklistSettings(**{k: v for k, v in saved["settings"].items() if k in known})
-            items = [CheckItem.from_dict(d) for d in saved["items"]]
-            m = int(saved["n_examples"])
-        except (ValueError, KeyError, TypeError) as err:
-            raise ValueError(f"{js} is not a readable checklist ({err}); delete it and its .md "
-                             "to recompute it") from err
-    else:
-        m = min(len(data.x_test), cs.n_examples or len(data.x_test))
-        items = run_checklist(model, data.x_test[:m].to(dev), data.y_test[:m].to(dev), cs, seed=seed)
-    items = with_stored_checks(items, rec, cs)
-    title = f"Gradient-masking checklist: {ext.row} ({ext.name}), seed {seed}"
-    atomic_write_text(md, checklist_markdown(items, title=title))
-    atomic_write_text(js, json.dumps({"model": ext.name, "row": ext.row, "seed": seed, "n_examples": m,
-                                      "settings": cs.to_dict(), "items": items_to_json(items)}, indent=1))

@@ -14,9 +14,11 @@ from tinymodels import tiny_trained  # tests/ is on sys.path
 
 from dwf_lab.__main__ import main
 from dwf_lab.core.config import get_profile
-from dwf_lab.evaluation.adaptive import AdaptiveSettings
+from dwf_lab.evaluation import adaptive as ev_adaptive
+from dwf_lab.evaluation.adaptive import AdaptiveSettings, _run_batch
 from dwf_lab.models.external import load_factory
 from dwf_lab.models.registry import build_model
+from dwf_lab.pipeline import adaptive as pipe_adaptive
 from dwf_lab.pipeline.run_all import report_run
 from dwf_lab.store.checkpoints import save_model, weights_digest
 from dwf_lab.store.runs import RUNS_DIR_ENV, Run
@@ -113,6 +115,79 @@ def test_a_kit_checkpoint_without_a_run(runs, tmp_path, capsys):
     assert not (runs / "external" / "bad").exists()
 
 
+def test_a_result_stored_with_other_settings_is_refused_and_recomputed_with_redo(runs, tmp_path, capsys,
+                                                                                  monkeypatch):
+    model, _ = tiny_trained(0)
+    ckpt = tmp_path / "tiny.safetensors"
+    save_model(ckpt, model)
+    assert evaluate("--checkpoint", str(ckpt), "--n-test", "16") == 0
+    path = runs / "external" / "tiny" / "eval" / "tiny_seed0.json"
+    rec = json.loads(path.read_text())
+    asked = rec["attack_settings"]["autoattack"]["budget"]["apgd_iter"]
+    rec["attack_settings"]["autoattack"]["budget"]["apgd_iter"] = asked + 7   # as if made with a bigger budget
+    path.write_text(json.dumps(rec))
+    stored = path.read_text()
+    model_json = (runs / "external" / "tiny" / "model.json").read_text()
+    capsys.readouterr()
+
+    # refused: one line naming the file, the key, the difference and the command that recomputes it
+    assert evaluate("--checkpoint", str(ckpt), "--n-test", "16") == 2
+    line = error_line(capsys)
+    assert str(path) in line and "'autoattack'" in line
+    assert f"budget.apgd_iter {asked + 7} (stored) vs {asked} (asked)" in line
+    assert path.read_text() == stored and (runs / "external" / "tiny" / "model.json").read_text() == model_json
+
+    # the command it names recomputes AutoAttack alone, stored with the settings it ran with
+    command = re.search(r"Recompute with these settings: python -m dwf_lab (.*?) \(in Python", line).group(1)
+    assert "--redo autoattack" in command and "--checkpoint" in command
+    seen = []
+    monkeypatch.setattr(ev_adaptive, "_run_batch", lambda m, xb, yb, s_, want, *a: seen.append(set(want)) or
+                        _run_batch(m, xb, yb, s_, want, *a))
+    assert main([*command.split(), "--quiet"]) == 0
+    assert seen and all(w == {"autoattack"} for w in seen)
+    after = json.loads(path.read_text())
+    assert after["attack_settings"]["autoattack"]["budget"]["apgd_iter"] == asked
+    assert {k: v for k, v in after["per_example"].items() if k not in ("autoattack", "worst-case (all)")} == \
+        {k: v for k, v in rec["per_example"].items() if k not in ("autoattack", "worst-case (all)")}
+    assert after["autoattack_stages"] and "autoattack_stages" not in after["adaptive"]
+
+
+class _Stop(Exception):
+    """Raised by a spy once it has seen what it was looking for (not a user error: main lets it through)."""
+
+
+def test_aa_standard_asks_for_the_official_autoattack_at_its_standard_budget(runs, tmp_path, monkeypatch):
+    smoke = AdaptiveSettings.from_profile(get_profile("smoke"))
+    standard = smoke.standard_autoattack().aa_budget()
+    assert smoke.aa_budget() != standard and standard == AdaptiveSettings().aa_budget()
+    seen = []
+
+    def spy(model, x, y, s, *a):      # the attacks are not run: the standard suite is slow on a CPU
+        seen.append(s)
+        raise _Stop
+    monkeypatch.setattr(pipe_adaptive, "evaluate_any", spy)
+    model, _ = tiny_trained(0)
+    save_model(tmp_path / "tiny.safetensors", model)
+    for aa in ("profile", "standard"):
+        with pytest.raises(_Stop):
+            evaluate("--checkpoint", str(tmp_path / "tiny.safetensors"), "--n-test", "8", "--aa", aa)
+    assert [s.aa_budget() for s in seen] == [smoke.aa_budget(), standard]
+    assert seen[1] == smoke.standard_autoattack()          # nothing else changes
+
+    # the adaptive command of a run: the same settings reach evaluate_adaptive_run
+    Run("aa-run", get_profile("smoke"))
+    asked = []
+
+    def run_spy(run, seed, data, settings=None, **kw):
+        asked.append(settings)
+        raise _Stop
+    monkeypatch.setattr(pipe_adaptive, "evaluate_adaptive_run", run_spy)
+    for aa in ("profile", "standard"):
+        with pytest.raises(_Stop):
+            main(["adaptive", "--run", "aa-run", "--quiet", "--aa", aa])
+    assert asked[0] is None and asked[1] == AdaptiveSettings.from_profile(get_profile("smoke")).standard_autoattack()
+
+
 def test_a_kit_mixture_checkpoint_gets_the_attacks_made_for_mixtures(runs, tmp_path):
     torch.manual_seed(0)
     mix = build_model("dwf_mixture", n_experts=3, width=0.0625, dataset="synthetic", gate_hidden=16)
@@ -142,6 +217,8 @@ def test_a_model_that_expects_normalized_images_is_warned_about(runs, capsys):
     (["--model", RESNET, "--checkpoint", "x.safetensors"], "not both"),
     (["--model", RESNET, "--run", "smoke"], "takes no --run"),
     (["--n-test", "10"], "go with evaluate --checkpoint"),
+    (["--aa", "standard"], "go with evaluate --checkpoint"),
+    (["--model", RESNET, "--redo", "pgd-99"], "cannot redo"),
     (["--checkpoint", "/nowhere/x.safetensors"], "no checkpoint at"),
     (["--model", RESNET, "--name", "../x"], "--name"),
 ])
