@@ -212,24 +212,22 @@ def rule_pgd_vs_fgsm(t: AuditTable) -> list[Finding]:
     return out
 
 
-def rule_fgsm_eps(t: AuditTable) -> list[Finding]:
+def _no_rise(t: AuditTable, rule: str, columns, stronger: str) -> list[Finding]:
+    """Per row: accuracy must not rise along ``columns(cells)`` (an ordered attack sweep)."""
     out = []
     for row, c in t.cells.items():
-        rise = _worst_rise(c, [m for _, m in _fgsm(c)])
-        if rise is None:
-            continue
-        out.append(_rise_finding("fgsm-eps", row, c, *rise, "a larger ε"))
+        rise = _worst_rise(c, [m for _, m in columns(c)])
+        if rise is not None:
+            out.append(_rise_finding(rule, row, c, *rise, stronger))
     return out
+
+
+def rule_fgsm_eps(t: AuditTable) -> list[Finding]:
+    return _no_rise(t, "fgsm-eps", _fgsm, "a larger ε")
 
 
 def rule_pgd_steps(t: AuditTable) -> list[Finding]:
-    out = []
-    for row, c in t.cells.items():
-        rise = _worst_rise(c, [m for _, m in _pgd_steps(c)])
-        if rise is None:
-            continue
-        out.append(_rise_finding("pgd-steps", row, c, *rise, "more steps"))
-    return out
+    return _no_rise(t, "pgd-steps", _pgd_steps, "more steps")
 
 
 def rule_restarts(t: AuditTable) -> list[Finding]:
