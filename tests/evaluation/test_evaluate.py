@@ -96,6 +96,44 @@ def test_protocol_pgd_columns_are_reproducible_attacks(evaluated):
             assert not column[~keep].any()
 
 
+def test_long_columns_share_the_trajectory_and_restarts_attack_only_survivors(evaluated):
+    # "100 (A)" is the trajectory's PGD-L (generator tag 1, like pgd:k); each later "100 (MS)"
+    # restart (tag 2 + r) attacks only the images every earlier restart left correct, and an image
+    # counts as robust under MS only if it survived them all
+    model, x, y, _, correct = evaluated
+    model.eval()
+    for b in range(2):
+        xb, yb = x[40 * b:40 * (b + 1)], y[40 * b:40 * (b + 1)]
+        keep = _correct(model, xb, yb)
+        xk, yk = xb[keep], yb[keep]
+        first = _correct(model, attacks.pgd(model, xk, yk, EPS, ALPHA, steps=3,
+                                            generator=gen(seed_from(4, b, 1))), yk)
+        assert torch.equal(correct["pgd:3-a"][40 * b:40 * (b + 1)][keep], first), b
+        alive = first.nonzero().squeeze(1)
+        second = first.clone()
+        if len(alive):
+            x_adv = attacks.pgd(model, xk[alive], yk[alive], EPS, ALPHA, steps=3,
+                                generator=gen(seed_from(4, b, 3)))
+            second[alive] = _correct(model, x_adv, yk[alive])
+        assert torch.equal(correct["pgd:3-ms"][40 * b:40 * (b + 1)][keep], second), b
+    assert (correct["pgd:3-ms"] <= correct["pgd:3-a"]).all()
+
+
+def test_later_restarts_see_only_the_images_that_survived(trained_model, attack_batch):
+    x, y = attack_batch[0][:40], attack_batch[1][:40]
+    s = EvalSettings(fgsm_eps=(), pgd_steps=(), long_steps=3, restarts=3, batch_size=40)
+    seen = []
+    hook = trained_model.register_forward_hook(lambda m, i, o: seen.append(len(i[0])))
+    try:
+        _, correct = evaluate_model(trained_model, x, y, s, seed=2, progress=False)
+    finally:
+        hook.remove()
+    n_clean, n_first = int(correct["SA"].sum()), int(correct["pgd:3-a"].sum())
+    # the clean pass, then the first restart on every clean-correct image, then smaller batches
+    assert seen[0] == 40 and set(seen[1:1 + 3 + 1]) == {n_clean}
+    assert max(seen[1 + 3 + 1:], default=0) <= n_first < n_clean
+
+
 def test_attacks_run_only_on_correctly_classified_images(trained_model, attack_batch):
     # a misclassified clean image is not robust under any attack: it is counted wrong in every
     # column without being attacked, and the attacks see only the rest
