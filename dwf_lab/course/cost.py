@@ -218,7 +218,7 @@ def measured_rates(p: Profile, inv: RunInventory, n_train: int, n_test: int) -> 
         a = _record_settings(AdaptiveSettings, info.get("settings"))
         for key, sec in (info.get("elapsed_s") or {}).items():
             if a is not None and isinstance(sec, (int, float)) and sec > 0:
-                work = attack_work(key, a, kind, p, n, _robust(rec))
+                work = attack_work(key, a, kind, p, a.images(n), _robust(rec))
                 attack.setdefault(key, []).append((name, sec / work))
     for seed, variants in inv.ablations.items():
         for name, rec in variants.items():
@@ -398,7 +398,7 @@ class Estimator:
             seconds, rate = 0.0, None
             for key in step.missing:
                 rate = self.attack_rate(key)
-                seconds += attack_work(key, s, step.kind, p, n_test, robust) * rate.seconds_per_pass
+                seconds += attack_work(key, s, step.kind, p, s.images(n_test), robust) * rate.seconds_per_pass
             if step.checklist:
                 rate = rate or self.attack_rate("")
                 seconds += checklist_work(step.kind, p, n_test) * rate.seconds_per_pass

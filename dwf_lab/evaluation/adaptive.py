@@ -77,6 +77,7 @@ class AdaptiveSettings(SizedSettings):
     square: bool = False                 # ART's Square on every image (the suite's Square stage covers it)
     square_queries: int = 5000
     batch_size: int = 500
+    n_examples: int | None = None        # attack the first N test images (None: all); stored with each result
     name: str = "paper"
     SIZES: ClassVar[dict[str, dict]] = {
         "paper": {},   # PGD-20, PGD-500 x 5, the standard AutoAttack
@@ -86,8 +87,14 @@ class AdaptiveSettings(SizedSettings):
                       aa_eot=2, square_queries=10, batch_size=256, name="smoke")}
 
     def __post_init__(self):
+        if self.n_examples is not None and (isinstance(self.n_examples, bool) or int(self.n_examples) < 1):
+            raise ValueError(f"n_examples must be a number of test images >= 1 (or None: all), got {self.n_examples!r}")
         if self.aa_version not in official.VERSIONS:
             raise ValueError(f"aa_version must be one of {', '.join(official.VERSIONS)}, got {self.aa_version!r}")
+
+    def images(self, n_test: int) -> int:
+        """How many of ``n_test`` test images the attacks run on (the first ones)."""
+        return n_test if self.n_examples is None else min(int(self.n_examples), n_test)
 
     # ---- metric keys
     @property
@@ -197,17 +204,32 @@ def _run_batch(model: nn.Module, xb: torch.Tensor, yb: torch.Tensor, s: Adaptive
     seconds to ``timings`` and the official AutoAttack's result for the batch to ``aa_tally``."""
     res: dict[str, torch.Tensor] = {}
 
-    def timed(key: str, fn):
+    def timed(key: str, fn, on_clean_correct: bool = True):
+        # the kit's attacks run on the images the model classifies correctly: a misclassified
+        # image is not robust by definition (as in the protocol); the official AutoAttack skips
+        # them by itself
         t0 = time.time()
-        res[key] = fn().cpu()
+        if on_clean_correct and keep is not None:
+            out = torch.zeros_like(clean)
+            if len(keep):
+                out[keep] = fn().to(out.device)
+            res[key] = out.cpu()
+        else:
+            res[key] = fn().cpu()
         timings[key] = timings.get(key, 0.0) + time.time() - t0
+
+    keep = None
+    clean = correct_mask(model, xb, yb)
+    timed("SA", lambda: clean)
+    keep = clean.nonzero().squeeze(1)
+    xb_all, yb_all = xb, yb
+    xb, yb = xb[keep], yb[keep]
 
     def pgdcorrect_mask(loss, steps, tag):
         xa = attacks.pgd(model, xb, yb, s.eps, s.alpha, steps, s.random_start, loss=loss,
                          generator=gen(tag), check=False)
         return correct_mask(model, xa, yb)
 
-    timed("SA", lambda: correct_mask(model, xb, yb))
     if s.pgd_key in want:
         timed(s.pgd_key, lambda: pgdcorrect_mask("ce", s.pgd_steps, 11))
     if "pgd-dlr" in want:
@@ -235,11 +257,11 @@ def _run_batch(model: nn.Module, xb: torch.Tensor, yb: torch.Tensor, s: Adaptive
                                            generator=gen(13)))
     if "autoattack" in want:
         def autoattack():
-            r = official.official_autoattack(model, xb, yb, eps=s.eps, version=s.aa_version, seed=aa_seed,
+            r = official.official_autoattack(model, xb_all, yb_all, eps=s.eps, version=s.aa_version, seed=aa_seed,
                                              batch_size=s.batch_size, budget=s.aa_budget())
             aa_tally.add(r)
             return r.correct
-        timed("autoattack", autoattack)
+        timed("autoattack", autoattack, on_clean_correct=False)
     if "square" in want:
         timed("square", lambda: art_suite.square(model, xb, yb, s.eps, max_iter=s.square_queries,
                                                  batch_size=s.batch_size, seed=aa_seed + 1))

@@ -3,16 +3,20 @@
     {"model": "dwf", "row": "DWF", "seed": 0, "dataset": "cifar10-subset",
      "n_test": 1017, "metrics": {"SA": 84.1, "fgsm:0.01": 70.2, ..., "pgd:100-a": 27.5},
      "settings": {...}, "elapsed_s": 12.3, "per_example": {metric: hex bits},
-     "attack_settings": {attack key: its own settings}, "autoattack_stages": {stage: %}}
+     "attack_settings": {attack key: its own settings}, "autoattack_stages": {stage: %},
+     "per_example_n": {attack key: m}}
 
 ``settings`` are the paper protocol's (Tables 2-4); each attack added after it (the adaptive
 ones) carries its own settings in ``attack_settings`` -- budget, eps, restarts, the library
 and its version (:meth:`dwf_lab.evaluation.adaptive.AdaptiveSettings.attack_settings`) --, and
 ``autoattack_stages`` holds the official AutoAttack's robust accuracy after each of its attacks
 (``{"clean", "apgd-ce", "apgd-t", "fab-t", "square"}``; per gradient mode for SoE).
+``per_example_n`` is there only when some attack ran on the first m < n_test images (a profile
+that limits the adaptive attacks to fewer images): each such key's m (:func:`key_n`).
 
 :func:`write_result` writes one; :func:`merge_into_result` adds per-example results with their
-settings (recomputing ``"worst-case (all)"``); :func:`settings_difference` says how a stored
+settings (recomputing ``"worst-case (all)"``); :func:`key_n` / :func:`stored_correct` read how many
+images a stored result covers and its per-example bits; :func:`settings_difference` says how a stored
 result's settings differ from the ones asked for; :func:`check_result` / :func:`load_results` validate
 what the report reads; :func:`infer_dataset` and :func:`record_eps` read a record's dataset
 and threat-model eps; :func:`load_checklist` reads a checklist written by
@@ -41,6 +45,20 @@ def write_result(path: Path, *, model: str, row: str, seed: int, dataset: str, m
 
 
 # ------------------------------------------------------- run integration --
+def key_n(rec: dict, key: str) -> int:
+    """How many test images the stored result ``key`` of ``rec`` covers: the first
+    ``rec["per_example_n"][key]`` when an attack ran on fewer images than the record holds (the
+    adaptive attacks of a profile that limits them), else ``rec["n_test"]``."""
+    n = int(rec.get("n_test") or 0)
+    sub = (rec.get("per_example_n") or {}).get(key)
+    return int(sub) if isinstance(sub, int) and 0 < sub < n else n
+
+
+def stored_correct(rec: dict, key: str) -> torch.Tensor:
+    """The per-example correctness of the stored result ``key`` (its first :func:`key_n` images)."""
+    return unpack_bits(rec["per_example"][key], key_n(rec, key))
+
+
 def merge_into_result(rec: dict, correct: dict[str, torch.Tensor], overwrite: bool = False,
                       settings: dict[str, dict] | None = None) -> list[str]:
     """Add per-example results to an evaluation record; recompute ``"worst-case (all)"``.
@@ -48,34 +66,48 @@ def merge_into_result(rec: dict, correct: dict[str, torch.Tensor], overwrite: bo
     New keys go into ``rec["metrics"]`` (percent) and ``rec["per_example"]`` (packed
     bits), with their ``settings[key]`` into ``rec["attack_settings"]`` (a key's settings are
     only ever written together with its result, so they always describe the stored numbers);
-    keys already there are kept, settings and all, unless ``overwrite``. Then
-    ``"worst-case (all)"`` is recomputed from the stored bits as the per-example
-    worst case over the paper's attacks AND the adaptive ones. Returns the keys added.
+    keys already there are kept, settings and all, unless ``overwrite``. A result may cover only
+    the first m < n_test images (an attack run on fewer images): its m goes to
+    ``rec["per_example_n"]`` and its accuracy is over those m. Then ``"worst-case (all)"`` is
+    recomputed from the stored bits as the per-example worst case over the paper's attacks AND
+    the adaptive ones, on the images every one of them covers (the first min m).
+    Returns the keys added.
     """
     if rec.get("n_test") is None and not correct:
         return []
     n = int(rec["n_test"] if rec.get("n_test") is not None else len(next(iter(correct.values()))))
     metrics = rec.setdefault("metrics", {})
     bits = rec.setdefault("per_example", {})
+    sub = rec.setdefault("per_example_n", {})
     added = []
     for k, v in correct.items():
         if k in DERIVED or (k in bits and not overwrite):
             continue
         v = v.bool().cpu()
-        if len(v) != n:
+        if not 0 < len(v) <= n:
             raise ValueError(f"metric {k!r} covers {len(v)} examples, the result has {n}")
         bits[k] = pack_bits(v)
         metrics[k] = 100.0 * v.float().mean().item()
+        if len(v) < n:
+            sub[k] = len(v)
+        else:
+            sub.pop(k, None)
         if settings and k in settings:
             rec.setdefault("attack_settings", {})[k] = settings[k]
         elif k in rec.get("attack_settings", {}):
             del rec["attack_settings"][k]     # settings that no longer describe the result
         added.append(k)
-    stored = {k: unpack_bits(h, n) for k, h in bits.items() if k not in DERIVED}
+    stored = {k: stored_correct(rec, k) for k in bits if k not in DERIVED}
+    sub.pop(WORST, None)
     if stored:
-        wc = worst_case(stored, record_eps(rec))
+        m = min(len(v) for v in stored.values())
+        wc = worst_case({k: v[:m] for k, v in stored.items()}, record_eps(rec))
         bits[WORST] = pack_bits(wc)
         metrics[WORST] = 100.0 * wc.float().mean().item()
+        if m < n:
+            sub[WORST] = m
+    if not sub:
+        rec.pop("per_example_n")
     return added
 
 

@@ -99,10 +99,12 @@ def stored_settings_differences(rec: dict, s: AdaptiveSettings, names: Sequence[
     """The attack keys of ``names`` stored in ``rec`` with other settings than ``s`` asks for (keys in
     ``redo`` left out), each with how it differs (:func:`settings_difference`)."""
     stored = rec.get("per_example", {})
+    n_images = s.images(int(rec.get("n_test") or 0))
     out = {}
     for k in names:
         if k in stored and k not in redo:
-            why = settings_difference(rec.get("attack_settings", {}).get(k), s.attack_settings(k, seed))
+            why = settings_difference(rec.get("attack_settings", {}).get(k),
+                                      {**s.attack_settings(k, seed), "n": n_images})
             if why:
                 out[k] = why
     return out
@@ -162,7 +164,9 @@ def adaptive_into_record(rec: dict, path, load: Callable[[], nn.Module], mixture
     attack runs; ``mixture``: it gets the gate-aware attacks) must agree with the stored clean
     predictions. Each result's own settings go to ``rec["attack_settings"][key]``, the official
     AutoAttack's accuracy after each of its attacks to ``rec["autoattack_stages"]``, and
-    ``"worst-case (all)"`` is recomputed over every stored attack. Returns the model if it was
+    ``"worst-case (all)"`` is recomputed over every stored attack. With ``s.n_examples`` the
+    attacks run on the first that many test images only; each result says so (``n`` in its
+    settings, ``rec["per_example_n"]``), and a stored result on another number is refused. Returns the model if it was
     loaded, else None.
     """
     n = int(rec.get("n_test") or 0)
@@ -180,16 +184,19 @@ def adaptive_into_record(rec: dict, path, load: Callable[[], nn.Module], mixture
         return None
     model = load().eval()
     skip = [k for k in s.attack_names(is_mixture(model)) if k in stored]
+    m = s.images(n)   # the attacks run on the first m test images (s.n_examples), stated with each result
     t0 = time.time()
-    _, correct, found = evaluate_any(model, data.x_test, data.y_test, s, seed, dev, progress, skip, desc)
+    _, correct, found = evaluate_any(model, data.x_test[:m], data.y_test[:m], s, seed, dev, progress, skip, desc)
     sa_stored = rec.get("per_example", {}).get("SA")
     if sa_stored is not None:
-        differ = (unpack_bits(sa_stored, n) != correct["SA"].cpu()).float().mean().item()
+        differ = (unpack_bits(sa_stored, n)[:m] != correct["SA"].cpu()).float().mean().item()
         if differ > 0.01:   # a few borderline flips are float noise (e.g. GPU kernels)
             raise ValueError(f"{path}: the stored clean predictions differ from this model's "
                              f"on {100 * differ:.1f}% of the images (another model or other "
                              "data?); re-evaluate the model")
     computed = found["attack_settings"]
+    if sa_stored is not None:
+        correct.pop("SA")   # the record's own clean result covers every test image
     merge_into_result(rec, {k: v for k, v in correct.items() if k in redo}, overwrite=True, settings=computed)
     merge_into_result(rec, correct, settings=computed)
     if "autoattack_stages" in found:

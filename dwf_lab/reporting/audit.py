@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping, Sequence
 
 from dwf_lab.evaluation.metrics import DERIVED
-from dwf_lab.evaluation.records import infer_dataset, validated
+from dwf_lab.evaluation.records import infer_dataset, key_n, validated
 from dwf_lab.models.zoo import ZOO
 from dwf_lab.reporting.noise import Z, accuracy_se, binomial_se
 from dwf_lab.reporting.paper import DATASET_LABELS, METRIC_FOR_COLUMN, TABLE_KEYS, paper_dataset, paper_tables
@@ -112,19 +112,22 @@ def run_table(results: Iterable[dict], dataset: str | None = None, label: str = 
     standard error on its test images and the spread between seeds."""
     results = validated(results)
     dataset = infer_dataset(results, dataset)
-    n_test: dict[str, int] = {}
     pgd_eps = 8 / 255
     for r in results:
-        if r.get("n_test"):
-            n_test[r["row"]] = min(n_test.get(r["row"], r["n_test"]), r["n_test"])
         eps = (r.get("settings") or {}).get("pgd_eps")
         if isinstance(eps, (int, float)):
             pgd_eps = float(eps)
+
+    def n_images(row: str, metric: str) -> int:
+        # the fewest test images this metric covers in the row's records (attacks may use fewer)
+        return min(key_n(r, metric) for r in results if r["row"] == row and r.get("n_test"))
+
+    rows_with_n = {r["row"] for r in results if r.get("n_test")}
     cells: dict[str, dict[str, Cell]] = {}
     for row, metrics in aggregate(results, dataset).items():
-        if row not in n_test:
+        if row not in rows_with_n:
             continue
-        cells[row] = {m: Cell(c["mean"], accuracy_se(c["mean"], n_test[row], c["std"], c["n"]))
+        cells[row] = {m: Cell(c["mean"], accuracy_se(c["mean"], n_images(row, m), c["std"], c["n"]))
                       for m, c in metrics.items()}
     return AuditTable(label, dataset, cells, pgd_eps)
 

@@ -39,7 +39,7 @@ from dwf_lab.core.io import atomic_write_text
 from dwf_lab.core.runtime import package_versions
 from dwf_lab.data import ImageData
 from dwf_lab.evaluation.metrics import DERIVED, WORST, worst_case_keys
-from dwf_lab.evaluation.records import load_results, record_eps
+from dwf_lab.evaluation.records import key_n, load_results, record_eps
 from dwf_lab.reporting.noise import binomial_se
 from dwf_lab.store.archive import file_sha256, run_command
 from dwf_lab.store.checkpoints import CheckpointError, read_metadata
@@ -167,7 +167,7 @@ def _autoattack_details(rec: dict) -> tuple[dict, dict | None]:
 
 def autoattack_summary(rec: dict, run_name: str) -> dict:
     """AutoAttack of one record: measured (with its label, stages and settings) or not run."""
-    n = int(rec.get("n_test") or 0)
+    n = key_n(rec, "autoattack")
     acc = rec["metrics"].get("autoattack")
     if acc is None:
         return {"run": False,
@@ -251,13 +251,13 @@ def build_entry(run: Run, rec: dict, test_set: dict | None = None) -> dict:
     aa = autoattack_summary(rec, run.name)
     in_ball = set(worst_case_keys(metrics, eps)) if eps is not None else set()
     own = rec.get("attack_settings") if isinstance(rec.get("attack_settings"), dict) else {}
-    attacks = {k: {**measured(v, n), "in_threat_model": k in in_ball,
+    attacks = {k: {**measured(v, key_n(rec, k)), "in_threat_model": k in in_ball,
                    **({"settings": own[k]} if isinstance(own.get(k), dict) else {})}
                for k, v in metrics.items() if k not in DERIVED and k != "SA"}
     worst_key = WORST if WORST in metrics else "worst-case" if "worst-case" in metrics else None
     worst = None
     if worst_key is not None:
-        worst = {"key": worst_key, **measured(metrics[worst_key], n),
+        worst = {"key": worst_key, **measured(metrics[worst_key], key_n(rec, worst_key)),
                  "over": sorted(k for k in attacks if attacks[k]["in_threat_model"])}
     kit_model = not isinstance(rec.get("external"), dict)
     libraries = {}

@@ -19,7 +19,7 @@ import numpy as np
 from dwf_lab.attacks.autoattack import STAGE_NAMES
 from dwf_lab.core.config import PROFILES, Profile
 from dwf_lab.evaluation.metrics import WORST
-from dwf_lab.evaluation.records import infer_dataset
+from dwf_lab.evaluation.records import infer_dataset, key_n
 from dwf_lab.reporting.noise import accuracy_se, compare
 from dwf_lab.reporting.paper import comparability_note, is_comparable, paper_value
 from dwf_lab.reporting.render import markdown_table
@@ -297,11 +297,13 @@ UNIFORM = "Uniform ensemble"
 WORST_CASES = (WORST, "worst-case")   # over every attack run; over the paper's attacks
 
 
-def _n_test(results: Sequence[Mapping]) -> dict[str, int]:
+def _n_images(results: Sequence[Mapping], metric: str) -> dict[str, int]:
+    """Per row, the test images ``metric`` covers (the fewest over its seeds' records)."""
     n: dict[str, int] = {}
     for r in results:
         if r.get("n_test"):
-            n[r["row"]] = min(n.get(r["row"], r["n_test"]), r["n_test"])
+            k = key_n(r, metric)
+            n[r["row"]] = min(n.get(r["row"], k), k)
     return n
 
 
@@ -320,14 +322,16 @@ def verdict(results: Sequence[Mapping], dataset: str | None = None) -> dict:
     results = list(results)
     out: dict = {"dataset": None, "dwf": None, "n_test": None, "seeds": 0, "rows": [], "missing": []}
     dataset = infer_dataset(results, dataset) if results else None
-    agg, n = (aggregate(results, dataset), _n_test(results)) if results else ({}, {})
+    agg = aggregate(results, dataset) if results else {}
+    n = {m: _n_images(results, m) for m in WORST_CASES}
     out["dataset"] = dataset
 
     def cell(row: str, metric: str) -> dict | None:
         c = agg.get(row, {}).get(metric)
-        if c is None or row not in n:
+        if c is None or row not in n[metric]:
             return None
-        return {"mean": c["mean"], "se": accuracy_se(c["mean"], n[row], c["std"], c["n"]), "seeds": c["n"]}
+        return {"mean": c["mean"], "se": accuracy_se(c["mean"], n[metric][row], c["std"], c["n"]),
+                "seeds": c["n"], "n": n[metric][row]}
 
     def why(row: str, where: str) -> str:
         if row in agg:
@@ -340,7 +344,8 @@ def verdict(results: Sequence[Mapping], dataset: str | None = None) -> dict:
                           if not any(cell(r, m) for m in WORST_CASES)]
         return out
     out["dwf"] = {m: c for m, c in dwf.items() if c}
-    out["n_test"], out["seeds"] = n["DWF"], max(c["seeds"] for c in out["dwf"].values())
+    head = WORST if WORST in out["dwf"] else "worst-case"
+    out["n_test"], out["seeds"] = out["dwf"][head]["n"], max(c["seeds"] for c in out["dwf"].values())
     for row, where in VERDICT_ROWS.items():
         metric = next((m for m in WORST_CASES if dwf[m] and cell(row, m)), None)
         if metric is None:

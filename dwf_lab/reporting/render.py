@@ -87,6 +87,11 @@ def _notes(meta: dict, cells: str) -> list[str]:
         text = ", ".join(str(n) for n in n_test)
         notes.append(f"Test images per evaluation: {text}"
                      + (" (differs across files!)" if len(n_test) > 1 else "") + ".")
+    fewer = meta.get("adaptive_images") or []
+    if fewer:
+        notes.append(f"The attacks beyond the paper ran on the first {', '.join(str(n) for n in fewer)} "
+                     "test images only (a profile setting, to fit the time): their columns and the worst "
+                     "case over all attacks cover those images.")
     seeds = meta.get("seeds") or {}
     if seeds:
         notes.append("Seeds: " + "; ".join(

@@ -17,7 +17,7 @@ from typing import Iterable, Sequence
 from dwf_lab.attacks.autoattack import label as official_label
 from dwf_lab.evaluation.checklist import CheckItem
 from dwf_lab.evaluation.metrics import WORST
-from dwf_lab.evaluation.records import infer_dataset, validated
+from dwf_lab.evaluation.records import infer_dataset, key_n, validated
 from dwf_lab.reporting.paper import (
     COLUMN_FOR_METRIC,
     METRIC_FOR_COLUMN,
@@ -127,6 +127,8 @@ def _meta(results: list[dict], dataset: str | None) -> dict:
         "comparable": is_comparable(dataset),
         "comparability": comparability_note(dataset),
         "n_test": sorted({r["n_test"] for r in results if r.get("n_test") is not None}),
+        # attacks run on the first m < n_test images only (records.key_n)
+        "adaptive_images": sorted({v for r in results for v in (r.get("per_example_n") or {}).values()}),
         "seeds": {row: sorted(s, key=_seed_key) for row, s in rows.items()},
         "runs": {row: len(s) for row, s in rows.items()},
         "settings": shared,
@@ -222,15 +224,20 @@ def comparison_rows(records: Sequence[dict], dataset: str | None = None) -> tupl
     cols = ["SA"] + short + ms + ["worst-case"] + adaptive_keys(keys) + [WORST]
     cols = [c for c in cols if c in keys]
     ds = dataset or (records[0].get("dataset") if records else None)
+    # the adaptive attacks may cover only the first images of the test set: say how many
+    fewer = any(r.get("per_example_n") for r in records)
     rows = []
     for r in records:
         row = {"model": r.get("row") or r.get("model"), "seed": r.get("seed")}
+        if fewer:
+            row["images (paper / adaptive)"] = f"{r.get('n_test')} / {key_n(r, WORST) if WORST in r.get('metrics', {}) else '-'}"
         row.update({c: r["metrics"].get(c) for c in cols})
         for col, label in (("20", "paper PGD-20"), ("100 (MS)", "paper 100 (MS)")):
             v = paper_value("table3", ds, row["model"], col) if ds else None
             row[label] = None if v is None else v[0]
         rows.append(row)
-    return rows, ["model", "seed"] + cols + ["paper PGD-20", "paper 100 (MS)"]
+    return rows, ["model", "seed"] + (["images (paper / adaptive)"] if fewer else []) + cols + \
+        ["paper PGD-20", "paper 100 (MS)"]
 
 
 AA_STAGES = ("clean", "apgd-ce", "apgd-t", "fab-t", "square", "apgd-dlr")   # the suite's attacks, in order

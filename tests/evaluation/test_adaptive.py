@@ -27,6 +27,7 @@ from dwf_lab.evaluation.diagnostics import (
     transfer_matrix,
 )
 from dwf_lab.evaluation.metrics import WORST, unpack_bits, worst_case_keys
+from dwf_lab.evaluation.records import key_n, stored_correct
 from dwf_lab.mixture.moe import MixtureOfExperts
 from dwf_lab.models.registry import build_model
 from dwf_lab.pipeline import adaptive as pipe_adaptive
@@ -35,7 +36,7 @@ from dwf_lab.pipeline.reproduce import evaluate_run
 from dwf_lab.pipeline.run_all import report_run
 from dwf_lab.reporting.figures import expert_accuracy_bar, transfer_heatmap, weights_bar
 from dwf_lab.reporting.readings import gate_reading
-from dwf_lab.reporting.tables import autoattack_stage_rows, build_tables
+from dwf_lab.reporting.tables import autoattack_stage_rows, build_tables, comparison_rows
 from dwf_lab.store.checkpoints import save_model
 from dwf_lab.store.runs import Run
 
@@ -322,6 +323,44 @@ def test_evaluate_adaptive_run_merges_and_is_idempotent(tmp_path, monkeypatch):
     assert sec["columns"][0] == "check" and len(sec["columns"]) == 3
     assert all(c in ("✅", "❌", "➖") for row in sec["rows"] for c in row[1:])
     assert "<h2>Gradient-masking checklist" in (run.report_dir / "report.html").read_text()
+
+
+def test_attacks_on_the_first_images_only_are_stated_and_pooled_on_those_images(tmp_path):
+    # a profile may run the adaptive attacks on the first N test images only: each result says so,
+    # the worst case over all attacks covers exactly those N, and the paper's columns keep all images
+    run, data = tiny_run(tmp_path / "run", mixture=False)
+    before = json.loads(run.eval_path(0, "benign").read_text())
+    s = tiny_settings(autoattack=False, dlr=False, long_steps=0, n_examples=10)
+    evaluate_adaptive_run(run, 0, data, s, progress=False, which="benign", checklist=False)
+    rec = json.loads(run.eval_path(0, "benign").read_text())
+    n = rec["n_test"]
+    assert n == 24 and rec["per_example_n"] == {"pgd-4": 10, WORST: 10}
+    assert key_n(rec, "pgd-4") == 10 and key_n(rec, "SA") == 24 and key_n(rec, "pgd:2") == 24
+    assert rec["attack_settings"]["pgd-4"]["n"] == 10
+    for k in before["metrics"]:                                    # the paper's columns: untouched
+        assert rec["metrics"][k] == before["metrics"][k] and rec["per_example"][k] == before["per_example"][k]
+    pgd = stored_correct(rec, "pgd-4")
+    assert len(pgd) == 10 and rec["metrics"]["pgd-4"] == pytest.approx(100 * pgd.float().mean().item())
+    # the attack ran only on clean-correct images: a wrong clean image is wrong under the attack too
+    sa = stored_correct(rec, "SA")[:10]
+    assert not (pgd & ~sa).any()
+    wc = stored_correct(rec, WORST)
+    want = torch.stack([stored_correct(rec, k)[:10] for k in worst_case_keys(rec["per_example"], EPS)]).all(0)
+    assert torch.equal(wc, want)
+    # the shareable entry and the tables give each number its own count
+    assert build_tables([rec])["meta"]["adaptive_images"] == [10]
+    assert comparison_rows([rec])[0][0]["images (paper / adaptive)"] == "24 / 10"
+    # asking for another number of images is refused with the difference, and nothing changes
+    stored = run.eval_path(0, "benign").read_text()
+    with pytest.raises(ValueError, match=r"n 10 \(stored\) vs 24 \(asked\)"):
+        evaluate_adaptive_run(run, 0, data, dataclasses.replace(s, n_examples=None), progress=False,
+                              which="benign", checklist=False)
+    assert run.eval_path(0, "benign").read_text() == stored
+
+
+def test_a_bad_number_of_attacked_images_is_one_line():
+    with pytest.raises(ValueError, match="n_examples must be a number of test images >= 1"):
+        tiny_settings(n_examples=0)
 
 
 @needs_aa
