@@ -336,3 +336,26 @@ def official_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, e
         if a in log.total_s:
             seconds[a], before = round(log.total_s[a] - before, 2), log.total_s[a]
     return AutoAttackResult(lib_ok & ok, stages, settings, x_adv, rechecked, seconds)
+
+
+def official_square(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, max_iter: int = 5000,
+                    batch_size: int = 500, seed: int = 0) -> torch.Tensor:
+    """The original authors' Square attack alone (``pyautoattack.square``, configured as the standard
+    suite configures its Square stage: p_init 0.8, one restart, margin loss), ``max_iter`` queries:
+    per-example correctness, checked like every other attack (inside the eps-ball, in [0, 1],
+    judged by a fresh pass of the model). It attacks only the images still classified correctly,
+    one query per image and iteration, so it is far cheaper than ART's Square on a large model."""
+    _library()
+    from pyautoattack.square import SquareAttack
+    x = check_inputs(x, eps, model)
+    check_batch_size(batch_size)
+    device = next(model.parameters()).device
+    x, y = x.detach().to(device), y.detach().to(device).long()
+    if len(x) == 0 or eps == 0:
+        return correctness(model, x, x, y, eps, batch_size)
+    with attack_mode(model), torch.no_grad():
+        atk = SquareAttack(model, p_init=.8, n_queries=int(max_iter), eps=float(eps), norm="Linf", n_restarts=1,
+                           seed=int(seed), verbose=False, device=device, resc_schedule=False)
+        x_adv = torch.cat([atk.perturb(x[i:i + batch_size], y[i:i + batch_size])
+                           for i in range(0, len(x), batch_size)])
+    return correctness(model, x_adv, x, y, eps, batch_size)

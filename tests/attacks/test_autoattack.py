@@ -127,3 +127,18 @@ def test_missing_library_says_how_to_install(monkeypatch):
         official_autoattack(model, data.x_test[:4], data.y_test[:4], eps=EPS)
     assert not official.available()
     assert issubclass(official.AutoAttackUnavailableError, RuntimeError)   # the CLI shows it in one line
+
+
+@needs_aa
+def test_the_official_square_alone_lowers_accuracy_inside_the_ball():
+    model, data = tiny_trained(0)
+    x, y = data.x_test[:32], data.y_test[:32]
+    model.eval()
+    with torch.no_grad():
+        clean = model(x).argmax(1) == y
+    ok = official.official_square(model, x, y, eps=8 / 255, max_iter=50, batch_size=16, seed=1)
+    assert ok.dtype == torch.bool and ok.shape == (32,)
+    assert not (ok & ~clean).any()
+    assert ok.sum() < clean.sum(), "a black-box attack still breaks some images of a tiny model"
+    again = official.official_square(model, x, y, eps=8 / 255, max_iter=50, batch_size=16, seed=1)
+    assert torch.equal(ok, again), "the seed fixes the result"
