@@ -8,6 +8,7 @@ load finished models, with a clear error for one not trained yet; :func:`quick_b
 :func:`pgd_label` their labels.
 """
 import os
+import time
 from types import SimpleNamespace
 from typing import Mapping, Sequence
 
@@ -40,10 +41,33 @@ def course_scope(scope: str | None = None) -> str:
     return value
 
 
+def busy_cores(window_s: float = 0.3) -> float:
+    """How many cores other work keeps busy now: the CPU time spent outside the idle state over a
+    short window (Linux ``/proc/stat``), else the 1-minute load average. The load average alone
+    is not enough: it still counts, for a minute, work that has just finished -- the previous
+    notebook of the course, whose kernel has exited."""
+    def sample():
+        with open("/proc/stat", encoding="ascii") as f:
+            v = [int(t) for t in f.readline().split()[1:]]
+        return sum(v), v[3] + (v[4] if len(v) > 4 else 0)   # total, idle + iowait
+    try:
+        t0, i0 = sample()
+        time.sleep(window_s)
+        t1, i1 = sample()
+        cores = os.cpu_count() or 1
+        return cores * (1.0 - (i1 - i0) / max(1, t1 - t0))
+    except (OSError, ValueError, IndexError):
+        try:
+            return os.getloadavg()[0]
+        except (AttributeError, OSError):
+            return 0.0
+
+
 def configure_threads(p: Profile) -> int:
     """Set torch's CPU threads: the profile's ``num_threads`` if > 0; else $OMP_NUM_THREADS
-    if set; else the cores that are not already busy (at least 1, at most 8). The kit's
-    small CPU models gain little from many threads and lose a lot when they compete."""
+    if set; else the cores that other work does not keep busy right now (:func:`busy_cores`;
+    at least 1, at most 8). The kit's small CPU models gain little from many threads and lose a
+    lot when they compete."""
     if p.num_threads > 0:
         n = p.num_threads
     elif os.environ.get("OMP_NUM_THREADS"):
@@ -53,11 +77,7 @@ def configure_threads(p: Profile) -> int:
             cores = len(os.sched_getaffinity(0))
         except AttributeError:  # macOS, Windows
             cores = os.cpu_count() or 1
-        try:
-            busy = os.getloadavg()[0]
-        except (AttributeError, OSError):
-            busy = 0.0
-        n = max(1, min(8, cores, int(cores - busy + 0.5)))
+        n = max(1, min(8, cores, int(cores - busy_cores() + 0.5)))
     torch.set_num_threads(n)
     return n
 
