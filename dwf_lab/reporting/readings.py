@@ -32,7 +32,8 @@ def adaptive_reading(rows: Sequence[dict]) -> str:
     skip = {"model", "seed", "SA", "worst-case", WORST, "paper PGD-20", "paper 100 (MS)"}
     lines = []
     for r in rows:
-        att = {k: v for k, v in r.items() if k not in skip and v is not None}
+        att = {k: v for k, v in r.items() if k not in skip and isinstance(v, (int, float))
+               and not isinstance(v, bool)}   # accuracies only (not the "images" column)
         if not att:
             continue
         strongest = min(att, key=att.get)

@@ -35,7 +35,7 @@ from dwf_lab.pipeline.adaptive import evaluate_adaptive_run
 from dwf_lab.pipeline.reproduce import evaluate_run
 from dwf_lab.pipeline.run_all import report_run
 from dwf_lab.reporting.figures import expert_accuracy_bar, transfer_heatmap, weights_bar
-from dwf_lab.reporting.readings import gate_reading
+from dwf_lab.reporting.readings import adaptive_reading, gate_reading
 from dwf_lab.reporting.tables import autoattack_stage_rows, build_tables, comparison_rows
 from dwf_lab.store.checkpoints import save_model
 from dwf_lab.store.runs import Run
@@ -349,7 +349,9 @@ def test_attacks_on_the_first_images_only_are_stated_and_pooled_on_those_images(
     assert torch.equal(wc, want)
     # the shareable entry and the tables give each number its own count
     assert build_tables([rec])["meta"]["adaptive_images"] == [10]
-    assert comparison_rows([rec])[0][0]["images (paper / adaptive)"] == "24 / 10"
+    rows = comparison_rows([rec])[0]
+    assert rows[0]["images (paper / adaptive)"] == "24 / 10"
+    assert "the strongest single attack is" in adaptive_reading(rows)   # the text column is no accuracy
     # asking for another number of images is refused with the difference, and nothing changes
     stored = run.eval_path(0, "benign").read_text()
     with pytest.raises(ValueError, match=r"n 10 \(stored\) vs 24 \(asked\)"):
