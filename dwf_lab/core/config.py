@@ -163,7 +163,7 @@ PROFILES: dict[str, Profile] = {
         at_adv_fraction=1.0,
         eval_pgd_steps=(10, 20, 30, 40, 50), eval_long_steps=100, eval_restarts=3,
         eval_long_for="key", eval_batch=250, ckpt_every=100,
-        description="the whole course on 2 CPU cores in under an hour: real CIFAR-10 (5,000 training / "
+        description="the whole course on 2 CPU cores (times measured in the README): real CIFAR-10 (5,000 training / "
                     "500 test images), 1/4-width experts trained 6 epochs (benign 25, FGSM-AT and PGD-AT "
                     "20, all-adversarial, PGD-3) at lr 0.05 (the paper: 0.01 over 150), 1-3 step training "
                     "PGD (alpha 4/255), one end-to-end epoch; the paper's attacks on all 500 test images, "
