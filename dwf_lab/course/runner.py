@@ -134,6 +134,13 @@ def record_time(run_root: Path, nb: Path, seconds: float, ok: bool, profile: str
     return data
 
 
+def _declared(nb: Path, params: dict) -> dict:
+    """``params`` less ``scope`` where the notebook's parameters cell does not declare it."""
+    if "scope" in pm.inspect_notebook(str(nb)):
+        return params
+    return {k: v for k, v in params.items() if k != "scope"}
+
+
 def run_course(profile: Profile | str | None = None, run_name: str | None = None,
                sets: Sequence[str] | None = None, notebooks: Iterable[str | Path] | None = None,
                out_dir: str | Path | None = None, kernel: str = "python3",
@@ -142,9 +149,9 @@ def run_course(profile: Profile | str | None = None, run_name: str | None = None
 
     Each notebook gets the parameters ``profile`` (the profile's name), ``run_name``
     (default: the profile's name), ``overrides`` (see :func:`notebook_parameters`) and
-    ``scope`` (:func:`dwf_lab.course.setup.course_scope`: "core" unless asked; a notebook
-    that does not declare it still gets it, papermill only logs "Passed unknown parameter",
-    and its kernel sees it as ``$DWF_COURSE_SCOPE`` too), runs with ``notebooks/`` as its
+    ``scope`` (:func:`dwf_lab.course.setup.course_scope`: "core" unless asked; passed only to
+    the notebooks whose parameters cell declares it, and every kernel sees it as
+    ``$DWF_COURSE_SCOPE``), runs with ``notebooks/`` as its
     working directory, and is written to ``out_dir`` (default ``runs/<run>/notebooks/``).
     Figures are static there (``$DWF_STATIC_FIGURES=1`` unless set), so they are stored in
     the copies. Each notebook's time goes to ``runs/<run>/course_times.json``; with ``site``
@@ -178,7 +185,7 @@ def run_course(profile: Profile | str | None = None, run_name: str | None = None
             say(f"[dwf-lab course] ({i}/{len(nbs)}) {nb.name} ...")
             t0, load, before = time.time(), machine_line(), _trained(run)
             try:
-                pm.execute_notebook(str(nb), str(out), parameters=params, kernel_name=kernel,
+                pm.execute_notebook(str(nb), str(out), parameters=_declared(nb, params), kernel_name=kernel,
                                     cwd=str(nb.parent), progress_bar=False, log_output=False,
                                     request_save_on_cell_execute=True)
             except Exception as err:  # papermill, a dead kernel, a missing kernel ...

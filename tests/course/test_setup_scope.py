@@ -54,3 +54,14 @@ def test_threads_follow_the_cores_busy_now_not_the_load_average_of_work_that_fin
         assert setup.configure_threads(get_profile("laptop", num_threads=2)) == 2   # the profile decides
     finally:
         torch.set_num_threads(before)
+
+
+def test_scope_goes_only_to_the_notebooks_that_declare_it():
+    """papermill warns about an undeclared parameter: the course passes ``scope`` where it is read."""
+    from dwf_lab.course.runner import NOTEBOOKS_DIR, _declared
+
+    params = {"profile": "smoke", "run_name": "x", "overrides": {}, "scope": "core"}
+    assert _declared(NOTEBOOKS_DIR / "06_adaptive_attacks.ipynb", params) == params
+    assert _declared(NOTEBOOKS_DIR / "07_ablations.ipynb", params) == params
+    assert _declared(NOTEBOOKS_DIR / "00_threat_models.ipynb", params) == {k: v for k, v in params.items()
+                                                                          if k != "scope"}
