@@ -27,6 +27,7 @@ from dwf_lab.models.registry import build_model
 from dwf_lab.reporting.figures import adversarial_example_figure
 from dwf_lab.store.checkpoints import load_model
 from dwf_lab.training.builders import expert_arch
+from dwf_lab.training.fast_path import for_evaluation
 from dwf_lab.training.loop import cosine_lr, train_step
 
 
@@ -129,7 +130,7 @@ def checkpoint_watch(run, seed: int, stages: Sequence[str], x: torch.Tensor, y: 
         w = {"epoch": [], "clean": [], "fgsm": [], "pgd": [],
              "labels": {"clean": "clean", "fgsm": fgsm_label(fgsm_eps), "pgd": pgd_label(pgd_steps)}}
         for epoch, path in cks:
-            model = load_model(path, map_location=device or "cpu")
+            model = for_evaluation(load_model(path, map_location=device or "cpu"), run.profile, device or "cpu")
             r = robustness({stage: model}, x, y, (fgsm_eps,), (pgd_steps,), pgd_eps, pgd_alpha,
                            seed=seed)[0]
             w["epoch"].append(epoch)

@@ -23,6 +23,7 @@ from dwf_lab.course.plan import selection
 from dwf_lab.store.checkpoints import load_model
 from dwf_lab.store.runs import Run
 from dwf_lab.training.builders import load_data
+from dwf_lab.training.fast_path import for_evaluation
 from dwf_lab.training.stages import plan_stages
 
 # ============================================================ notebook setup ==
@@ -154,12 +155,13 @@ def stage_names(p: Profile, kind: str) -> list[str]:
 
 
 def load_stage(run, seed: int, stage: str, device=None) -> nn.Module:
-    """A finished stage's model (eval mode), with a clear error if it is not trained yet."""
+    """A finished stage's model (eval mode, the evaluation layout of
+    :func:`dwf_lab.training.fast_path.for_evaluation`), with a clear error if it is not trained yet."""
     path = run.model_path(seed, stage)
     if not path.exists():
         raise FileNotFoundError(f"stage {stage!r} of run {run.name!r} (seed {seed}) is not trained "
                                 f"yet: run pipeline.train_run(run, seed, data, {stage!r}) first")
-    return load_model(path, map_location=device or "cpu").eval()
+    return for_evaluation(load_model(path, map_location=device or "cpu"), run.profile, device or "cpu")
 
 
 def load_stages(run, seed: int, stages: Sequence[str], device=None) -> dict[str, nn.Module]:

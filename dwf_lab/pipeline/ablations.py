@@ -27,7 +27,7 @@ from dwf_lab.reporting.render import write_ablation_report
 from dwf_lab.reporting.tables import ablation_row
 from dwf_lab.store.checkpoints import load_model
 from dwf_lab.training.builders import build_expert
-from dwf_lab.training.fast_path import training_runtime
+from dwf_lab.training.fast_path import for_evaluation, training_runtime
 from dwf_lab.training.loop import train_stage
 from dwf_lab.training.stages import expert_stage_names, plan_stages
 from dwf_lab.training.variants import (
@@ -102,7 +102,7 @@ def run_variant(run, seed: int, data, a: Ablation, progress: bool = True,
         train_stage(model, data, stage, pv, seed=seed, ckpt_dir=vdir / "checkpoints",
                     final_path=model_path, runtime=rt, log=log, progress=progress)
         train_s = time.time() - t0
-    model = model.to(dev).eval()
+    model = for_evaluation(model.to(dev), p, dev)
     extra = {"variant": a.name, "question": a.question, "experts": n_experts, "routing": a.routing,
              "k": a.k, "kind": a.kind, "train_s": round(train_s, 2), "note": note,
              "attack_strengths": {"fgsm_eps_choices": list(pv.fgsm_eps_choices),

@@ -24,6 +24,7 @@ from dwf_lab.mixture.moe import MixtureOfExperts
 from dwf_lab.models.registry import arguments, build_model
 from dwf_lab.store.checkpoints import load_model, read_metadata
 from dwf_lab.store.runs import Run
+from dwf_lab.training.fast_path import for_evaluation
 from dwf_lab.training.stages import EXPERT_KINDS, Stage, baseline_stages, expert_stage_names, plan_stages
 
 
@@ -152,11 +153,13 @@ def check_fits_run(meta: dict, p: Profile, data: ImageData, stage: Stage | str, 
 
 def load_run_model(run: Run, seed: int, stage: Stage | str, data: ImageData,
                    map_location: str | torch.device = "cpu", expect_arch: str | None = None) -> nn.Module:
-    """The run's finished model of ``stage`` for ``seed``, after :func:`check_fits_run`."""
+    """The run's finished model of ``stage`` for ``seed``, after :func:`check_fits_run`, ready to be
+    evaluated (eval mode, the layout of :func:`dwf_lab.training.fast_path.for_evaluation`)."""
     st = stage_named(run.profile, stage) if isinstance(stage, str) else stage
     path = run.model_path(seed, st.name)
     check_fits_run(read_metadata(path), run.profile, data, st, seed=seed, path=path)
-    return load_model(path, expect_arch=expect_arch, map_location=map_location)
+    return for_evaluation(load_model(path, expect_arch=expect_arch, map_location=map_location), run.profile,
+                          map_location)
 
 
 def assemble_mixture(run: Run, seed: int, data: ImageData, routing: str = "soft") -> nn.Module:
@@ -200,4 +203,4 @@ def uniform_ensemble(run, seed: int, data) -> MixtureOfExperts:
 
     Isolates what the gate (and end-to-end training) add on top of the experts.
     """
-    return assemble_mixture(run, seed, data, routing="uniform").eval()
+    return for_evaluation(assemble_mixture(run, seed, data, routing="uniform"), run.profile)

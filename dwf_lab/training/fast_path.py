@@ -78,3 +78,27 @@ def training_runtime(p: Profile) -> Runtime:
     return dataclasses.replace(rt, amp=amp if p.amp == "auto" else rt.amp,
                                channels_last=cl if p.channels_last == "auto" else rt.channels_last,
                                fast_path=probe)
+
+
+def evaluation_channels_last(p: Profile, device: torch.device | str = "cpu") -> bool:
+    """Whether models are evaluated in channels_last. Evaluation is always fp32 (no autocast);
+    channels_last is a memory layout, not a precision: the same arithmetic in another order,
+    so attacks agree with the contiguous layout up to float rounding (a test checks it).
+
+    "on"/"off" as the profile says, and off for a ``deterministic`` run. "auto": on a CPU when
+    :func:`probe_cpu_paths` measured fp32 + channels_last at least :data:`MARGIN` faster than
+    fp32 (on this project's CPU about 1.4x for PGD on the laptop profile's models); off on
+    other devices, where it has not been measured."""
+    if p.channels_last != "auto" or p.deterministic:
+        return p.channels_last == "on"
+    if torch.device(device).type != "cpu":
+        return False
+    rates = probe_cpu_paths(p.width, p.expert_batch, torch.get_num_threads())["images_per_s"]
+    return rates.get("fp32+channels_last", 0.0) >= MARGIN * rates["fp32"]
+
+
+def for_evaluation(model: torch.nn.Module, p: Profile, device: torch.device | str = "cpu") -> torch.nn.Module:
+    """``model`` in eval mode, in the layout :func:`evaluation_channels_last` chooses."""
+    if evaluation_channels_last(p, device):
+        model.to(memory_format=torch.channels_last)
+    return model.eval()
