@@ -33,6 +33,10 @@ whenever attacks are added (:func:`stored_checks`):
 11. ``own-vs-relaxed-gradient`` (only models with a non-differentiable selection,
     e.g. SoE): the model's own gradient is as strong as the BPDA relaxation's.
 
+A run's models were already attacked by the protocol on the same images: checks 2–4 (and the
+grid point at 8/255 of check 1) read its stored PGD-20 and PGD-100 x restarts instead of
+attacking again, where eps, step size and random start match (:func:`stored_pgd`).
+
 Tolerances: an attack comparison allows ``tol`` percentage points plus one
 example (100/n points) of noise. A check that cannot run (no surrogate, ART
 missing) is reported as not run (``passed=None``), never as passed.
@@ -100,6 +104,46 @@ class ChecklistSettings(SizedSettings):
                       square_queries=10, n_examples=32, batch_size=256, name="smoke")}
 
 
+@dataclass
+class StoredPGD:
+    """Per-example correctness of a short and a long PGD already run on the checklist's images
+    (eps, alpha and a random start as the checklist's own), so the checklist need not run them
+    again: ``short`` after ``steps`` steps, ``long`` the worst case of ``restarts`` runs of
+    ``long_steps`` steps; ``source`` says where they come from."""
+    short: torch.Tensor
+    long: torch.Tensor
+    steps: int
+    long_steps: int
+    restarts: int
+    source: str
+
+    def short_acc(self, n: int) -> float:
+        return 100.0 * self.short[:n].float().mean().item()
+
+    def long_acc(self, n: int) -> float:
+        return 100.0 * self.long[:n].float().mean().item()
+
+
+def stored_pgd(rec: dict, s: ChecklistSettings, n: int) -> StoredPGD | None:
+    """The protocol's PGD-``s.steps`` and PGD-100 x restarts from an evaluation record, when they
+    were run at the checklist's eps and alpha with a random start on at least the first ``n``
+    images and the long one is at least as long as the checklist's (None otherwise: attack)."""
+    cfg = rec.get("settings") or {}
+    short_key, long_key = f"pgd:{s.steps}", f"pgd:{cfg.get('long_steps')}-ms"
+    per = rec.get("per_example") or {}
+    same_ball = (abs(float(cfg.get("pgd_eps", -1)) - s.eps) < 1e-9
+                 and abs(float(cfg.get("pgd_alpha", -1)) - s.alpha) < 1e-9 and cfg.get("random_start") is True)
+    long_enough = (int(cfg.get("long_steps") or 0) >= s.long_steps
+                   and int(cfg.get("restarts") or 0) >= s.long_restarts)
+    if not (same_ball and long_enough and short_key in per and long_key in per):
+        return None
+    if min(key_n(rec, short_key), key_n(rec, long_key)) < n:
+        return None
+    return StoredPGD(stored_correct(rec, short_key)[:n], stored_correct(rec, long_key)[:n], s.steps,
+                     int(cfg["long_steps"]), int(cfg["restarts"]),
+                     f"the protocol's stored {short_key} and {long_key} (eval/{rec.get('model')}_seed{rec.get('seed')}.json)")
+
+
 # ------------------------------------------------------------- helpers --
 def _pgd_acc(model, x, y, eps, alpha, steps, restarts, s: ChecklistSettings, seed: int, tag: int,
              source: nn.Module | None = None) -> float:
@@ -133,11 +177,17 @@ def _at_most(a: float, b: float) -> bool:
 
 
 # ------------------------------------------------------------- checks --
-def check_eps_growth(model, x, y, s: ChecklistSettings, seed: int = 0) -> CheckItem:
+def check_eps_growth(model, x, y, s: ChecklistSettings, seed: int = 0,
+                     known: dict[float, float] | None = None) -> CheckItem:
+    """``known``: accuracies (%) already measured at some eps of the grid with the grid's steps
+    and step size (the checklist's own PGD at 8/255), used instead of attacking again."""
     grid = sorted(set(s.eps_grid))
     accs = []
     for i, e in enumerate(grid):
         alpha = max(e / 4, 2.5 * e / max(1, s.eps_grid_steps))
+        if known and e in known and abs(alpha - s.alpha) < 1e-12:
+            accs.append(known[e])
+            continue
         accs.append(_pgd_acc(model, x, y, e, alpha, s.eps_grid_steps, 1, s, seed, 300 + i))
     slack = _slack(s, len(x))
     monotone = all(b <= a + slack for a, b in zip(accs, accs[1:]))
@@ -154,12 +204,15 @@ def check_eps_growth(model, x, y, s: ChecklistSettings, seed: int = 0) -> CheckI
 
 def run_checklist(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                   settings: ChecklistSettings | None = None, *, surrogate: nn.Module | None = None,
-                  seed: int = 0, square: bool = True) -> list[CheckItem]:
+                  seed: int = 0, square: bool = True, stored: StoredPGD | None = None) -> list[CheckItem]:
     """Every check on ``model`` over (x, y); returns the items in the order of the module docstring.
 
     ``surrogate``: a model to transfer PGD from (default for a mixture: the
     uniform average of its experts; otherwise the transfer check is not run).
     ``square=False`` skips the Square attack (ART) and reports it as not run.
+    ``stored``: the short and long PGD already run on these images at the checklist's eps and
+    alpha (:func:`stored_pgd`: the protocol's PGD-20 and PGD-100 x restarts of a run's model),
+    read instead of attacking again; the checks then say so.
     """
     s = settings or ChecklistSettings()
     x = attacks.check_inputs(x, s.eps, model, alpha=s.alpha)   # once, on the whole data
@@ -180,12 +233,20 @@ def run_checklist(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         fgsm_x = batched(lambda xb, yb, b: attacks.fgsm(model, xb, yb, s.eps, check=False), x, y,
                           s.batch_size)
         fgsm = accuracy_pct(model, fgsm_x, y)
-        pgd = _pgd_acc(model, x, y, s.eps, s.alpha, s.steps, 1, s, seed, 1)
-        long = _pgd_acc(model, x, y, s.eps, s.alpha, s.long_steps, s.long_restarts, s, seed, 2)
-        k_short, k_long = f"pgd-{s.steps}", f"pgd-{s.long_steps}x{s.long_restarts}"
+        if stored is not None:
+            pgd, long = stored.short_acc(n), stored.long_acc(n)
+            k_short, k_long = f"pgd-{stored.steps}", f"pgd-{stored.long_steps}x{stored.restarts}"
+        else:
+            pgd = _pgd_acc(model, x, y, s.eps, s.alpha, s.steps, 1, s, seed, 1)
+            long = _pgd_acc(model, x, y, s.eps, s.alpha, s.long_steps, s.long_restarts, s, seed, 2)
+            k_short, k_long = f"pgd-{s.steps}", f"pgd-{s.long_steps}x{s.long_restarts}"
         base = {"eps": f"{s.eps * 255:.3g}/255", "n": n, "clean": _r(clean)}
+        if stored is not None:
+            base["pgd_from"] = stored.source
 
-        items.append(check_eps_growth(model, x, y, s, seed))
+        items.append(check_eps_growth(model, x, y, s, seed,
+                                      known={s.eps: pgd} if stored is not None and stored.steps == s.eps_grid_steps
+                                      else None))
         items.append(CheckItem(
             "Iterative attacks beat single-step attacks", pgd <= fgsm + slack,
             {**base, "fgsm": _r(fgsm), k_short: _r(pgd), "tolerance": _r(slack)},

@@ -30,6 +30,7 @@ from dwf_lab.evaluation.checklist import (
     checklist_markdown,
     items_to_json,
     run_checklist,
+    stored_pgd,
     with_stored_checks,
 )
 from dwf_lab.evaluation.metrics import unpack_bits
@@ -298,7 +299,8 @@ def write_checklist(run, seed: int, name: str, row: str, rec: dict, load: Callab
         cs = settings or ChecklistSettings.from_profile(run.profile)
         m = min(len(data.x_test), cs.n_examples or len(data.x_test))
         items = run_checklist(model, data.x_test[:m].to(dev), data.y_test[:m].to(dev), cs,
-                              surrogate=surrogate(model) if surrogate else None, seed=seed)
+                              surrogate=surrogate(model) if surrogate else None, seed=seed,
+                              stored=stored_pgd(rec, cs, m))
     items = with_stored_checks(items, rec, cs)
     title = f"Gradient-masking checklist: {row} ({name}), seed {seed}"
     atomic_write_text(md, checklist_markdown(items, title=title))

@@ -207,3 +207,35 @@ def test_stored_checks_are_replaced_not_repeated_and_survive_a_json_round_trip()
     second = with_stored_checks(back, rec)
     assert [it.key for it in second] == ["batchnorm-eval", "pgd-vs-worst-case"]
     assert second[-1].passed is True and second[0] == base[0]
+
+
+def test_the_checklist_reads_the_protocols_pgd_instead_of_attacking_again(tmp_path, monkeypatch):
+    from dwf_lab.evaluation import checklist
+    from dwf_lab.evaluation.checklist import stored_pgd
+    from dwf_lab.evaluation.protocol import EvalSettings, evaluate_and_write
+
+    model, data = tiny_trained(0)
+    s = dataclasses.replace(settings(), steps=10, eps_grid_steps=10)   # the grid's step size at 8/255 is alpha
+    x, y = data.x_test[:s.n_examples], data.y_test[:s.n_examples]
+    ev = EvalSettings(fgsm_eps=(0.03,), pgd_steps=(s.steps,), pgd_eps=s.eps, pgd_alpha=s.alpha,
+                      long_steps=s.long_steps, restarts=s.long_restarts + 1, batch_size=64)
+    rec = evaluate_and_write(model, data.x_test[:48], data.y_test[:48], ev, tmp_path / "m_seed0.json", name="m",
+                             row="m", seed=0, dataset="synthetic", progress=False)
+    stored = stored_pgd(rec, s, len(x))
+    assert stored is not None and (stored.long_steps, stored.restarts) == (s.long_steps, s.long_restarts + 1)
+    steps_attacked = []
+    real = checklist._pgd_acc
+    monkeypatch.setattr(checklist, "_pgd_acc", lambda *a, **k: steps_attacked.append((a[3], a[5])) or real(*a, **k))
+    items = by_key(run_checklist(model, x, y, s, square=False, stored=stored))
+    conv = items["pgd-converged"].evidence
+    assert conv["pgd_from"].startswith("the protocol's stored pgd:10 and pgd:12-ms")
+    assert conv["pgd-10"] == round(100 * stored.short[:len(x)].float().mean().item(), 2)
+    assert f"pgd-{s.long_steps}x{s.long_restarts + 1}" in conv
+    # nothing ran the short or the long PGD again, nor the eps-grid's point at 8/255 (the same PGD-10)
+    assert (s.eps, s.long_steps) not in steps_attacked and (s.eps, s.steps) not in steps_attacked
+    assert sorted(e for e, _ in steps_attacked) == [16 / 255, 0.3]
+    assert items["eps-growth"].evidence["pgd_acc"][0] == conv["pgd-10"]
+    # what does not match is attacked, not reused: another eps, a longer attack, more images
+    assert stored_pgd(rec, dataclasses.replace(s, eps=4 / 255), len(x)) is None
+    assert stored_pgd(rec, dataclasses.replace(s, long_steps=s.long_steps + 1), len(x)) is None
+    assert stored_pgd(rec, s, 49) is None
