@@ -159,13 +159,13 @@ PROFILES: dict[str, Profile] = {
         name="laptop", dataset="cifar10", n_train=5000, n_test=500, width=0.25, gate_hidden=128,
         lr=0.05,
         expert_epochs=6, benign_epochs=25, expert_batch=128, gate_epochs=0, mixture_epochs=1, mixture_batch=64,
-        pgd_steps_choices=(1, 2, 3), pgd_alpha=4 / 255, baseline_epochs=20, pgd_at_steps=3,
+        pgd_steps_choices=(1, 2, 3), pgd_alpha=4 / 255, baseline_epochs=16, pgd_at_steps=3,
         at_adv_fraction=1.0,
         eval_pgd_steps=(10, 20, 30, 40, 50), eval_long_steps=100, eval_restarts=3,
         eval_long_for="key", eval_batch=250, ckpt_every=100,
         description="the whole course on 2 CPU cores (times measured in the README): real CIFAR-10 (5,000 training / "
                     "500 test images), 1/4-width experts trained 6 epochs (benign 25, FGSM-AT and PGD-AT "
-                    "20, all-adversarial, PGD-3) at lr 0.05 (the paper: 0.01 over 150), 1-3 step training "
+                    "16, all-adversarial, PGD-3) at lr 0.05 (the paper: 0.01 over 150), 1-3 step training "
                     "PGD (alpha 4/255), one end-to-end epoch; the paper's attacks on all 500 test images, "
                     "the adaptive attacks and the gradient-masking checklist on the first 100"),
     "paper": Profile(
