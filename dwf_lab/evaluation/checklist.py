@@ -117,11 +117,9 @@ class StoredPGD:
     restarts: int
     source: str
 
-    def short_acc(self, n: int) -> float:
-        return 100.0 * self.short[:n].float().mean().item()
-
-    def long_acc(self, n: int) -> float:
-        return 100.0 * self.long[:n].float().mean().item()
+    def accuracies(self) -> tuple[float, float]:
+        """(short, long) accuracy in percent."""
+        return 100.0 * self.short.float().mean().item(), 100.0 * self.long.float().mean().item()
 
 
 def stored_pgd(rec: dict, s: ChecklistSettings, n: int) -> StoredPGD | None:
@@ -233,20 +231,23 @@ def run_checklist(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         fgsm_x = batched(lambda xb, yb, b: attacks.fgsm(model, xb, yb, s.eps, check=False), x, y,
                           s.batch_size)
         fgsm = accuracy_pct(model, fgsm_x, y)
+        base = {"eps": f"{s.eps * 255:.3g}/255", "n": n, "clean": _r(clean)}
+        known = None                     # accuracies the eps-growth grid need not measure again
         if stored is not None:
-            pgd, long = stored.short_acc(n), stored.long_acc(n)
+            if len(stored.short) != n or len(stored.long) != n:
+                raise ValueError(f"stored PGD results cover {len(stored.short)} images, the checklist {n}: "
+                                 "read them with stored_pgd(rec, settings, n) for the same images")
+            pgd, long = stored.accuracies()
             k_short, k_long = f"pgd-{stored.steps}", f"pgd-{stored.long_steps}x{stored.restarts}"
+            base["pgd_from"] = stored.source
+            if stored.steps == s.eps_grid_steps:
+                known = {s.eps: pgd}
         else:
             pgd = _pgd_acc(model, x, y, s.eps, s.alpha, s.steps, 1, s, seed, 1)
             long = _pgd_acc(model, x, y, s.eps, s.alpha, s.long_steps, s.long_restarts, s, seed, 2)
             k_short, k_long = f"pgd-{s.steps}", f"pgd-{s.long_steps}x{s.long_restarts}"
-        base = {"eps": f"{s.eps * 255:.3g}/255", "n": n, "clean": _r(clean)}
-        if stored is not None:
-            base["pgd_from"] = stored.source
 
-        items.append(check_eps_growth(model, x, y, s, seed,
-                                      known={s.eps: pgd} if stored is not None and stored.steps == s.eps_grid_steps
-                                      else None))
+        items.append(check_eps_growth(model, x, y, s, seed, known))
         items.append(CheckItem(
             "Iterative attacks beat single-step attacks", pgd <= fgsm + slack,
             {**base, "fgsm": _r(fgsm), k_short: _r(pgd), "tolerance": _r(slack)},
