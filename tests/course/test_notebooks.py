@@ -85,16 +85,17 @@ def _tiny_notebook(path: Path, source: str) -> Path:
 
 
 def test_scope_reaches_every_notebook_and_times_and_site_are_written(monkeypatch, tmp_path):
-    """A notebook that does not declare ``scope`` still gets it (papermill injects it; its kernel
-    also sees $DWF_COURSE_SCOPE); its time goes to course_times.json, its page to the site."""
+    """A notebook that does not declare ``scope`` is not handed the parameter (papermill would warn
+    of an unknown one) but its kernel sees $DWF_COURSE_SCOPE; its time goes to course_times.json,
+    its page to the site."""
     monkeypatch.setenv("DWF_RUNS_DIR", str(tmp_path / "runs"))
     monkeypatch.delenv(SCOPE_ENV, raising=False)
-    nb = _tiny_notebook(tmp_path / "97_scope.ipynb", "import os\nprint('scope', scope, os.environ['DWF_COURSE_SCOPE'])")
+    nb = _tiny_notebook(tmp_path / "97_scope.ipynb", "import os\nprint('scope', 'scope' in globals(), os.environ['DWF_COURSE_SCOPE'])")
     done = run_course(get_profile("smoke"), run_name="scoped", notebooks=[nb], scope="full")
     run = tmp_path / "runs" / "scoped"
     assert done == [run / "notebooks" / "97_scope.ipynb"]
     out = "".join(o.get("text", "") for c in _read(done[0]).cells if c.cell_type == "code" for o in c.outputs)
-    assert "scope full full" in out
+    assert "scope False full" in out
     assert SCOPE_ENV not in os.environ          # restored after the course
     times = json.loads((run / TIMES_FILE).read_text())
     assert times["scope"] == "full" and times["profile"] == "smoke" and "load" in times["machine"]
