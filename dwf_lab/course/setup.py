@@ -34,7 +34,8 @@ SCOPES = ("core", "full")
 def course_scope(scope: str | None = None) -> str:
     """The course scope: "core" (what fits an evening on a laptop) or "full" (every expert under
     every attack, every baseline, the whole ablation sweep). None: ``$DWF_COURSE_SCOPE``, else
-    "core". Papermill passes ``scope`` to every notebook (``python -m dwf_lab course --scope full``)."""
+    "core". ``python -m dwf_lab course --scope full`` sets ``$DWF_COURSE_SCOPE`` for every notebook's
+    kernel and passes ``scope`` to the notebooks whose parameters cell declares it (06, 07)."""
     value = scope if scope is not None else os.environ.get(SCOPE_ENV) or "core"
     if value not in SCOPES:
         raise ValueError(f"course scope must be one of {', '.join(SCOPES)}, got {value!r} "
