@@ -155,7 +155,11 @@ def ablation_work(a: Ablation, p: Profile, inv: RunInventory, seed: int,
         train = train_work(stage, pv, n_train) / networks(a.kind, pv) * n
     if a.retrain_experts:
         train += sum(train_work(st, pv, n_train) for st in plan_stages(pv) if st.kind in ("fgsm", "pgd"))
-    return train, n_test * eval_passes(ablation_eval_settings(p)) * n
+    # read off a stored result of the same model (run_variant's reuse): the run's evaluated DWF;
+    # the uniform ensemble, which notebook 07 evaluates before its ablations
+    read_off = ((reuses and "mixture" in inv.evaluated(seed))
+                or (a.kind == "none" and a.routing == "uniform" and not a.experts))
+    return train, 0.0 if read_off else n_test * eval_passes(ablation_eval_settings(p)) * n
 
 
 # ==================================================================== rates ==
@@ -408,7 +412,8 @@ class Estimator:
         if step.action == "ablation":
             train, ev = ablation_work(step.ablation, p, self.inv, step.seed, n_train, n_test)
             t_rate, e_rate = self.train_rate(step.ablation.kind if train else "mixture"), self.eval_rate("ablation")
-            detail = "trains a mixture, then PGD-20" if train else "no training, PGD-20"
+            detail = ("trains a mixture, then PGD-20" if train else "no training, PGD-20" if ev
+                      else "read off the stored result of the same model")
             return StepCost(step, train * t_rate.seconds_per_pass + ev * e_rate.seconds_per_pass, detail,
                             t_rate if train else e_rate)
         raise ValueError(f"no cost model for a step of action {step.action!r}")

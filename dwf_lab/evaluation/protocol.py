@@ -36,7 +36,7 @@ from dwf_lab import attacks
 from dwf_lab.attacks.base import check_batch_size, check_eps, correct_mask
 from dwf_lab.attacks.pgd import pgd_trajectory
 from dwf_lab.core.config import Profile
-from dwf_lab.evaluation.metrics import over_gradient_modes, per_example, worst_case_keys
+from dwf_lab.evaluation.metrics import over_gradient_modes, per_example, unpack_bits, worst_case_keys
 from dwf_lab.evaluation.records import write_result
 from dwf_lab.mixture.soe import SoE
 
@@ -185,6 +185,37 @@ def evaluate_soe(model: SoE, x, y, s, *, seed: int = 0, device=None, progress: b
     combined, per_mode = over_gradient_modes(model, one, modes)
     metrics = {k: 100.0 * v.float().mean().item() for k, v in combined.items()}
     return metrics, combined, per_mode
+
+
+def stored_subset(rec: dict, s: EvalSettings, n_test: int, seed: int) -> tuple[dict, dict] | None:
+    """``(metrics, per-example correct)`` of the protocol with settings ``s``, read off a stored
+    result ``rec`` of the same model, or None when ``rec`` does not hold exactly that.
+
+    It holds it when ``rec`` was run with the same eps, alpha, random start, batch size and seed on
+    the same ``n_test`` images, its FGSM eps and PGD-k columns include those of ``s``, and ``s``
+    asks for no long PGD (or for the same one): PGD-k is read off one trajectory whose random
+    start depends only on the seed and the batch, so its PGD-20 *is* the PGD-20 these settings
+    would compute. The worst case is recomputed over the columns of ``s`` only. The caller
+    vouches that ``rec`` is the same model.
+    """
+    have = rec.get("settings") or {}
+    same = ("pgd_eps", "pgd_alpha", "random_start", "batch_size")
+    if (rec.get("seed") != seed or rec.get("n_test") != n_test
+            or any(have.get(k) != getattr(s, k) for k in same)
+            or not set(s.fgsm_eps) <= set(have.get("fgsm_eps") or ())
+            or not set(s.pgd_steps) <= set(have.get("pgd_steps") or ())):
+        return None
+    if s.long and not (have.get("long") and all(have.get(k) == getattr(s, k)
+                                                 for k in ("long_steps", "restarts", "eot_samples"))):
+        return None
+    keys = s.metric_names()
+    bits = rec.get("per_example") or {}
+    if any(k not in bits for k in keys if k != "worst-case"):
+        return None
+    correct = {k: unpack_bits(bits[k], n_test) for k in keys if k != "worst-case"}
+    if len(correct) > 1:
+        correct["worst-case"] = torch.stack([correct[k] for k in worst_case_keys(correct, s.pgd_eps)]).all(0)
+    return {k: 100.0 * v.float().mean().item() for k, v in correct.items()}, correct
 
 
 def ablation_eval_settings(p: Profile) -> EvalSettings:

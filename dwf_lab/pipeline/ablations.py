@@ -22,7 +22,8 @@ import torch
 
 from dwf_lab.core.config import Profile
 from dwf_lab.core.runtime import Runtime, seed_from
-from dwf_lab.evaluation.protocol import ablation_eval_settings, evaluate_and_write
+from dwf_lab.evaluation.protocol import ablation_eval_settings, evaluate_and_write, stored_subset
+from dwf_lab.evaluation.records import write_result
 from dwf_lab.reporting.render import write_ablation_report
 from dwf_lab.reporting.tables import ablation_row
 from dwf_lab.store.checkpoints import load_model
@@ -66,8 +67,12 @@ def _expert_paths(run, seed: int, data, a: Ablation, pv: Profile, rt: Runtime, l
 
 
 def run_variant(run, seed: int, data, a: Ablation, progress: bool = True,
-                device: str | None = None) -> dict:
-    """Train (if needed) and evaluate one variant; returns its row."""
+                device: str | None = None, reuse: bool = True) -> dict:
+    """Train (if needed) and evaluate one variant; returns its row.
+
+    The reference (the run's DWF, when the run has it) and the untrained uniform average (the
+    "Uniform ensemble" baseline) are models the run evaluates anyway; with ``reuse``, their rows
+    are read off those stored results when the settings match, and say so (``reused_from``)."""
     p = run.profile
     vdir = run.ablation_dir(seed, a.name)
     eval_path = vdir / "eval.json"
@@ -85,15 +90,19 @@ def run_variant(run, seed: int, data, a: Ablation, progress: bool = True,
 
     model_path = vdir / "model.safetensors"
     note, train_s = "", 0.0
+    same_as = None          # a model the run evaluates anyway: its stored result may serve
     n_experts = a.experts or p.n_experts
     if a.kind == "none":
         model = build_variant(p, data, a, _expert_paths(run, seed, data, a, pv, rt, log, progress), seed)
         note = "no end-to-end training"
+        if a.routing == "uniform" and not a.experts:
+            same_as = "uniform-ensemble"     # the run's experts, averaged as they are
     elif model_path.exists():
         model = load_model(model_path)
     elif a.name == "reference" and p.gate_epochs == 0 and run.is_done(seed, "mixture"):
         model = load_model(run.model_path(seed, "mixture"))
         note = "the run's DWF model (trained exactly as this variant would be)"
+        same_as = "mixture"
     else:
         paths = _expert_paths(run, seed, data, a, pv, rt, log, progress)
         model = build_variant(pv, data, a, paths, seed)
@@ -107,10 +116,36 @@ def run_variant(run, seed: int, data, a: Ablation, progress: bool = True,
              "k": a.k, "kind": a.kind, "train_s": round(train_s, 2), "note": note,
              "attack_strengths": {"fgsm_eps_choices": list(pv.fgsm_eps_choices),
                                   "pgd_steps_choices": list(pv.pgd_steps_choices)}}
-    rec = evaluate_and_write(model, data.x_test, data.y_test, ablation_eval_settings(p), eval_path,
+    s = ablation_eval_settings(p)
+    stored = _stored_result(run, seed, same_as, s, len(data.x_test)) if reuse else None
+    if stored is not None:
+        (metrics, correct), source = stored
+        rec = write_result(eval_path, model=f"ablation:{a.name}", row=a.label, seed=seed, dataset=data.name,
+                           metrics=metrics, correct=correct, settings=s, elapsed_s=0.0,
+                           extra={**extra, "reused_from": source})
+        return ablation_row(rec)
+    rec = evaluate_and_write(model, data.x_test, data.y_test, s, eval_path,
                              name=f"ablation:{a.name}", row=a.label, seed=seed, dataset=data.name,
                              device=dev, progress=progress, extra=extra)
     return ablation_row(rec)
+
+
+def _stored_result(run, seed: int, name: str | None, s, n_test: int):
+    """``((metrics, correct), where)`` when the run's stored evaluation ``name`` (the same model)
+    already holds the ablation's attacks with the same settings (:func:`stored_subset`), else None:
+    attacking the same model again with the same random starts would only repeat it."""
+    if name is None:
+        return None
+    path = run.eval_path(seed, name)
+    try:
+        rec = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    sub = stored_subset(rec, s, n_test, seed)
+    if sub is None:
+        return None
+    where = path.relative_to(run.root) if path.is_relative_to(run.root) else path
+    return sub, f"{where} (the same model, the same attack settings and random starts)"
 
 
 def run_ablations(run, seed: int, data, names=None, progress: bool = True,

@@ -124,3 +124,41 @@ def test_one_variant_trains_and_evaluates_end_to_end(tmp_path, monkeypatch):
     assert [r[0] for r in sec["rows"]] == ["1 expert", "Uniform average, untrained"]
     assert sec["columns"][3:6] == ["SA", "PGD-20", "Worst case"]
     assert "## Ablations the paper left open (%)" in to_markdown({}, sections=[sec])
+
+
+def test_uniform_average_row_is_read_off_the_uniform_ensemble_and_equals_attacking_again(tmp_path, monkeypatch):
+    """The untrained uniform average *is* the "Uniform ensemble" baseline: its PGD-20 row is read
+    off that stored evaluation (same settings, same random starts), equal to attacking it again."""
+    from dwf_lab.pipeline.ablations import run_variant
+    from dwf_lab.pipeline.baselines import train_and_evaluate_baselines
+    run, data = smoke_run(tmp_path, monkeypatch, eval_pgd_steps=(10, 20))
+    fake_trained_experts(run, 0, data)
+    train_and_evaluate_baselines(run, 0, data, which=("uniform-ensemble",), progress=False)
+    a = get_ablation("uniform-untrained")
+    read = run_variant(run, 0, data, a, progress=False)
+    rec = json.loads((run.ablation_dir(0, a.name) / "eval.json").read_text())
+    assert rec["reused_from"].startswith("eval/uniform-ensemble_seed0.json") and rec["elapsed_s"] == 0.0
+    (run.ablation_dir(0, a.name) / "eval.json").unlink()
+    attacked = run_variant(run, 0, data, a, progress=False, reuse=False)
+    again = json.loads((run.ablation_dir(0, a.name) / "eval.json").read_text())
+    assert "reused_from" not in again
+    assert {k: read[k] for k in ("SA", "PGD-20", "worst-case")} == \
+           {k: attacked[k] for k in ("SA", "PGD-20", "worst-case")}
+    assert again["per_example"] == rec["per_example"]
+
+
+def test_a_stored_result_with_other_settings_is_not_read_off():
+    from dwf_lab.evaluation.metrics import pack_bits
+    from dwf_lab.evaluation.protocol import EvalSettings, stored_subset
+    s = EvalSettings(fgsm_eps=(), pgd_steps=(20,), long=False, batch_size=64)
+    bits = {k: pack_bits(torch.tensor([True, False, True, True])) for k in ("SA", "pgd:10", "pgd:20")}
+    rec = {"seed": 0, "n_test": 4, "per_example": bits,
+           "settings": {"pgd_eps": s.pgd_eps, "pgd_alpha": s.pgd_alpha, "random_start": True,
+                        "batch_size": 64, "fgsm_eps": [], "pgd_steps": [10, 20], "long": False}}
+    metrics, correct = stored_subset(rec, s, 4, 0)
+    assert metrics == {"SA": 75.0, "pgd:20": 75.0, "worst-case": 75.0} and set(correct) == {"SA", "pgd:20", "worst-case"}
+    assert stored_subset(rec, s, 4, 1) is None                                  # another seed
+    assert stored_subset(rec, s, 5, 0) is None                                  # other images
+    assert stored_subset({**rec, "settings": {**rec["settings"], "batch_size": 32}}, s, 4, 0) is None
+    assert stored_subset({**rec, "settings": {**rec["settings"], "pgd_steps": [10]}}, s, 4, 0) is None
+    assert stored_subset({**rec, "settings": {**rec["settings"], "pgd_alpha": 1 / 255}}, s, 4, 0) is None
