@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from dwf_lab.bench import SIZES, _device_batches, fast_step_fn
+from dwf_lab.bench import SIZES, _device_batches, device_name, fast_step_fn
 from dwf_lab.core.config import get_profile
 from dwf_lab.models.registry import build_model
 from dwf_lab.training.fast_path import training_runtime
@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     g = torch.Generator().manual_seed(0)
     n = sz.batch * (1 + a.warmup + a.steps)
     x, y = torch.rand(n, 3, 32, 32, generator=g), torch.randint(0, 10, (n,), generator=g)
-    out = {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+    out = {"cpu": device_name(torch.device("cpu")), "machine": platform.machine(), "threads": torch.get_num_threads(),
            "torch": torch.__version__, "size": a.size, "path": rt.fast_path and rt.fast_path["choice"],
            "steps": a.steps, "warmup": a.warmup, "cases": {}}
     for case in ("benign", "pgd"):
