@@ -100,6 +100,7 @@ class Profile:
     eval_eot_samples: int = 1
     eval_long_for: str = "all"           # "all" models, or "key" (baselines + DWF only)
     eval_batch: int = 500
+    eval_precision: str = "fp32"         # attacks' arithmetic: "fp32" | "bf16" | "auto" (bf16 where measured faster: a CPU)
     # --- runs
     seeds: tuple[int, ...] = (0,)
     ckpt_every: int = 200                # also checkpoint every N optimizer steps (0 = epoch ends only)
@@ -143,7 +144,7 @@ NOT_IN_DIGEST = frozenset({"device", "amp", "channels_last", "compile", "data_on
 _FIELDS = {f.name: f for f in fields(Profile)}
 # fields added after runs were first stored, with the value every older run had: a config.json
 # without one holds that value, and the digest leaves the field out at it, so older runs stay valid
-ADDED_FIELDS: dict[str, object] = {"benign_epochs": None}
+ADDED_FIELDS: dict[str, object] = {"benign_epochs": None, "eval_precision": "fp32"}
 
 
 PROFILES: dict[str, Profile] = {
@@ -162,7 +163,7 @@ PROFILES: dict[str, Profile] = {
         pgd_steps_choices=(1, 2, 3), pgd_alpha=4 / 255, baseline_epochs=16, pgd_at_steps=3,
         at_adv_fraction=1.0,
         eval_pgd_steps=(10, 20, 30, 40, 50), eval_long_steps=100, eval_restarts=3,
-        eval_long_for="key", eval_batch=250, ckpt_every=100,
+        eval_long_for="key", eval_batch=250, eval_precision="auto", ckpt_every=100,
         description="the whole course on 2 CPU cores (times measured in the README): real CIFAR-10 (5,000 training / "
                     "500 test images), 1/4-width experts trained 6 epochs (benign 25, FGSM-AT and PGD-AT "
                     "16, all-adversarial, PGD-3) at lr 0.05 (the paper: 0.01 over 150), 1-3 step training "
@@ -347,6 +348,7 @@ _RULES = {
     "amp": _one_of("auto", "bf16", "off"),
     "channels_last": _one_of("auto", "on", "off"),
     "expert_batching": _one_of("loop", "vmap"),
+    "eval_precision": _one_of("auto", "fp32", "bf16"),
 }
 
 
@@ -386,7 +388,8 @@ def size_preset(p: Profile) -> str:
 class SizedSettings:
     """Attack budgets in the profiles' named sizes, for dataclasses with ``eps``, ``alpha`` and
     ``batch_size`` fields: ``SIZES[size]`` holds the fields that differ from the defaults, and
-    :meth:`from_profile` fills in the run's threat model and evaluation batch."""
+    :meth:`from_profile` fills in the run's threat model and evaluation batch (and, for settings
+    with a ``precision`` field, the profile's evaluation precision, resolved on this machine)."""
     SIZES: ClassVar[dict[str, dict]] = {"smoke": {}, "laptop": {}, "paper": {}}
 
     @classmethod
@@ -414,7 +417,11 @@ class SizedSettings:
     def from_profile(cls, p: Profile, **kw):
         """The size named like the profile (another name is an error), at the profile's threat model."""
         tm = p.threat_model
-        return cls.sized(size_preset(p), **{"eps": tm.eps, "alpha": tm.alpha, "batch_size": p.eval_batch, **kw})
+        given = {"eps": tm.eps, "alpha": tm.alpha, "batch_size": p.eval_batch}
+        if "precision" in getattr(cls, "__dataclass_fields__", {}):
+            from dwf_lab.core.runtime import evaluation_precision  # runtime imports this module
+            given["precision"] = evaluation_precision(p)
+        return cls.sized(size_preset(p), **{**given, **kw})
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

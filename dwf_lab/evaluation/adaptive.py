@@ -44,6 +44,7 @@ from dwf_lab.attacks.gate import (
     transfer_attack,
     uniform_mixture,
 )
+from dwf_lab.attacks.precision import check_precision, compute_precision
 from dwf_lab.core.config import SizedSettings
 from dwf_lab.core.runtime import seed_from
 from dwf_lab.evaluation.diagnostics import gate_weights
@@ -78,6 +79,7 @@ class AdaptiveSettings(SizedSettings):
     square_queries: int = 5000
     batch_size: int = 500
     n_examples: int | None = None        # attack the first N test images (None: all); stored with each result
+    precision: str = "fp32"              # the attacks' arithmetic (dwf_lab.attacks.precision); stored with each result
     name: str = "paper"
     SIZES: ClassVar[dict[str, dict]] = {
         "paper": {},   # PGD-20, PGD-500 x 5, the standard AutoAttack
@@ -91,6 +93,7 @@ class AdaptiveSettings(SizedSettings):
     def __post_init__(self):
         if self.n_examples is not None and (isinstance(self.n_examples, bool) or int(self.n_examples) < 1):
             raise ValueError(f"n_examples must be a number of test images >= 1 (or None: all), got {self.n_examples!r}")
+        check_precision(self.precision)
         if self.aa_version not in official.VERSIONS:
             raise ValueError(f"aa_version must be one of {', '.join(official.VERSIONS)}, got {self.aa_version!r}")
 
@@ -157,14 +160,14 @@ class AdaptiveSettings(SizedSettings):
             d = {"attack": "PGD with restarts (dwf_lab.attacks.gate)", "steps": self.long_steps,
                  "restarts": self.long_restarts, "alpha": self.alpha}
         elif key == "autoattack":
-            return official.planned_settings(eps=self.eps, version=self.aa_version, seed=int(seed),
-                                             budget=self.aa_budget())
+            return {**official.planned_settings(eps=self.eps, version=self.aa_version, seed=int(seed),
+                                                budget=self.aa_budget()), "precision": self.precision}
         elif key == "square":
             d = {"attack": "Square (ART)", "queries": self.square_queries, "p_init": 0.8,
                  "adversarial-robustness-toolbox": art_suite.version()}
         else:
             raise ValueError(f"no attack {key!r} in these settings; the attacks are {self.attack_names(True)}")
-        return json.loads(json.dumps({**d, "eps": self.eps, "seed": int(seed)}))
+        return json.loads(json.dumps({**d, "eps": self.eps, "seed": int(seed), "precision": self.precision}))
 
 
 # -------------------------------------------------------------- evaluation --
@@ -279,11 +282,12 @@ def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, s: AdaptiveSet
     planned = {k: s.attack_settings(k, seed) for k in s.attack_names(mixture) if k in want}  # bad settings: now
     timings: dict[str, float] = {}
     tally = _AutoAttackTally()
-    correct = per_example(model, x, y, s.batch_size, device, seed,
-                          lambda b, xb, yb, gen: _run_batch(model, xb, yb, s, want, gen,
-                                                            seed_from(seed, b, AA_SEED_TAG) % (2 ** 31),
-                                                            timings, tally),
-                          desc, progress)
+    with compute_precision(model, s.precision):
+        correct = per_example(model, x, y, s.batch_size, device, seed,
+                              lambda b, xb, yb, gen: _run_batch(model, xb, yb, s, want, gen,
+                                                                seed_from(seed, b, AA_SEED_TAG) % (2 ** 31),
+                                                                timings, tally),
+                              desc, progress)
     order = [k for k in s.metric_names(mixture) if k in correct]
     correct = {k: correct[k] for k in order}
     correct[WORST] = worst_case(correct, s.eps)
@@ -306,7 +310,7 @@ def evaluate_adaptive(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
 
     ``"worst-case (all)"`` is the per-example worst case over clean accuracy and
     every attack that ran. ``skip`` leaves out attack keys (e.g. ones already
-    stored). Accuracies are over the same images, in fp32, model in eval mode.
+    stored). Accuracies are over the same images, in the settings' precision, model in eval mode.
     With ``return_info=True`` a third item: ``{"attack_settings": {key: settings},
     "autoattack_stages": {stage: %}, "elapsed_s": {key: s}}`` (what to store with the results).
     """
@@ -360,7 +364,7 @@ def routing_sweep(mix: nn.Module, x: torch.Tensor, y: torch.Tensor, target_exper
     dev = next(mix.parameters()).device
     x, y = x.to(dev), y.to(dev)
     rows = []
-    with attacks.attack_mode(mix):
+    with attacks.attack_mode(mix), compute_precision(mix, s.precision):
         w, h = _gate_stats(mix, x)
         rows.append({"inputs": "clean", "accuracy": 100.0 * correct_mask(mix, x, y).float().mean().item(),
                      "weight on target": w[:, target_expert].mean().item(), "gate entropy": h.mean().item()})

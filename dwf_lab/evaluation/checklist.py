@@ -33,6 +33,10 @@ whenever attacks are added (:func:`stored_checks`):
 11. ``own-vs-relaxed-gradient`` (only models with a non-differentiable selection,
     e.g. SoE): the model's own gradient is as strong as the BPDA relaxation's.
 
+12. ``precision-agrees`` (only when the attacks ran in bf16, ``precision``): the checklist's
+    PGD-20, run again in fp32 on the same images, agrees within ``precision_tol`` points plus one
+    example (:mod:`dwf_lab.attacks.precision`).
+
 A run's models were already attacked by the protocol on the same images: checks 2–4 (and the
 grid point at 8/255 of check 1) read its stored PGD-20 and PGD-100 x restarts instead of
 attacking again, where eps, step size and random start match (:func:`stored_pgd`).
@@ -41,6 +45,7 @@ Tolerances: an attack comparison allows ``tol`` percentage points plus one
 example (100/n points) of noise. A check that cannot run (no surrogate, ART
 missing) is reported as not run (``passed=None``), never as passed.
 """
+import contextlib
 import json
 from dataclasses import asdict, dataclass, fields
 from typing import Callable, ClassVar
@@ -53,6 +58,7 @@ from dwf_lab.attacks import art_suite
 from dwf_lab.attacks import autoattack as official
 from dwf_lab.attacks.base import check_batch_size, check_eps, correct_mask
 from dwf_lab.attacks.gate import uniform_mixture
+from dwf_lab.attacks.precision import compute_precision
 from dwf_lab.core.config import SizedSettings
 from dwf_lab.core.runtime import seed_from
 from dwf_lab.evaluation.metrics import WORST, accuracy_pct, batched, worst_case_keys
@@ -96,6 +102,8 @@ class ChecklistSettings(SizedSettings):
     det_tol: float = 1e-5
     n_examples: int | None = 500         # the checklist runs on the first n test images
     batch_size: int = 500
+    precision: str = "fp32"              # the attacks' arithmetic; bf16 is checked against fp32 (item 12)
+    precision_tol: float = 1.0           # percentage points (plus one example) bf16 may differ from fp32
     name: str = "paper"
     SIZES: ClassVar[dict[str, dict]] = {
         "paper": dict(square_queries=5000, long_steps=500, long_restarts=5, n_examples=1000),
@@ -124,13 +132,14 @@ class StoredPGD:
 
 def stored_pgd(rec: dict, s: ChecklistSettings, n: int) -> StoredPGD | None:
     """The protocol's PGD-``s.steps`` and PGD-100 x restarts from an evaluation record, when they
-    were run at the checklist's eps and alpha with a random start on at least the first ``n``
+    were run at the checklist's eps, alpha and precision with a random start on at least the first ``n``
     images and the long one is at least as long as the checklist's (None otherwise: attack)."""
     cfg = rec.get("settings") or {}
     short_key, long_key = f"pgd:{s.steps}", f"pgd:{cfg.get('long_steps')}-ms"
     per = rec.get("per_example") or {}
     same_ball = (abs(float(cfg.get("pgd_eps", -1)) - s.eps) < 1e-9
-                 and abs(float(cfg.get("pgd_alpha", -1)) - s.alpha) < 1e-9 and cfg.get("random_start") is True)
+                 and abs(float(cfg.get("pgd_alpha", -1)) - s.alpha) < 1e-9 and cfg.get("random_start") is True
+                 and cfg.get("precision", "fp32") == s.precision)
     long_enough = (int(cfg.get("long_steps") or 0) >= s.long_steps
                    and int(cfg.get("restarts") or 0) >= s.long_restarts)
     if not (same_ball and long_enough and short_key in per and long_key in per):
@@ -226,6 +235,8 @@ def run_checklist(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     was_training = model.training
     model.eval()
     items: list[CheckItem] = []
+    low = contextlib.ExitStack()             # the attacks below run in s.precision
+    low.enter_context(compute_precision(model, s.precision))
     try:
         clean = accuracy_pct(model, x, y)
         fgsm_x = batched(lambda xb, yb, b: attacks.fgsm(model, xb, yb, s.eps, check=False), x, y,
@@ -314,9 +325,29 @@ def run_checklist(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         items.append(check_gradients(model, x, y, s))
         items.append(check_deterministic(model, x, s))
         items.append(check_bn_eval(model, x[:min(n, 16)], y[:min(n, 16)], eps=s.eps, alpha=s.alpha))
+        low.close()                          # the fp32 reference runs outside it
+        if s.precision != "fp32":
+            items.append(check_precision_agrees(model, x, y, s, pgd, seed))
     finally:
+        low.close()
         model.train(was_training)
     return items
+
+
+def check_precision_agrees(model, x, y, s: ChecklistSettings, low_pgd: float, seed: int = 0) -> CheckItem:
+    """PGD-``s.steps`` in fp32 on the checklist's images against the same attack in ``s.precision``
+    (``low_pgd``, the checklist's own, in percent): they must agree within ``s.precision_tol``
+    points plus one example, or the low-precision numbers are not the model's."""
+    ref = _pgd_acc(model, x, y, s.eps, s.alpha, s.steps, 1, s, seed, 1)
+    tol = s.precision_tol + 100.0 / max(1, len(x))
+    return CheckItem(
+        f"{s.precision} attacks agree with fp32", abs(ref - low_pgd) <= tol + 1e-6,
+        {"n": len(x), f"pgd-{s.steps} ({s.precision})": _r(low_pgd), f"pgd-{s.steps} (fp32)": _r(ref),
+         "difference": _r(low_pgd - ref), "tolerance": _r(tol)},
+        "The attacks ran in low precision (bf16 autocast) because it is about twice as fast on this CPU. "
+        "Rounding can blunt a gradient attack, so the same attack is run again in fp32: a difference "
+        "beyond the tolerance means the low-precision numbers measure the arithmetic, not the model.",
+        "precision-agrees")
 
 
 def check_gradients(model, x, y, s: ChecklistSettings | None = None) -> CheckItem:

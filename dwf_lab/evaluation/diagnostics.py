@@ -33,6 +33,7 @@ import torch.nn as nn
 from dwf_lab import attacks
 from dwf_lab.attacks.base import keep_state
 from dwf_lab.attacks.gate import uniform_mixture
+from dwf_lab.attacks.precision import compute_precision
 from dwf_lab.core.config import SizedSettings
 from dwf_lab.core.runtime import seed_from
 from dwf_lab.evaluation.metrics import accuracy_pct, batched
@@ -43,13 +44,15 @@ from dwf_lab.training.stages import expert_kind
 @dataclass
 class DiagnosticSettings(SizedSettings):
     """Attack settings of the diagnostics: PGD (``eps``, ``alpha``, ``steps``, random
-    start) and FGSM (``fgsm_eps``), on the first ``n_examples`` images (None = all)."""
+    start) and FGSM (``fgsm_eps``), on the first ``n_examples`` images (None = all), in
+    ``precision`` (:func:`diagnose_mixture`; :mod:`dwf_lab.attacks.precision`)."""
     eps: float = attacks.PGD_EPS
     alpha: float = attacks.PGD_ALPHA
     steps: int = 20
     fgsm_eps: float = 0.03
     n_examples: int | None = 500
     batch_size: int = 500
+    precision: str = "fp32"              # the attacks' arithmetic (dwf_lab.attacks.precision)
     SIZES: ClassVar[dict[str, dict]] = {"paper": {}, "laptop": dict(steps=10, n_examples=200),
                                         "smoke": dict(steps=5, n_examples=64, batch_size=256)}
 
@@ -181,7 +184,8 @@ def diagnose_mixture(mix: nn.Module, x: torch.Tensor, y: torch.Tensor,
     """Expert accuracies, gate statistics and the PGD transfer matrix (experts, uniform average, mixture)."""
     s = settings or DiagnosticSettings()
     names = expert_names(mix, names)
-    with keep_state([mix]):   # the uniform average shares the experts: leave their modes as found
+    # keep_state: the uniform average shares the experts: leave their modes as found
+    with keep_state([mix]), compute_precision(mix, s.precision):
         models = dict(zip(names, mix.experts))
         if uniform:
             models["uniform average"] = uniform_mixture(mix)

@@ -20,8 +20,9 @@ Metrics (accuracy in percent, over the same test images):
 
 Every attack runs on the images the model classifies correctly (a misclassified clean image
 counts as not robust under every attack, by the definition of robust accuracy), which saves
-the work a wrong image would cost. Evaluation runs in fp32 (no autocast) so low precision cannot weaken the attacks. Inputs and
-settings are checked once, up front (:func:`check_settings`, :func:`dwf_lab.attacks.base.check_inputs`):
+the work a wrong image would cost. The attacks run in the settings' ``precision``: fp32, or bf16
+autocast with fp32 logits where that is checked to agree with fp32 (:mod:`dwf_lab.attacks.precision`);
+the stored result says which. Inputs and settings are checked once, up front (:func:`check_settings`, :func:`dwf_lab.attacks.base.check_inputs`):
 every eps of the settings, alpha, the batch size, NaN pixels, the model's input shape.
 :func:`evaluate_soe` runs it under each gradient mode; :func:`evaluate_and_write` stores it.
 """
@@ -35,7 +36,9 @@ import torch.nn as nn
 from dwf_lab import attacks
 from dwf_lab.attacks.base import check_batch_size, check_eps, correct_mask
 from dwf_lab.attacks.pgd import pgd_trajectory
+from dwf_lab.attacks.precision import check_precision, compute_precision
 from dwf_lab.core.config import Profile
+from dwf_lab.core.runtime import evaluation_precision
 from dwf_lab.evaluation.metrics import over_gradient_modes, per_example, unpack_bits, worst_case_keys
 from dwf_lab.evaluation.records import write_result
 from dwf_lab.mixture.soe import SoE
@@ -53,12 +56,14 @@ class EvalSettings:
     random_start: bool = True
     long: bool = True            # run the two PGD-L columns
     batch_size: int = 500
+    precision: str = "fp32"      # the attacks' arithmetic (dwf_lab.attacks.precision)
 
     @classmethod
     def from_profile(cls, p: Profile, long: bool = True) -> "EvalSettings":
         tm = p.threat_model
         return cls(tuple(p.eval_fgsm_eps), tm.eps, tm.alpha, tuple(p.eval_pgd_steps),
-                   p.eval_long_steps, p.eval_restarts, p.eval_eot_samples, True, long, p.eval_batch)
+                   p.eval_long_steps, p.eval_restarts, p.eval_eot_samples, True, long, p.eval_batch,
+                   evaluation_precision(p))
 
     def metric_names(self) -> list[str]:
         names = ["SA"] + [f"fgsm:{e:g}" for e in self.fgsm_eps] + [f"pgd:{k}" for k in self.pgd_steps]
@@ -75,6 +80,7 @@ def check_settings(s: EvalSettings) -> None:
     check_eps(s.pgd_eps, "pgd_eps")
     check_eps(s.pgd_alpha, "pgd_alpha")
     check_batch_size(s.batch_size)
+    check_precision(s.precision)
     if any(int(k) < 1 for k in s.pgd_steps):
         raise ValueError(f"pgd_steps must all be >= 1, got {tuple(s.pgd_steps)}")
     if s.long and (s.long_steps < 0 or s.restarts < 1 or s.eot_samples < 1):
@@ -148,7 +154,8 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, s: EvalSe
             res[k] = full
         return res
 
-    correct = per_example(model, x, y, s.batch_size, device, seed, one_batch, desc, progress)
+    with compute_precision(model, s.precision):
+        correct = per_example(model, x, y, s.batch_size, device, seed, one_batch, desc, progress)
     if len(correct) > 1:
         keys = worst_case_keys(correct, s.pgd_eps)
         correct["worst-case"] = torch.stack([correct[k] for k in keys]).all(0)
@@ -191,8 +198,8 @@ def stored_subset(rec: dict, s: EvalSettings, n_test: int, seed: int) -> tuple[d
     """``(metrics, per-example correct)`` of the protocol with settings ``s``, read off a stored
     result ``rec`` of the same model, or None when ``rec`` does not hold exactly that.
 
-    It holds it when ``rec`` was run with the same eps, alpha, random start, batch size and seed on
-    the same ``n_test`` images, its FGSM eps and PGD-k columns include those of ``s``, and ``s``
+    It holds it when ``rec`` was run with the same eps, alpha, random start, batch size, precision
+    and seed on the same ``n_test`` images, its FGSM eps and PGD-k columns include those of ``s``, and ``s``
     asks for no long PGD (or for the same one): PGD-k is read off one trajectory whose random
     start depends only on the seed and the batch, so its PGD-20 *is* the PGD-20 these settings
     would compute. The worst case is recomputed over the columns of ``s`` only. The caller
@@ -200,7 +207,7 @@ def stored_subset(rec: dict, s: EvalSettings, n_test: int, seed: int) -> tuple[d
     """
     have = rec.get("settings") or {}
     same = ("pgd_eps", "pgd_alpha", "random_start", "batch_size")
-    if (rec.get("seed") != seed or rec.get("n_test") != n_test
+    if (rec.get("seed") != seed or have.get("precision", "fp32") != s.precision or rec.get("n_test") != n_test
             or any(have.get(k) != getattr(s, k) for k in same)
             or not set(s.fgsm_eps) <= set(have.get("fgsm_eps") or ())
             or not set(s.pgd_steps) <= set(have.get("pgd_steps") or ())):
@@ -219,4 +226,5 @@ def stored_subset(rec: dict, s: EvalSettings, n_test: int, seed: int) -> tuple[d
 
 
 def ablation_eval_settings(p: Profile) -> EvalSettings:
-    return EvalSettings(fgsm_eps=(), pgd_steps=(20,), long=False, batch_size=p.eval_batch)
+    return EvalSettings(fgsm_eps=(), pgd_steps=(20,), long=False, batch_size=p.eval_batch,
+                        precision=evaluation_precision(p))

@@ -179,6 +179,9 @@ class MixtureOfExperts(nn.Module):
         base = self.__dict__.get("_vmap_base")
         if base is None:  # a stateless template on the meta device, not a submodule
             base = copy.deepcopy(self.experts[0]).to("meta").eval()
+            # a forward set on the instance (bf16 evaluation patches one in for its duration:
+            # dwf_lab.attacks.precision) would call experts[0] itself, not the stacked weights
+            base.__dict__.pop("forward", None)
             self.__dict__["_vmap_base"] = base
         params, buffers = self._stacked_state()
 

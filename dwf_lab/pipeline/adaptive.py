@@ -11,6 +11,7 @@ with another finished single model of the run as the transfer surrogate.
 The per-model steps, :func:`adaptive_into_record` and :func:`write_checklist`, are the ones a
 model no run trained goes through too (:mod:`dwf_lab.pipeline.external`).
 """
+import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from dwf_lab.attacks.gate import is_mixture
+from dwf_lab.attacks.precision import precision_for
 from dwf_lab.core.config import pixel_fraction
 from dwf_lab.core.io import atomic_write_text
 from dwf_lab.core.runtime import Runtime
@@ -65,6 +67,11 @@ class _Target:
     row: str
     load: Callable[[], nn.Module]
     mixture: bool                   # gets the gate-aware attacks (known before loading)
+    fp32_only: bool = False         # a model bf16 evaluation is not checked on (SoE, ADVMoE): fp32
+
+    def settings(self, s: AdaptiveSettings) -> AdaptiveSettings:
+        """``s`` in the precision this model is attacked in (dwf_lab.attacks.precision)."""
+        return dataclasses.replace(s, precision="fp32") if self.fp32_only else s
 
 
 def _targets(run, seed: int, data, which: str | None, dev) -> list[_Target]:
@@ -88,7 +95,7 @@ def _targets(run, seed: int, data, which: str | None, dev) -> list[_Target]:
                 out.append(_Target(name, row, lambda: uniform_ensemble(run, seed, data).to(dev), True))
             elif run.is_done(seed, name):
                 out.append(_Target(name, row, lambda n=name: load_run_model(run, seed, n, data,
-                                                                             map_location=dev), False))
+                                                                             map_location=dev), False, True))
     if not out and tokens and not stage_tokens:
         raise FileNotFoundError(f"no evaluated baseline among {', '.join(tokens)}: "
                                 "run python -m dwf_lab baselines first")
@@ -250,8 +257,8 @@ def evaluate_adaptive_run(run, seed: int, data, settings: AdaptiveSettings | Non
     for target in targets:
         path = run.eval_path(seed, target.name)
         if path.exists():
-            diffs = stored_settings_differences(json.loads(path.read_text()), s, s.attack_names(target.mixture),
-                                                seed, redo)
+            diffs = stored_settings_differences(json.loads(path.read_text()), target.settings(s),
+                                                s.attack_names(target.mixture), seed, redo)
             if diffs:
                 changed[path] = diffs
     refuse_changed_settings(changed, command)
@@ -262,8 +269,8 @@ def evaluate_adaptive_run(run, seed: int, data, settings: AdaptiveSettings | Non
             evaluate_run(run, seed, data, which=target.name, progress=progress,
                          device=str(dev) if device else None)
         rec = json.loads(path.read_text())
-        model = adaptive_into_record(rec, path, target.load, target.mixture, data, s, seed, dev, progress=progress,
-                                     desc=f"adaptive {target.name}", redo=redo, command=command)
+        model = adaptive_into_record(rec, path, target.load, target.mixture, data, target.settings(s), seed, dev,
+                                     progress=progress, desc=f"adaptive {target.name}", redo=redo, command=command)
         atomic_write_text(path, json.dumps(rec, indent=1))
         out.append(rec)
 
@@ -297,6 +304,7 @@ def write_checklist(run, seed: int, name: str, row: str, rec: dict, load: Callab
     else:
         model = load()
         cs = settings or ChecklistSettings.from_profile(run.profile)
+        cs = dataclasses.replace(cs, precision=precision_for(model, cs.precision))
         m = min(len(data.x_test), cs.n_examples or len(data.x_test))
         items = run_checklist(model, data.x_test[:m].to(dev), data.y_test[:m].to(dev), cs,
                               surrogate=surrogate(model) if surrogate else None, seed=seed,

@@ -8,11 +8,13 @@ averaged without a gate. Results are the rows "SoE", "ADVMoE" and "Uniform ensem
 run's evaluation files; finished trainings and existing results are reused. Every choice
 where the papers or their code are ambiguous is listed in ``docs/baselines.md``.
 """
+import dataclasses
 import json
 import time
 
 import torch
 
+from dwf_lab.attacks.precision import precision_for
 from dwf_lab.core.runtime import seed_from
 from dwf_lab.evaluation.protocol import EvalSettings, evaluate_and_write, evaluate_soe
 from dwf_lab.evaluation.records import write_result
@@ -69,6 +71,7 @@ def train_and_evaluate_baselines(run, seed: int, data, progress: bool = True,
             raise FileNotFoundError(f"{name} is not trained for seed {seed}")
         model = load_run_model(run, seed, name, data, map_location=dev)   # refuses another run's file
         s = EvalSettings.from_profile(p, long=True)
+        s = dataclasses.replace(s, precision=precision_for(model, s.precision))   # SoE, ADVMoE: fp32
         if name == "soe":
             t0 = time.time()
             metrics, correct, per_mode = evaluate_soe(model, data.x_test, data.y_test, s, seed=seed,

@@ -21,6 +21,7 @@ settings than asked for (``--aa standard`` after the profile's AutoAttack budget
 with one line, and recomputed with ``--redo KEY``. The first seed of the profile seeds
 the attacks (one model: one evaluation).
 """
+import dataclasses
 import hashlib
 import json
 import re
@@ -35,6 +36,7 @@ import torch
 import torch.nn as nn
 
 from dwf_lab.attacks.gate import is_mixture
+from dwf_lab.attacks.precision import precision_for
 from dwf_lab.core.config import Profile
 from dwf_lab.core.io import atomic_write_text, jsonable
 from dwf_lab.core.runtime import Runtime, package_versions
@@ -184,6 +186,7 @@ def evaluate_external(ext: ExternalModel, p: Profile, data: ImageData, out: Path
     out = Path(out).expanduser() if out is not None else default_out(ext.name)
     check_folder(out, ext)
     s = adaptive_settings or AdaptiveSettings.from_profile(p)
+    s = dataclasses.replace(s, precision=precision_for(ext.model, s.precision))   # a user's model: fp32
     check_redo(s, redo)
     run = Run(_checked_name(out.resolve().name), p, root=out)   # writes config.json; refuses other settings
     dev = torch.device(device) if device else Runtime.from_profile(p).device
@@ -218,6 +221,7 @@ def evaluate_external(ext: ExternalModel, p: Profile, data: ImageData, out: Path
 def _protocol(model, data, p, path, ext, seed, dev, progress, extra) -> None:
     """Tables 2-4 (both PGD-100 columns: every external model is a key model), SoE under each gradient mode."""
     s = EvalSettings.from_profile(p, long=True)
+    s = dataclasses.replace(s, precision=precision_for(model, s.precision))
     t0 = time.time()
     if getattr(model, "gradient_modes", None):
         metrics, correct, per_mode = evaluate_soe(model, data.x_test, data.y_test, s, seed=seed, device=dev,

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from dwf_lab import attacks
 from dwf_lab.data import SUBSET_ENV, iterate_batches, load_dataset
+from dwf_lab.evaluation.protocol import EvalSettings, evaluate_model
 from dwf_lab.models.common import NORMALIZATION
 from dwf_lab.models.registry import build_model
 
@@ -86,3 +87,34 @@ def test_subset_pixel_statistics_match_the_cifar10_constants(subset_file):
     # and they are not SVHN's constants, which the paper printed under CIFAR-10
     svhn_mean, _ = NORMALIZATION["svhn"]
     assert np.abs(mean - np.array(svhn_mean)).max() > 0.03
+
+
+@pytest.fixture(scope="module")
+def fgsm_trained_on_cifar(cifar):
+    """A 1/8-width ResNet-18, FGSM adversarial training (eps 8/255, random start) on 2,000 real images."""
+    t0 = time.time()
+    torch.manual_seed(0)
+    model = build_model("resnet18", width=0.125, dataset="cifar10")
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4, nesterov=True)
+    for epoch in range(4):
+        for _, xb, yb in iterate_batches(cifar.x_train, cifar.y_train, 64, seed=0, epoch=epoch):
+            start = (xb + torch.empty_like(xb).uniform_(-8 / 255, 8 / 255)).clamp(0, 1)
+            x_adv = attacks.project(attacks.fgsm(model.eval(), start, yb, 8 / 255, check=False), xb, 8 / 255)
+            model.train()
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(torch.cat([xb, x_adv])), torch.cat([yb, yb])).backward()
+            opt.step()
+    print(f"\n[real data] FGSM-trained width-0.125 ResNet-18 in {time.time() - t0:.1f}s")
+    return model.eval()
+
+
+def test_bf16_robust_accuracy_agrees_with_fp32_within_a_point_on_a_trained_model(fgsm_trained_on_cifar, cifar):
+    x, y = cifar.x_test[:500], cifar.y_test[:500]
+    got = {}
+    for precision in ("fp32", "bf16"):
+        s = EvalSettings(fgsm_eps=(8 / 255,), pgd_steps=(10, 20), long=False, batch_size=250, precision=precision)
+        got[precision], _ = evaluate_model(fgsm_trained_on_cifar, x, y, s, progress=False)
+    print(f"\n[real data] fp32 {got['fp32']}\n[real data] bf16 {got['bf16']}")
+    assert got["fp32"]["pgd:20"] > 5.0 and got["fp32"]["SA"] > got["fp32"]["pgd:20"] + 5.0   # a real robust model
+    for k in ("SA", "pgd:10", "pgd:20", "worst-case"):
+        assert abs(got["bf16"][k] - got["fp32"][k]) <= 1.0, (k, got)
