@@ -21,7 +21,7 @@ import torch
 
 from dwf_lab.bench import device_name
 from dwf_lab.core.config import get_profile, parse_sets
-from dwf_lab.core.runtime import bf16_attack_speedup
+from dwf_lab.core.precision import bf16_attack_speedup
 from dwf_lab.evaluation.protocol import EvalSettings, evaluate_model
 from dwf_lab.store.runs import Run
 from dwf_lab.training.builders import load_data, load_run_model

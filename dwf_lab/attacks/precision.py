@@ -2,7 +2,7 @@
 
 On CPUs with AMX / AVX-512 BF16 units an attack step in bf16 autocast is about twice as fast as
 in fp32 (``benchmarks/eval_precision.py``); on CPUs without them it is slower, which is why
-"auto" is decided by a measurement (:func:`dwf_lab.core.runtime.evaluation_precision`). Low
+"auto" is decided by a measurement (:func:`dwf_lab.core.precision.evaluation_precision`). Low
 precision must not weaken the attacks, so bf16 is used only:
 
 - on the kit's own CIFAR ResNet-18s and mixtures of them (:func:`bf16_validated`), where a

@@ -17,6 +17,8 @@ import typing
 from dataclasses import dataclass, fields
 from typing import ClassVar
 
+from dwf_lab.core.precision import evaluation_precision
+
 # Algorithms 1 and 3: eps drawn per batch from {0.01, ..., 0.09} (pixel scale)
 FGSM_EPSILONS: tuple[float, ...] = tuple(round(0.01 * i, 2) for i in range(1, 10))
 # Algorithms 2 and 3: PGD iterations drawn per batch from {10, 20, 30, 40, 50}
@@ -419,7 +421,6 @@ class SizedSettings:
         tm = p.threat_model
         given = {"eps": tm.eps, "alpha": tm.alpha, "batch_size": p.eval_batch}
         if "precision" in getattr(cls, "__dataclass_fields__", {}):
-            from dwf_lab.core.runtime import evaluation_precision  # runtime imports this module
             given["precision"] = evaluation_precision(p)
         return cls.sized(size_preset(p), **{**given, **kw})
 

@@ -38,7 +38,7 @@ from dwf_lab.attacks.base import check_batch_size, check_eps, correct_mask
 from dwf_lab.attacks.pgd import pgd_trajectory
 from dwf_lab.attacks.precision import check_precision, compute_precision
 from dwf_lab.core.config import Profile
-from dwf_lab.core.runtime import evaluation_precision
+from dwf_lab.core.precision import evaluation_precision
 from dwf_lab.evaluation.metrics import over_gradient_modes, per_example, unpack_bits, worst_case_keys
 from dwf_lab.evaluation.records import write_result
 from dwf_lab.mixture.soe import SoE

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from dwf_lab.attacks.precision import bf16_validated, compute_precision, precision_for
-from dwf_lab.core import runtime
+from dwf_lab.core import precision
 from dwf_lab.core.config import get_profile
 from dwf_lab.evaluation.adaptive import AdaptiveSettings
 from dwf_lab.evaluation.checklist import ChecklistSettings, run_checklist, stored_pgd
@@ -72,14 +72,14 @@ def test_bf16_is_refused_on_a_model_it_was_not_checked_on_and_precision_for_fall
 
 def test_auto_is_decided_by_the_measured_speed_and_explicit_values_are_kept(monkeypatch):
     lap = get_profile("laptop", device="cpu")
-    monkeypatch.setattr(runtime, "bf16_attack_speedup", lambda threads: 2.0)
-    assert runtime.evaluation_precision(lap) == "bf16"
-    monkeypatch.setattr(runtime, "bf16_attack_speedup", lambda threads: 0.4)   # a CPU without bf16 units
-    assert runtime.evaluation_precision(lap) == "fp32"
-    monkeypatch.setattr(runtime, "bf16_attack_speedup", lambda threads: 2.0)
-    assert runtime.evaluation_precision(lap.replace(deterministic=True)) == "fp32"
-    assert runtime.evaluation_precision(lap.replace(eval_precision="fp32")) == "fp32"
-    assert runtime.evaluation_precision(get_profile("paper")) == "fp32"
+    monkeypatch.setattr(precision, "bf16_attack_speedup", lambda threads: 2.0)
+    assert precision.evaluation_precision(lap) == "bf16"
+    monkeypatch.setattr(precision, "bf16_attack_speedup", lambda threads: 0.4)   # a CPU without bf16 units
+    assert precision.evaluation_precision(lap) == "fp32"
+    monkeypatch.setattr(precision, "bf16_attack_speedup", lambda threads: 2.0)
+    assert precision.evaluation_precision(lap.replace(deterministic=True)) == "fp32"
+    assert precision.evaluation_precision(lap.replace(eval_precision="fp32")) == "fp32"
+    assert precision.evaluation_precision(get_profile("paper")) == "fp32"
     assert EvalSettings.from_profile(lap).precision == "bf16"
     assert AdaptiveSettings.from_profile(lap).precision == "bf16"
     assert ChecklistSettings.from_profile(lap).precision == "bf16"

@@ -3,7 +3,7 @@ runs keep what they ask for; an Apple-silicon GPU is picked by device=auto where
 import pytest
 import torch
 
-from dwf_lab.core import runtime
+from dwf_lab.core import device
 from dwf_lab.core.config import get_profile
 from dwf_lab.training import fast_path
 from dwf_lab.training.fast_path import PATHS, choose, training_runtime
@@ -58,15 +58,15 @@ def test_the_probe_measures_every_path_this_cpu_can_run():
 
 def test_auto_device_prefers_cuda_then_mps_then_the_cpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(runtime, "mps_available", lambda: True)
-    assert runtime.resolve_device("auto").type == "mps"
-    monkeypatch.setattr(runtime, "mps_available", lambda: False)
-    assert runtime.resolve_device("auto").type == "cpu"
+    monkeypatch.setattr(device, "mps_available", lambda: True)
+    assert device.resolve_device("auto").type == "mps"
+    monkeypatch.setattr(device, "mps_available", lambda: False)
+    assert device.resolve_device("auto").type == "cpu"
     with pytest.raises(RuntimeError, match="no Apple-silicon GPU"):
-        runtime.resolve_device("mps")
+        device.resolve_device("mps")
 
 
-@pytest.mark.skipif(not runtime.mps_available(), reason="no Apple-silicon GPU (mps) on this machine")
+@pytest.mark.skipif(not device.mps_available(), reason="no Apple-silicon GPU (mps) on this machine")
 def test_a_training_step_runs_on_mps():
     from dwf_lab.models import build_model
     model = build_model("resnet18", width=0.0625).to("mps")
