@@ -76,6 +76,17 @@ def _settings_line(settings: dict) -> str | None:
     return "PGD: " + ", ".join(parts) if parts else None
 
 
+def _precision_line(precision: dict[str, list[str]]) -> str | None:
+    """What arithmetic the attacks ran in, per model, when any ran in bf16 (fp32 alone goes unsaid)."""
+    if set(precision) <= {"fp32"}:
+        return None
+    parts = [f"{'bf16 autocast with fp32 logits' if p == 'bf16' else p} for {', '.join(rows)}"
+             for p, rows in sorted(precision.items())]
+    return ("Attack arithmetic: " + "; ".join(parts) + ". bf16 was chosen because a probe measured it "
+            "faster on this CPU; the gradient-masking checklist re-runs PGD-20 in fp32 on each model it "
+            "checks (\"bf16 attacks agree with fp32\").")
+
+
 def _notes(meta: dict, cells: str) -> list[str]:
     ds = meta.get("dataset")
     pds = meta.get("paper_dataset")
@@ -103,6 +114,9 @@ def _notes(meta: dict, cells: str) -> list[str]:
     line = _settings_line(meta.get("settings") or {})
     if line:
         notes.append(line + ".")
+    line = _precision_line(meta.get("precision") or {})
+    if line:
+        notes.append(line)
     if meta.get("settings_differ"):
         notes.append("Warning: evaluation settings differ across files: "
                      + ", ".join(meta["settings_differ"]) + ".")

@@ -105,6 +105,8 @@ def _seed_key(seed) -> tuple:
 # settings that only choose which columns are measured (a missing column reads "—"), never
 # how: they may differ across files without a warning
 WHICH_ATTACKS = ("fgsm_eps", "pgd_steps", "long")
+# settings the notes state per model instead (a baseline is attacked in fp32 where DWF is in bf16)
+PER_MODEL = ("precision",)
 
 
 def _meta(results: list[dict], dataset: str | None) -> dict:
@@ -118,8 +120,13 @@ def _meta(results: list[dict], dataset: str | None) -> dict:
         vals = [json.dumps(s.get(k), sort_keys=True, default=str) for s in all_settings]
         if len(set(vals)) == 1:
             shared[k] = all_settings[0].get(k)
-        elif k not in WHICH_ATTACKS:
+        elif k not in WHICH_ATTACKS + PER_MODEL:
             differ.append(k)
+    precision: dict[str, list[str]] = {}
+    for r in results:
+        rows_in = precision.setdefault((r.get("settings") or {}).get("precision", "fp32"), [])
+        if r["row"] not in rows_in:
+            rows_in.append(r["row"])
     elapsed = [r["elapsed_s"] for r in results if isinstance(r.get("elapsed_s"), (int, float))]
     return {
         "dataset": dataset,
@@ -133,6 +140,7 @@ def _meta(results: list[dict], dataset: str | None) -> dict:
         "runs": {row: len(s) for row, s in rows.items()},
         "settings": shared,
         "settings_differ": differ,
+        "precision": precision,
         "elapsed_s_total": sum(elapsed) if elapsed else None,
         "files": [r["source"] for r in results],
         "paper_source": paper_tables().get("source"),

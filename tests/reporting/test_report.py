@@ -83,6 +83,16 @@ def test_only_settings_that_change_numbers_raise_the_warning(results):
     assert with_settings(pgd_alpha=1 / 255) == ["pgd_alpha"]
 
 
+def test_the_notes_say_which_models_were_attacked_in_bf16(results):
+    last = dict(results[-1], settings=dict(results[-1].get("settings") or {}, precision="bf16"))
+    tables = build_tables(results[:-1] + [last], "cifar10-subset")
+    assert tables["meta"]["settings_differ"] == []          # a per-model setting, not a warning
+    md = to_markdown(tables)
+    line = next(x for x in md.splitlines() if x.startswith("- Attack arithmetic:"))
+    assert f"bf16 autocast with fp32 logits for {last['row']}" in line and "; fp32 for " in line
+    assert "Attack arithmetic" not in to_markdown(build_tables(results, "cifar10-subset"))   # all fp32
+
+
 # ----------------------------------------------------------------- tables --
 def test_build_tables_structure(tables):
     json.dumps(tables, allow_nan=False)  # JSON-able
