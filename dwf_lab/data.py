@@ -39,7 +39,6 @@ from typing import Iterator
 import numpy as np
 import torch
 import torch.nn.functional as F
-import torchvision.datasets as tvd
 
 from dwf_lab.core.config import canonical_dataset
 from dwf_lab.core.runtime import seed_from
@@ -263,6 +262,9 @@ def _build(name, xtr, ytr, xte, yte, n_train, n_test, seed, channels_last, **met
 # ------------------------------------------------------------- real data --
 def _torchvision(dataset: str, root: Path, download: bool, check_only: bool = False):
     """(train, test) torchvision datasets; any failure -> DatasetUnavailableError."""
+    # imported here, not at the top: torchvision.datasets pulls in torch._dynamo (about 1.4 s), and
+    # every notebook, CLI command and test imports this module while few load a torchvision dataset
+    import torchvision.datasets as tvd
 
     def make(train: bool, dl: bool):
         if dataset == "cifar10":
