@@ -14,12 +14,11 @@ differs skips the comparison, saying so, instead of failing on arithmetic it doe
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
 from pathlib import Path
-
-import hashlib
 
 import pytest
 import torch
