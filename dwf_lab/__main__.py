@@ -328,7 +328,7 @@ def _work(args, p, run, data, progress: bool) -> int:
             run_ablations(run, seed, data, progress=progress)
         elif args.command == "adaptive":
             from dwf_lab.pipeline.adaptive import evaluate_adaptive_run
-            evaluate_adaptive_run(run, seed, data, _adaptive_settings(args, p), progress=progress, which=args.stage,
+            evaluate_adaptive_run(run, seed, data, _adaptive_settings(args, run.profile), progress=progress, which=args.stage,
                                   redo=_redo(args))
     if args.command in ("adaptive", "baselines", "ablations"):
         run_all.report_run(run, data=data)

@@ -139,10 +139,13 @@ class Profile:
         return 1 + self.n_fgsm_experts + self.n_pgd_experts
 
 
-# fields that change speed or bookkeeping, never results: a run may change them between calls
+# fields that change speed or bookkeeping, never what the run is: a run may change them between calls.
+# The arithmetic of the training steps (amp) and of the evaluation attacks (eval_precision) is among
+# them: every result records the precision it was computed in and is never read as another, and a
+# run pins eval_precision="auto" to its stored results' precision (dwf_lab.store.runs.Run)
 NOT_IN_DIGEST = frozenset({"device", "amp", "channels_last", "compile", "data_on_device", "num_threads",
                            "expert_batching", "sync_batchnorm", "description", "ckpt_every",
-                           "keep_epoch_checkpoints", "seeds", "eval_batch"})
+                           "keep_epoch_checkpoints", "seeds", "eval_batch", "eval_precision"})
 _FIELDS = {f.name: f for f in fields(Profile)}
 # fields added after runs were first stored, with the value every older run had: a config.json
 # without one holds that value, and the digest leaves the field out at it, so older runs stay valid

@@ -111,6 +111,7 @@ def setup_notebook(profile: str | Profile | None = None, run_name: str | None = 
     threads = configure_threads(p)
     data = load_data(p)   # before the run folder: a dataset that cannot be used leaves nothing behind
     run = Run(run_name or p.name, p)
+    p = run.profile   # evaluation_precision "auto" pinned to what the run's results were computed in
     seed = p.seeds[0] if seed is None else int(seed)
     torch.manual_seed(seed)
     device = Runtime.from_profile(p).device

@@ -24,6 +24,7 @@ from filelock import FileLock, Timeout
 
 from dwf_lab.core.config import ADDED_FIELDS, NOT_IN_DIGEST, Profile, settings_digest
 from dwf_lab.core.io import atomic_write_text
+from dwf_lab.core.precision import evaluation_precision
 
 RUNS_DIR_ENV = "DWF_RUNS_DIR"
 CONFIG_KEYS = ("profile", "digest", "checksum")
@@ -92,12 +93,35 @@ class Run:
         self.profile = profile
         self.root = Path(root) if root is not None else runs_dir() / name
         self._check_or_write_config(create)
+        if profile.eval_precision == "auto":
+            self.profile = profile.replace(eval_precision=self.stored_precision() or evaluation_precision(profile))
 
     @classmethod
     def open(cls, name: str, profile: Profile, root: Path | None = None) -> "Run":
         """An existing run, checked against ``profile``; :class:`RunNotFoundError` when there is
         none. Creates and writes nothing."""
         return cls(name, profile, root, create=False)
+
+    def stored_precision(self) -> str | None:
+        """The precision the run's stored evaluation results were computed in (the most common one
+        where they differ; None when there are none yet). A profile's ``eval_precision="auto"`` is
+        decided by a measurement on the machine that first evaluates the run (a probe a busy moment
+        can sway, and a machine without bf16 units decides otherwise); after that the run keeps
+        what its results were computed in, so a notebook opened later, or the run unpacked on
+        another machine, goes on in the same arithmetic and never meets its own results as
+        computed with other settings."""
+        counts: dict[str, int] = {}
+        for path in sorted(self.eval_dir.glob("*.json")) if self.eval_dir.is_dir() else ():
+            try:
+                rec = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            found = [(rec.get("settings") or {}).get("precision"),
+                     ((rec.get("adaptive") or {}).get("settings") or {}).get("precision")]
+            for precision in found:
+                if precision in ("fp32", "bf16"):
+                    counts[precision] = counts.get(precision, 0) + 1
+        return max(sorted(counts, reverse=True), key=counts.get) if counts else None   # a tie: fp32
 
     @property
     def config_path(self) -> Path:

@@ -239,3 +239,23 @@ def test_a_stale_note_is_not_taken_for_the_holder(tmp_path):
         with pytest.raises(RunBusyError, match=r"is in use by another process \(which one is not written yet\)"):
             with Run.open("r", p, root=tmp_path / "r").lock("evaluate"):
                 pass
+
+
+def test_auto_evaluation_precision_is_pinned_to_what_the_runs_results_were_computed_in(tmp_path, monkeypatch):
+    """"auto" is measured where a run is first evaluated; after that the run keeps its results'
+    arithmetic, whatever a later probe on a busy or another machine says."""
+    from dwf_lab.core import precision
+    p = get_profile("smoke", eval_precision="auto", device="cpu")
+    monkeypatch.setattr(precision, "bf16_attack_speedup", lambda threads: 2.0)    # bf16 units, idle
+    run = Run("r", p, root=tmp_path / "r")
+    assert run.stored_precision() is None and run.profile.eval_precision == "bf16"
+    run.eval_dir.mkdir()
+    (run.eval_dir / "benign_seed0.json").write_text(json.dumps({"settings": {"precision": "bf16"}}))
+    monkeypatch.setattr(precision, "bf16_attack_speedup", lambda threads: 0.9)    # busy, or no bf16 units
+    assert Run.open("r", p, root=tmp_path / "r").profile.eval_precision == "bf16"
+    assert Run("other", p, root=tmp_path / "other").profile.eval_precision == "fp32"   # nothing stored: measured
+    # asked for explicitly, it is a speed switch like amp: the run opens, and the results will say fp32
+    assert Run.open("r", p.replace(eval_precision="fp32"), root=tmp_path / "r").profile.eval_precision == "fp32"
+    (run.eval_dir / "b_seed0.json").write_text(json.dumps({"settings": {"precision": "fp32"},
+                                                           "adaptive": {"settings": {"precision": "fp32"}}}))
+    assert run.stored_precision() == "fp32"          # the most common precision of the stored results
