@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from dwf_lab.core.config import Profile
+from dwf_lab.core.precision import evaluation_precision
 from dwf_lab.core.runtime import Runtime
 from dwf_lab.course.plan import RunInventory, Step
 from dwf_lab.data import steps_per_epoch
@@ -81,16 +82,42 @@ def train_work(stage: Stage, p: Profile, n_train: int) -> float:
     return images * passes_per_image(stage.kind, p) * networks(stage.kind, p)
 
 
-def eval_passes(s: EvalSettings) -> float:
-    """Passes per test image and network of the paper protocol with settings ``s``."""
-    n = FORWARD + len(s.fgsm_eps) * (ATTACK_STEP + FORWARD)
-    if s.pgd_steps:
-        n += max(s.pgd_steps) * ATTACK_STEP + len(s.pgd_steps) * FORWARD
+# Before a model is evaluated, the share of test images it classifies correctly (the protocol
+# attacks only those) and the share still correct after the first PGD-L run (its later restarts
+# attack only those) are not known: these stand in, and the banner says so. (The laptop run's models
+# measured 30-68 % and 0-28 %: DWF 55 and 16.)
+ASSUMED_CLEAN = 0.6
+ASSUMED_SURVIVING = 0.25
+
+
+def eval_passes(s: EvalSettings, clean: float = 1.0, surviving: float | None = None) -> float:
+    """Passes per test image and network of the paper protocol with settings ``s``
+    (:func:`dwf_lab.evaluation.protocol.evaluate_model`): a clean pass on every image; on the
+    ``clean`` share it classifies correctly, FGSM at each eps and one PGD trajectory that PGD-k is
+    read off and the first PGD-L restart continues; the later restarts on the ``surviving`` share
+    (default: ``clean``) that every earlier one left correct."""
+    surviving = clean if surviving is None else surviving
+    per = len(s.fgsm_eps) * (ATTACK_STEP + FORWARD)
+    read_at = list(s.pgd_steps) + ([s.long_steps] if s.long and s.long_steps >= 1 else [])
+    if read_at:
+        per += max(read_at) * ATTACK_STEP + len(read_at) * FORWARD
+    if s.long and s.eot_samples > 1:
+        per += s.eot_samples * s.long_steps * ATTACK_STEP
+    n = FORWARD + clean * per
     if s.long:
-        n += s.restarts * (s.long_steps * ATTACK_STEP + FORWARD)
-        if s.eot_samples > 1:
-            n += s.eot_samples * s.long_steps * ATTACK_STEP
+        n += surviving * (s.restarts - 1) * (s.long_steps * ATTACK_STEP + FORWARD)
     return n
+
+
+def record_shares(rec: dict | None) -> tuple[float, float] | None:
+    """(clean, surviving) shares of an evaluation record (see :func:`eval_passes`), or None."""
+    m = (rec or {}).get("metrics") or {}
+    sa = m.get("SA")
+    if not isinstance(sa, (int, float)):
+        return None
+    long = next((v for k, v in m.items() if k.startswith("pgd:") and k.endswith("-a")), m.get("worst-case"))
+    surviving = float(long) / 100 if isinstance(long, (int, float)) else float(sa) / 100
+    return max(0.0, min(1.0, float(sa) / 100)), max(0.0, min(1.0, surviving))
 
 
 def eval_settings_for(kind: str, p: Profile) -> EvalSettings:
@@ -100,10 +127,11 @@ def eval_settings_for(kind: str, p: Profile) -> EvalSettings:
     return EvalSettings.from_profile(p, long=p.eval_long_for == "all" or kind in KEY_KINDS)
 
 
-def eval_work(kind: str, p: Profile, n_test: int, settings: EvalSettings | None = None) -> float:
+def eval_work(kind: str, p: Profile, n_test: int, settings: EvalSettings | None = None,
+              shares: tuple[float, float] = (ASSUMED_CLEAN, ASSUMED_SURVIVING)) -> float:
     s = settings or eval_settings_for(kind, p)
     modes = len(SoE.gradient_modes) if kind == "soe" else 1
-    return n_test * eval_passes(s) * networks(kind, p) * modes
+    return n_test * eval_passes(s, *shares) * networks(kind, p) * modes
 
 
 def attack_work(key: str, s: AdaptiveSettings, kind: str, p: Profile, n_test: int,
@@ -143,7 +171,7 @@ def checklist_work(kind: str, p: Profile, n_test: int) -> float:
 
 
 def ablation_work(a: Ablation, p: Profile, inv: RunInventory, seed: int,
-                  n_train: int, n_test: int) -> tuple[float, float]:
+                  n_train: int, n_test: int, clean: float = ASSUMED_CLEAN) -> tuple[float, float]:
     """(training passes, evaluation passes) of one ablation variant
     (:func:`dwf_lab.pipeline.ablations.run_variant`)."""
     pv = variant_profile(p, a)
@@ -159,7 +187,7 @@ def ablation_work(a: Ablation, p: Profile, inv: RunInventory, seed: int,
     # the uniform ensemble, which notebook 07 evaluates before its ablations
     read_off = ((reuses and "mixture" in inv.evaluated(seed))
                 or (a.kind == "none" and a.routing == "uniform" and not a.experts))
-    return train, 0.0 if read_off else n_test * eval_passes(ablation_eval_settings(p)) * n
+    return train, 0.0 if read_off else n_test * eval_passes(ablation_eval_settings(p), clean) * n
 
 
 # ==================================================================== rates ==
@@ -213,9 +241,10 @@ def measured_rates(p: Profile, inv: RunInventory, n_train: int, n_test: int) -> 
         n = int(rec.get("n_test") or n_test)
         s = _record_settings(EvalSettings, rec.get("settings"))
         elapsed = rec.get("elapsed_s")
-        if s is not None and isinstance(elapsed, (int, float)) and elapsed > 0:
+        shares = record_shares(rec)
+        if s is not None and shares is not None and isinstance(elapsed, (int, float)) and elapsed > 0:
             try:
-                ev.setdefault(kind, []).append((name, elapsed / eval_work(kind, p, n, s)))
+                ev.setdefault(kind, []).append((name, elapsed / eval_work(kind, p, n, s, shares)))
             except ValueError:
                 pass
         info = rec.get("adaptive") or {}
@@ -229,8 +258,9 @@ def measured_rates(p: Profile, inv: RunInventory, n_train: int, n_test: int) -> 
             elapsed, train_s = rec.get("elapsed_s"), inv.ablation_seconds.get((seed, name))
             n = int(rec.get("n_test") or n_test)
             experts = int(rec.get("experts") or p.n_experts)
-            if isinstance(elapsed, (int, float)) and elapsed > 0:
-                work = n * eval_passes(ablation_eval_settings(p)) * experts
+            shares = record_shares(rec)
+            if isinstance(elapsed, (int, float)) and elapsed > 0 and shares is not None:
+                work = n * eval_passes(ablation_eval_settings(p), shares[0]) * experts
                 ev.setdefault("ablation", []).append((f"ablation {name}", elapsed / work))
             if train_s and rec.get("kind") not in (None, "none"):
                 stage = CommonSeedStage(name, rec["kind"], p.mixture_epochs, p.mixture_batch, name)
@@ -254,8 +284,9 @@ def probe_throughput(width: float, batch: int, num_classes: int, in_channels: in
     :data:`PROBE_SECONDS` (:data:`PROBE_BUDGET` in all), in fp32 and, when ``try_bf16`` (a CPU
     whose profile says "auto": the fast path's own probe decides when training starts), with
     bf16 + channels_last, skipped when fp32 alone took more than a second (a busy machine). ``train``: the rate training will
-    most likely get (:func:`dwf_lab.training.fast_path.choose`); ``fp32``: evaluation's (attacks
-    run in fp32). About a second on a laptop CPU; cached per process."""
+    most likely get (:func:`dwf_lab.training.fast_path.choose`); ``fp32`` and, where measured,
+    ``bf16`` (with channels_last): the evaluation attacks run in one of them. About a second on a
+    laptop CPU; cached per process."""
     dev = torch.device(device)
     torch.manual_seed(0)
     x = torch.rand(batch, in_channels, size, size, device=dev)
@@ -300,6 +331,7 @@ def probe_throughput(width: float, batch: int, num_classes: int, in_channels: in
     else:
         train = "fp32"
     return {"fp32": rates["fp32"], "train": rates[train], "path": train, "batch": batch,
+            **({"bf16": rates["bf16+channels_last"]} if "bf16+channels_last" in rates else {}),
             "seconds": time.perf_counter() - t_all}
 
 
@@ -335,19 +367,48 @@ class Estimator:
         self._probe: dict | None = None
 
     def probe(self) -> tuple[dict, str]:
+        """Images/s of a training step: ``train`` on the path training takes, ``eval`` on the
+        arithmetic the evaluation attacks run in (:func:`dwf_lab.core.precision.evaluation_precision`)."""
+        bf16_eval = evaluation_precision(self.p) == "bf16"
         fp = self.inv.fast_path
         if fp and isinstance(fp.get("images_per_s"), dict) and fp.get("choice") in fp["images_per_s"]:
             r = fp["images_per_s"]
-            return ({"fp32": float(r.get("fp32", r[fp["choice"]])), "train": float(r[fp["choice"]])},
-                    f"the fast-path probe this run logged when it first trained ({r[fp['choice']]:.0f} "
-                    f"images/s, {fp['choice']}, one ResNet-18 training step at width {self.p.width:g})")
+            train = float(r[fp["choice"]])
+            fp32 = float(r.get("fp32", train))
+            rates = {"fp32": fp32, "train": train, "eval": float(r.get("bf16+channels_last", train)) if bf16_eval
+                     else max(fp32, float(r.get("fp32+channels_last", fp32)))}
+            return rates, (f"the fast-path probe this run logged when it first trained ({train:.0f} "
+                           f"images/s, {fp['choice']}, one ResNet-18 training step at width {self.p.width:g}; "
+                           f"the attacks run in {'bf16' if bf16_eval else 'fp32'}: {rates['eval']:.0f})")
         if self._probe is None:
             self._probe = _probe(self.p, self.data, self.device, self.threads)
-        pr = self._probe
+        pr = dict(self._probe)
+        pr["eval"] = pr.get("bf16", pr["train"]) if bf16_eval else pr["fp32"]
         return pr, (f"a {pr['seconds']:.1f}-second throughput probe on this machine ({pr['train']:.0f} images/s "
                     f"for one ResNet-18 training step at width {self.p.width:g}, batch {pr['batch']}, "
-                    f"{self.threads} thread{'s' if self.threads != 1 else ''}; {pr['fp32']:.0f} in fp32, "
-                    f"which the attacks use)")
+                    f"{self.threads} thread{'s' if self.threads != 1 else ''}; {pr['eval']:.0f} in "
+                    f"{'bf16' if bf16_eval else 'fp32'}, which the attacks use)")
+
+    def shares(self, kind: str) -> tuple[tuple[float, float], str]:
+        """(clean, surviving) shares for a model of ``kind`` not yet evaluated: the median of this
+        run's evaluated models of that kind, else of all of them, else the assumed ones."""
+        found = {k: [sh for sh in (record_shares(r) for r in recs) if sh is not None]
+                 for k, recs in self._records_by_kind().items()}
+        pool = found.get(kind) or [sh for v in found.values() for sh in v]
+        if pool:
+            clean, surviving = _median(c for c, _ in pool), _median(v for _, v in pool)
+            which = f"{kind} models" if found.get(kind) else "models"
+            return (clean, surviving), (f"{clean:.0%} of the images correct and {surviving:.0%} surviving, "
+                                        f"as this run's evaluated {which}")
+        return (ASSUMED_CLEAN, ASSUMED_SURVIVING), (f"assuming {ASSUMED_CLEAN:.0%} of the images correct "
+                                                    f"and {ASSUMED_SURVIVING:.0%} surviving (none evaluated yet)")
+
+    def _records_by_kind(self) -> dict[str, list[dict]]:
+        stages = {st.name: st.kind for st in plan_stages(self.p) + baseline_stages(self.p)}
+        out: dict[str, list[dict]] = {}
+        for (_, name), rec in self.inv.records.items():
+            out.setdefault(str(rec.get("stage_kind") or stages.get(name, name)), []).append(rec)
+        return out
 
     def _pick(self, table: dict, kind: str, what: str, others: str) -> Rate | None:
         if table.get(kind):
@@ -373,7 +434,7 @@ class Estimator:
         if rate is not None:
             return rate
         pr, how = self.probe()
-        return Rate(1 / pr["fp32"], how, "probe")
+        return Rate(1 / pr["eval"], how, "probe")
 
     def attack_rate(self, key: str) -> Rate:
         rate = self._pick(self.measured.attack, key, f"time per step of {key}", "adaptive-attack times")
@@ -394,8 +455,9 @@ class Estimator:
             return StepCost(step, train_work(st, p, n_train) * rate.seconds_per_pass, detail, rate)
         if step.action == "evaluate":
             rate = self.eval_rate(step.kind)
-            return StepCost(step, eval_work(step.kind, p, n_test) * rate.seconds_per_pass,
-                            f"{n_test:,} test images, the paper's protocol", rate)
+            shares, assumed = self.shares(step.kind)
+            return StepCost(step, eval_work(step.kind, p, n_test, shares=shares) * rate.seconds_per_pass,
+                            f"{n_test:,} test images, the paper's protocol ({assumed})", rate)
         if step.action == "attack":
             s = AdaptiveSettings.from_profile(p)
             robust = _robust(self.inv.records.get((step.seed, step.name)))
@@ -410,7 +472,8 @@ class Estimator:
             what += ("; " if what else "") + ("the gradient-masking checklist" if step.checklist else "")
             return StepCost(step, seconds, what, rate)
         if step.action == "ablation":
-            train, ev = ablation_work(step.ablation, p, self.inv, step.seed, n_train, n_test)
+            train, ev = ablation_work(step.ablation, p, self.inv, step.seed, n_train, n_test,
+                                      self.shares("mixture")[0][0])
             t_rate, e_rate = self.train_rate(step.ablation.kind if train else "mixture"), self.eval_rate("ablation")
             detail = ("trains a mixture, then PGD-20" if train else "no training, PGD-20" if ev
                       else "read off the stored result of the same model")

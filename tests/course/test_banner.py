@@ -14,6 +14,7 @@ from dwf_lab.course import cost
 from dwf_lab.course.banner import compact, duration, notebook_banner
 from dwf_lab.course.plan import NOTEBOOK_PLANS, inventory, notebook_steps
 from dwf_lab.course.setup import setup_notebook
+from dwf_lab.evaluation.protocol import EvalSettings
 from dwf_lab.pipeline.reproduce import train_run
 from dwf_lab.store.runs import Run
 from dwf_lab.training.builders import load_data
@@ -109,7 +110,8 @@ def test_measured_evaluation_times_are_used(smoke, monkeypatch):
     for n in [s.name for s in plan_stages(p)]:
         inv.trained.setdefault(0, []).append(n)
     inv.records[(0, "benign")] = {"stage_kind": "benign", "n_test": len(data.x_test), "elapsed_s": 3.0,
-                                  "settings": {"fgsm_eps": [0.03], "pgd_steps": [2], "long": False}}
+                                  "settings": {"fgsm_eps": [0.03], "pgd_steps": [2], "long": False},
+                                  "metrics": {"SA": 80.0, "fgsm:0.03": 50.0, "pgd:2": 40.0, "worst-case": 40.0}}
     _no_probe(monkeypatch)
     costs = cost.estimate(notebook_steps("05", p, inv), p, data, inv)
     ev = {c.step.name: c for c in costs if c.step.action == "evaluate"}
@@ -149,3 +151,16 @@ def test_formatting():
         "benign, fgsm-1..4, pgd-1, pgd-2"
     assert duration(0.4) == "under a second" and duration(42) == "42 s" and duration(600) == "10 min"
     assert duration(3900) == "1 h 05 min"
+
+
+def test_the_protocol_work_counts_only_the_images_it_attacks():
+    """The protocol attacks the correctly classified images (FGSM, one PGD trajectory that the
+    first PGD-100 restart continues) and restarts only the images every earlier attack left."""
+    s = EvalSettings(fgsm_eps=(0.01, 0.03), pgd_steps=(10, 20), long=True, long_steps=100, restarts=3)
+    f, a = cost.FORWARD, cost.ATTACK_STEP
+    assert cost.eval_passes(s, clean=0.0, surviving=0.0) == pytest.approx(f)
+    attacked = 2 * (a + f) + 100 * a + 3 * f          # FGSM x2; 100 steps read at 10, 20 and 100
+    later = 2 * (100 * a + f)                          # restarts 2 and 3
+    assert cost.eval_passes(s, clean=0.5, surviving=0.2) == pytest.approx(f + 0.5 * attacked + 0.2 * later)
+    assert cost.record_shares({"metrics": {"SA": 50.0, "pgd:100-a": 20.0, "worst-case": 18.0}}) == (0.5, 0.2)
+    assert cost.record_shares({"metrics": {}}) is None
