@@ -114,10 +114,22 @@ def peak_bf16_tflops(device: torch.device) -> tuple[str | None, float | None]:
     return key, PEAK_BF16_TFLOPS[key]
 
 
+def cpu_model() -> str:
+    """The CPU's model name ("AMD EPYC", "Intel(R) Xeon(R) ..."), from /proc/cpuinfo where there is one."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    return f"CPU ({cpu_model()}, {platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 def _sync(device: torch.device) -> None:
