@@ -16,10 +16,11 @@ A screenshot of the page after the flip is saved as ``eps_slider.png`` in the
 test's ``tmp_path`` (and copied to ``$DWF_SCREENSHOT_DIR`` when that is set); on
 failure a ``debug.png`` is saved there too and the browser console is printed.
 
-The static site (:mod:`dwf_lab.course.site`): notebooks 00 and 01 run headlessly at the
-smoke profile (``run_course``, which then builds ``runs/<run>/site/``); Chromium opens the
-index and each page from ``file://`` with every http(s) request aborted, and checks that none
-was made, that every plotly figure drew its SVG (``.main-svg``), that every image decoded
+The static site (:mod:`dwf_lab.course.site`) of the whole course run headlessly at the smoke
+profile (the session's ``smoke_course``, tests/course/conftest.py: ``run_course``, which then
+builds ``runs/<run>/site/``): Chromium opens the index and each page from ``file://`` with every
+http(s) request aborted, and checks that none was made, that every figure the executed notebook
+holds is on its page and drew its SVG (``.main-svg``), that every image decoded
 (``naturalWidth > 0``) and that each notebook page shows its cost banner.
 """
 from __future__ import annotations
@@ -324,8 +325,13 @@ def test_eps_slider_flips_the_prediction_in_jupyterlab(browser_deps, jupyter_lab
 
 
 # ------------------------------------------------------------------ static site --
-SITE_NOTEBOOKS = ("00", "01")
 FIGURE_TIMEOUT = 30_000   # ms: plotly drawing every figure of a page
+
+def _plotly_outputs(notebook: Path) -> int:
+    nb = json.loads(notebook.read_text(encoding="utf-8"))
+    return sum("application/vnd.plotly.v1+json" in out.get("data", {})
+               for cell in nb["cells"] if cell["cell_type"] == "code" for out in cell.get("outputs", []))
+
 
 _FIGURES_JS = """() => {
   const divs = [...document.querySelectorAll('.plotly-graph-div')];
@@ -337,19 +343,14 @@ _FIGURES_JS = """() => {
 }"""
 
 
-def test_static_site_opens_offline_with_its_figures(browser_deps, tmp_path, monkeypatch):
-    from dwf_lab.core.config import get_profile
-    from dwf_lab.course.runner import run_course
-
+def test_static_site_opens_offline_with_its_figures(browser_deps, smoke_course):
     chromium, sync_playwright = browser_deps
     t0 = time.monotonic()
-    monkeypatch.setenv("DWF_RUNS_DIR", str(tmp_path / "runs"))
-    monkeypatch.delenv("DWF_STATIC_FIGURES", raising=False)
-    done = run_course(get_profile("smoke"), run_name="site", notebooks=list(SITE_NOTEBOOKS))
-    site = tmp_path / "runs" / "site" / "site"
-    pages = [site / f"{p.stem}.html" for p in done]
+    site = smoke_course.root / "site"
+    pages = [site / f"{p.stem}.html" for p in smoke_course.done]
     assert all(p.exists() for p in pages) and (site / "index.html").exists()
-    print(f"\n[site] {len(pages)} notebooks executed and rendered after {time.monotonic() - t0:.0f}s")
+    figures = {p.stem: _plotly_outputs(p) for p in smoke_course.done}
+    assert sum(figures.values()) > 0
     requested: list[str] = []
     problems: list[str] = []
     with sync_playwright() as pw:
@@ -372,7 +373,9 @@ def test_static_site_opens_offline_with_its_figures(browser_deps, tmp_path, monk
                 state = page.evaluate(_FIGURES_JS)
                 print(f"[site] {path.name}: {state['figures']} figures drawn, {state['images']} images, "
                       f"{state['banners']} banner")
-                assert state["figures"] >= 1 and state["drawn"] == state["figures"], (path.name, state)
+                # every figure the executed notebook holds is on its page, and drawn
+                assert state["figures"] == figures[path.stem] and state["drawn"] == state["figures"], \
+                    (path.name, figures[path.stem], state)
                 assert state["decoded"] == state["images"], (path.name, state)
                 assert state["banners"] == 1, f"{path.name}: no cost banner on the page"
         finally:

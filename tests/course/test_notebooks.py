@@ -145,11 +145,9 @@ def test_reading_is_computed_from_the_numbers():
 
 # ---------------------------------------------------- papermill smoke run --
 @pytest.mark.slow
-def test_course_runs_headlessly_at_smoke(monkeypatch, tmp_path):
-    monkeypatch.setenv("DWF_RUNS_DIR", str(tmp_path / "runs"))
-    monkeypatch.delenv("DWF_PROFILE", raising=False)
-    done = run_course(get_profile("smoke"), run_name="ci")
-    out = tmp_path / "runs" / "ci" / "notebooks"
+def test_course_runs_headlessly_at_smoke(smoke_course):
+    done, run = smoke_course.done, smoke_course.root
+    out = run / "notebooks"
     assert [p.name for p in done] == [p.name for p in NOTEBOOKS]
     for path in done:
         nb = _read(path)
@@ -159,7 +157,6 @@ def test_course_runs_headlessly_at_smoke(monkeypatch, tmp_path):
         outputs = [o for c in code for o in c.outputs]
         assert outputs, f"{path.name} produced no outputs"
         assert not [o for o in outputs if o.output_type == "error"], path.name
-    run = tmp_path / "runs" / "ci"
     assert (run / "report" / "report.md").exists()
     assert (run / "seed-0" / "models" / "mixture.safetensors").exists()
     times = json.loads((run / TIMES_FILE).read_text())["notebooks"]
