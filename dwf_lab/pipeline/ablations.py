@@ -111,6 +111,7 @@ def run_variant(run, seed: int, data, a: Ablation, progress: bool = True,
         train_stage(model, data, stage, pv, seed=seed, ckpt_dir=vdir / "checkpoints",
                     final_path=model_path, runtime=rt, log=log, progress=progress)
         train_s = time.time() - t0
+        log({"event": "stage_time", "stage": stage.name, "seconds": train_s})   # as the run's stages log it
     model = for_evaluation(model.to(dev), p, dev)
     extra = {"variant": a.name, "question": a.question, "experts": n_experts, "routing": a.routing,
              "k": a.k, "kind": a.kind, "train_s": round(train_s, 2), "note": note,

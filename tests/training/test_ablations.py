@@ -8,6 +8,7 @@ import torch
 from tinymodels import fake_trained_experts  # tests/ is on sys.path
 
 from dwf_lab.core.config import get_profile
+from dwf_lab.course.plan import inventory
 from dwf_lab.mixture.moe import MixtureOfExperts, dwf_mixture
 from dwf_lab.pipeline.ablations import run_ablations
 from dwf_lab.reporting.figures import ablation_bar_chart
@@ -110,6 +111,8 @@ def test_one_variant_trains_and_evaluates_end_to_end(tmp_path, monkeypatch):
     assert (vdir / "model.safetensors").exists() and (vdir / "eval.json").exists()
     rec = json.loads((vdir / "eval.json").read_text())
     assert rec["settings"]["pgd_steps"] == [20] and rec["settings"]["fgsm_eps"] == []
+    # its training time is logged as every stage's is, so the cost banner can scale from it
+    assert (0, "experts-1") in inventory(run).ablation_seconds
     rep = json.loads((run.report_dir / "ablations.json").read_text())
     assert [r["variant"] for r in rep["rows"]] == ["experts-1", "uniform-untrained"]
     assert "experts-5" in rep["skipped"]
