@@ -143,6 +143,21 @@ def refuse_changed_settings(found: dict, command: str) -> None:
         f"--redo {','.join(keys)} (in Python: redo={tuple(keys)!r}), or ask for the stored settings")
 
 
+def stored_autoattack_is_standard(run, seed: int, names: Sequence[str]) -> bool:
+    """True when these models of the run have AutoAttack results and every one of them ran the
+    official suite at its standard budget (a run that went through ``--aa standard`` or notebook
+    06's full scope): asking for the profile's smaller budget would then be refused, so the
+    course asks for the standard suite again and reads the stored results."""
+    found = []
+    for name in names:
+        path = run.eval_path(seed, name)
+        if path.exists():
+            stored = (json.loads(path.read_text()).get("attack_settings") or {}).get("autoattack")
+            if stored is not None:
+                found.append(bool(stored.get("standard")))
+    return bool(found) and all(found)
+
+
 def _aa_flag(s: AdaptiveSettings, p) -> str:
     """``" --aa standard"`` when ``s`` runs the official AutoAttack at its standard budget and the
     profile ``p``'s size would not (the command line that asks for ``s``), else ``""``."""
@@ -223,7 +238,7 @@ def adaptive_into_record(rec: dict, path, load: Callable[[], nn.Module], mixture
 def evaluate_adaptive_run(run, seed: int, data, settings: AdaptiveSettings | None = None,
                           progress: bool = True, which: str | None = None, checklist: bool = True,
                           checklist_settings=None, device: str | None = None,
-                          redo: Sequence[str] = ()) -> list[dict]:
+                          redo: Sequence[str] = (), replace: Sequence[str] = ()) -> list[dict]:
     """Adaptive attacks for every finished model of one seed, merged into its eval JSON.
 
     Models: each finished stage (``which`` as in :func:`dwf_lab.training.stages.select_stages`)
@@ -242,23 +257,28 @@ def evaluate_adaptive_run(run, seed: int, data, settings: AdaptiveSettings | Non
     with other settings (a smaller budget, another library version, or none recorded) is never
     relabelled: before anything runs, the call stops with one line naming the result, the
     difference and how to redo it, unless its key is in ``redo`` (e.g. ``("autoattack",)``),
-    which recomputes it and replaces the stored one. The official AutoAttack's robust accuracy
-    after each of its attacks goes to ``rec["autoattack_stages"]``. Returns the records.
+    which recomputes it and replaces the stored one. ``replace`` (e.g. ``("autoattack",)``: what a
+    deliberate change of budget asks for, notebook 06's full scope) recomputes and replaces the
+    stored results of those keys only where their settings differ from the ones asked for, and
+    keeps the ones that match. The official AutoAttack's robust accuracy after each of its attacks
+    goes to ``rec["autoattack_stages"]``. Returns the records.
     """
 
     p = run.profile
     s = settings or AdaptiveSettings.from_profile(p)
     dev = torch.device(device) if device else Runtime.from_profile(p).device
-    check_redo(s, redo)
+    check_redo(s, tuple(redo) + tuple(replace))
     command = f"python -m dwf_lab adaptive --run {run.name}" + _aa_flag(s, p)
     done = [st.name for st in stages_done(run, seed)]
     targets = _targets(run, seed, data, which, dev)
-    changed = {}                # every stored result checked before anything runs
+    changed, redo_for = {}, {}  # every stored result checked before anything runs
     for target in targets:
         path = run.eval_path(seed, target.name)
         if path.exists():
             diffs = stored_settings_differences(json.loads(path.read_text()), target.settings(s),
                                                 s.attack_names(target.mixture), seed, redo)
+            redo_for[target.name] = tuple(redo) + tuple(k for k in diffs if k in replace)
+            diffs = {k: why for k, why in diffs.items() if k not in replace}
             if diffs:
                 changed[path] = diffs
     refuse_changed_settings(changed, command)
@@ -270,7 +290,8 @@ def evaluate_adaptive_run(run, seed: int, data, settings: AdaptiveSettings | Non
                          device=str(dev) if device else None)
         rec = json.loads(path.read_text())
         model = adaptive_into_record(rec, path, target.load, target.mixture, data, target.settings(s), seed, dev,
-                                     progress=progress, desc=f"adaptive {target.name}", redo=redo, command=command)
+                                     progress=progress, desc=f"adaptive {target.name}",
+                                     redo=redo_for.get(target.name, tuple(redo)), command=command)
         atomic_write_text(path, json.dumps(rec, indent=1))
         out.append(rec)
 

@@ -31,7 +31,7 @@ from dwf_lab.evaluation.records import key_n, stored_correct
 from dwf_lab.mixture.moe import MixtureOfExperts
 from dwf_lab.models.registry import build_model
 from dwf_lab.pipeline import adaptive as pipe_adaptive
-from dwf_lab.pipeline.adaptive import evaluate_adaptive_run
+from dwf_lab.pipeline.adaptive import evaluate_adaptive_run, stored_autoattack_is_standard
 from dwf_lab.pipeline.reproduce import evaluate_run
 from dwf_lab.pipeline.run_all import report_run
 from dwf_lab.reporting.figures import expert_accuracy_bar, transfer_heatmap, weights_bar
@@ -454,6 +454,38 @@ def test_a_result_is_never_relabelled_with_settings_it_was_not_computed_with(tmp
     with pytest.raises(ValueError, match=r"'pgd-4' result .*no recorded settings.*1 more stored result.*"
                                          r"--redo pgd-4,autoattack "):
         evaluate_adaptive_run(run, 0, data, bigger, progress=False, which="benign", checklist=False)
+
+
+@needs_aa
+def test_replace_recomputes_a_key_only_where_its_stored_settings_differ(tmp_path, monkeypatch):
+    """notebook 06's full scope: a bigger AutoAttack budget replaces a smaller stored one, once; the
+    other keys are still refused when they differ; a run whose AutoAttack results are all the
+    standard suite is asked for the standard suite again."""
+    run, data = tiny_run(tmp_path / "run", mixture=False)
+    small = tiny_settings(dlr=False, long_steps=0)
+    evaluate_adaptive_run(run, 0, data, small, progress=False, which="benign", checklist=False)
+    bigger = dataclasses.replace(small, aa_iter=6)
+    with pytest.raises(ValueError, match=r"'pgd-4'.*alpha"):            # replace names autoattack only
+        evaluate_adaptive_run(run, 0, data, dataclasses.replace(bigger, alpha=ALPHA / 2), progress=False,
+                              which="benign", checklist=False, replace=("autoattack",))
+    seen = []
+    real = _run_batch
+    monkeypatch.setattr(ev_adaptive, "_run_batch", lambda m, xb, yb, s_, want, *a: seen.append(set(want)) or
+                        real(m, xb, yb, s_, want, *a))
+    evaluate_adaptive_run(run, 0, data, bigger, progress=False, which="benign", checklist=False,
+                          replace=("autoattack",))
+    assert seen and all(w == {"autoattack"} for w in seen)
+    path = run.eval_path(0, "benign")
+    rec = json.loads(path.read_text())
+    assert rec["attack_settings"]["autoattack"]["budget"]["apgd_iter"] == 6
+    seen.clear()
+    evaluate_adaptive_run(run, 0, data, bigger, progress=False, which="benign", checklist=False,
+                          replace=("autoattack",))
+    assert seen == [], "a stored result with the settings asked for is kept"
+    assert not stored_autoattack_is_standard(run, 0, ["benign"])
+    rec["attack_settings"]["autoattack"]["standard"] = True      # as --aa standard stores it
+    path.write_text(json.dumps(rec))
+    assert stored_autoattack_is_standard(run, 0, ["benign"]) and not stored_autoattack_is_standard(run, 0, [])
 
 
 def test_attacks_at_another_eps_are_refused_not_pooled(tmp_path):
