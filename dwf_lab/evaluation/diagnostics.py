@@ -210,6 +210,25 @@ def predictions(models: Mapping[str, nn.Module], x: torch.Tensor, batch_size: in
     return out
 
 
+@torch.no_grad()
+def logit_scale(models: Mapping[str, nn.Module], x: torch.Tensor, batch_size: int = 512) -> dict[str, dict]:
+    """How loudly each model speaks: ``{name: {"logit_std", "top_prob"}}`` on ``x`` in eval mode.
+
+    ``logit_std`` is the mean over images of the standard deviation of a model's logits across
+    classes; ``top_prob`` the mean of its largest softmax probability. A plain average of logits
+    gives each model a say in proportion to ``logit_std``: one confident, non-robust member can
+    outvote several robust ones whose logits are flat. Each model's mode is restored.
+    """
+    out = {}
+    for name, m in models.items():
+        dev = next(m.parameters()).device
+        with keep_state([m]):
+            m.eval()
+            z = torch.cat([m(x[i:i + batch_size].to(dev)).float().cpu() for i in range(0, len(x), batch_size)])
+        out[name] = {"logit_std": float(z.std(dim=1).mean()), "top_prob": float(z.softmax(1).max(1).values.mean())}
+    return out
+
+
 def disagreement_matrix(models: Mapping[str, nn.Module], x: torch.Tensor) -> np.ndarray:
     """% of inputs on which each pair of models predicts different classes."""
     preds = predictions(models, x)

@@ -24,6 +24,8 @@ from dwf_lab.evaluation.diagnostics import (
     class_probabilities,
     diagnose_mixture,
     gate_weights,
+    logit_scale,
+    predictions,
     transfer_matrix,
 )
 from dwf_lab.evaluation.metrics import WORST, unpack_bits, worst_case_keys
@@ -159,6 +161,31 @@ def test_uniform_average_shares_experts_and_leaves_the_mixture_untouched():
     with torch.no_grad():
         expected = torch.stack([f(x) for f in mix.experts]).mean(0)
         assert torch.allclose(uni(x), expected, atol=1e-5)
+
+
+class _Louder(torch.nn.Module):
+    def __init__(self, model, factor):
+        super().__init__()
+        self.model, self.factor = model, factor
+
+    def forward(self, x):
+        return self.factor * self.model(x)
+
+
+def test_logit_scale_measures_how_loudly_a_member_speaks_in_a_plain_average():
+    a, data = tiny_trained(0)
+    b = tiny_trained(1)[0]
+    x = data.x_test[:32]
+    loud = _Louder(b, 100.0)
+    loud.train()
+    scale = logit_scale({"a": a, "b": b, "loud b": loud}, x)
+    assert loud.training                                     # the mode is restored
+    assert scale["loud b"]["logit_std"] == pytest.approx(100 * scale["b"]["logit_std"], rel=1e-4)
+    assert scale["loud b"]["top_prob"] >= scale["b"]["top_prob"]
+    # in a plain average of logits the loud member decides every prediction
+    avg = MixtureOfExperts([a, loud], None, routing="uniform").eval()
+    preds = predictions({"avg": avg, "b": b}, x)
+    assert torch.equal(preds["avg"], preds["b"])
 
 
 def test_transfer_is_weaker_than_white_box():
