@@ -198,19 +198,19 @@ def diagnose_mixture(mix: nn.Module, x: torch.Tensor, y: torch.Tensor,
 
 # ===================================================== diversity of experts ==
 @torch.no_grad()
+def eval_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """The model's fp32 logits on ``x`` (on the CPU), in eval mode, in batches; its mode is restored."""
+    dev = next(model.parameters()).device
+    with keep_state([model]):
+        model.eval()
+        return torch.cat([model(x[i:i + batch_size].to(dev)).float().cpu() for i in range(0, len(x), batch_size)])
+
+
 def predictions(models: Mapping[str, nn.Module], x: torch.Tensor, batch_size: int = 512) -> dict:
     """``{name: predicted classes (CPU)}`` in eval mode; each model's mode is restored."""
-    out = {}
-    for name, m in models.items():
-        dev = next(m.parameters()).device
-        with keep_state([m]):
-            m.eval()
-            out[name] = torch.cat([m(x[i:i + batch_size].to(dev)).argmax(1).cpu()
-                                   for i in range(0, len(x), batch_size)])
-    return out
+    return {name: eval_logits(m, x, batch_size).argmax(1) for name, m in models.items()}
 
 
-@torch.no_grad()
 def logit_scale(models: Mapping[str, nn.Module], x: torch.Tensor, batch_size: int = 512) -> dict[str, dict]:
     """How loudly each model speaks: ``{name: {"logit_std", "top_prob"}}`` on ``x`` in eval mode.
 
@@ -221,10 +221,7 @@ def logit_scale(models: Mapping[str, nn.Module], x: torch.Tensor, batch_size: in
     """
     out = {}
     for name, m in models.items():
-        dev = next(m.parameters()).device
-        with keep_state([m]):
-            m.eval()
-            z = torch.cat([m(x[i:i + batch_size].to(dev)).float().cpu() for i in range(0, len(x), batch_size)])
+        z = eval_logits(m, x, batch_size)
         out[name] = {"logit_std": float(z.std(dim=1).mean()), "top_prob": float(z.softmax(1).max(1).values.mean())}
     return out
 
