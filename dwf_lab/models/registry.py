@@ -15,7 +15,7 @@ from dwf_lab.models.resnet import resnet18
 
 # ---------------------------------------------------------------- registry --
 # Every buildable architecture is registered by name so a checkpoint can rebuild
-# its model from (arch, kwargs) alone. Other modules (moe, zoo) register theirs.
+# its model from (arch, kwargs) alone. Other modules (moe) register theirs.
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"resnet18": resnet18}
 
 

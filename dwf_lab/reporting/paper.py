@@ -50,6 +50,14 @@ PAPER_DATASET: dict[str, str] = {
 DATASET_LABELS: dict[str, str] = {"cifar10": "CIFAR-10", "svhn": "SVHN"}
 
 
+# the plain networks of Tables 2-3 (standard training, no adversarial training), as the tables
+# label their rows; the kit builds none of them except ResNet-18 (a run's benign expert)
+PLAIN_NETWORK_ROWS: frozenset[str] = frozenset({
+    "VGG-19", "ResNet-18", "ResNet-34", "ResNet-50", "DenseNet-121", "DenseNet-169",
+    "GoogLeNet", "Inception-V3", "Xception", "MobileNet-V2",
+})
+
+
 @functools.lru_cache(maxsize=1)
 def _load() -> str:
     return resources.files("dwf_lab").joinpath("reporting", "paper_tables.json").read_text(encoding="utf-8")

@@ -7,6 +7,7 @@ import pytest
 
 from dwf_lab.reporting.paper import (
     METRIC_FOR_COLUMN,
+    PLAIN_NETWORK_ROWS,
     TABLE2_COLUMNS,
     TABLE3_COLUMNS,
     comparability_note,
@@ -22,6 +23,13 @@ def test_packaged_tables_equal_shared_copy():
     if not SHARED_TABLES.exists():
         pytest.skip("no ../shared/paper-tables.json here")
     assert paper_tables() == json.loads(SHARED_TABLES.read_text(encoding="utf-8"))
+
+
+def test_plain_network_rows_are_the_papers_undefended_rows():
+    tables = paper_tables()
+    rows = {r for key in ("table2_fgsm", "table3_pgd") for ds in ("cifar10", "svhn") for r in tables[key][ds]}
+    assert PLAIN_NETWORK_ROWS <= rows
+    assert rows - PLAIN_NETWORK_ROWS == {"ResNet-18 (FGSM-AT)", "ResNet-18 (PGD-AT)", "SoE", "ADVMoE", "DWF"}
 
 
 def test_paper_values_for_known_cells():
