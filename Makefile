@@ -57,7 +57,7 @@ test: setup browser-deps lint
 	  --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider --durations=15
 
 bench: setup
-	$(PY) -m dwf_lab.bench
+	$(PY) benchmarks/bench.py
 
 # Re-resolve the pins: a throw-away venv gets the newest allowed versions, and its freeze
 # becomes constraints.txt. Review the diff and run make test before committing it.

@@ -1,13 +1,14 @@
 """Benchmark: the kit's fast training path against a naive reference, step by step.
 
-    python -m dwf_lab.bench [--size tiny|laptop-w8|laptop-w4|full] [--device auto] [--out benchmarks/results/NAME.json]
+    python benchmarks/bench.py [--size tiny|laptop-w8|laptop-w4|full] [--device auto] [--out benchmarks/results/NAME.json]
 
 One run measures, side by side, two implementations of the same training steps:
 
 - ``reference`` -- what a straightforward PyTorch script does: fp32; the experts
   of the mixture in a Python loop; attacks that call ``loss.backward()`` with the
   parameters' ``requires_grad`` left on (so every attack step also computes and
-  accumulates parameter gradients, zeroed afterwards); a CPU
+  accumulates parameter gradients, zeroed afterwards: the kit's FGSM/PGD steps,
+  :func:`dwf_lab.attacks.pgd_iterates`, with that gradient); a CPU
   ``torch.utils.data.DataLoader`` over a ``TensorDataset`` with CPU-side
   augmentation and a host-to-device copy per batch; ``loss.item()`` every step.
 - ``reference_best`` (CPU) -- the same plain loop on the path the CPU probe found fastest
@@ -25,11 +26,14 @@ update on the 3x batch); plus one attack step against the mixture with the
 experts evaluated in a loop and with ``vmap`` (``MixtureOfExperts.expert_batching``).
 
 Reported per step: images/s (clean images of the batch), the speed-up, achieved
-TFLOP/s from an analytic count of the model's useful FLOPs (conv/linear MACs
-counted with forward hooks; forward = 2 x MACs, forward+backward = 3 x forward,
-one attack step = 2 x forward), the fraction of the device's dense bf16 peak
-(null when unknown or on CPU), the peak GPU memory (null on CPU), and the
-projected wall time of the ``paper`` profile from these per-step rates.
+TFLOP/s from a count of the model's useful FLOPs (conv/linear MACs counted with
+forward hooks, forward = 2 x MACs, times the passes per image of the course's
+cost model, :func:`dwf_lab.course.cost.passes_per_image`, one pass =
+forward+backward = 3 x forward, so one attack step, ``ATTACK_STEP`` = 2/3 of a
+pass, = 2 x forward), the fraction of the device's dense bf16 peak (null when
+unknown or on CPU), the peak GPU memory (null on CPU), and the projected wall
+time of the ``paper`` profile: each measured step's seconds per pass x the
+passes of every stage of the profile.
 
 ``--size tiny`` (width 1/16, batch 16, PGD-2, 1 warm-up + 2 timed steps) is a
 smoke test that runs on a CPU in well under a minute: its numbers say nothing
@@ -43,6 +47,7 @@ import datetime as _dt
 import json
 import math
 import platform
+import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -54,8 +59,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from dwf_lab import attacks
-from dwf_lab.core.config import get_profile
+from dwf_lab.core.config import Profile, get_profile
 from dwf_lab.core.runtime import Runtime
+from dwf_lab.course.cost import ATTACK_STEP, passes_per_image
 from dwf_lab.data import augment_batch, iterate_batches
 from dwf_lab.models.registry import build_model
 from dwf_lab.training.fast_path import PATHS, training_runtime
@@ -64,8 +70,12 @@ from dwf_lab.training.stages import plan_stages
 
 SCHEMA = 1
 CIFAR10_TRAIN = 50_000
-MEAN_PGD_STEPS = 30            # the mean of {10, 20, 30, 40, 50}
 N_EXPERTS = 9
+PASS_FORWARDS = 3              # one pass (forward + backward of one image) in forward passes' FLOPs
+MIXTURE_KINDS = ("mixture", "gate", "mixture_attack")   # counted in the mixture's FLOPs
+# a stage kind of the paper profile -> the measured step whose seconds per pass it runs at
+MEASURED_AS = {"benign": "benign", "fgsm": "fgsm", "pgd": "pgd", "fgsm_at": "fgsm", "pgd_at": "pgd",
+               "mixture": "mixture", "gate": "mixture"}
 
 # Dense (no sparsity) bf16 tensor-core peaks, TFLOP/s, from NVIDIA's data sheets.
 PEAK_BF16_TFLOPS = {
@@ -162,19 +172,16 @@ def forward_flops(model: nn.Module, shape=(3, 32, 32)) -> float:
     return 2.0 * macs[0]
 
 
-def step_flops(case: str, fwd_e: float, fwd_m: float, batch: int, k: int) -> float:
-    """Useful FLOPs of one step (fwd = 1, fwd+bwd = 3, one attack step = 2 forward passes)."""
-    if case == "benign":
-        return 3 * fwd_e * batch
-    if case == "fgsm":
-        return (2 + 3) * fwd_e * batch
-    if case == "pgd":
-        return (2 * k + 3) * fwd_e * batch
-    if case == "mixture":
-        return 2 * (1 + k) * fwd_m * batch + 3 * fwd_m * 3 * batch
-    if case == "mixture_attack":
-        return 2 * fwd_m * batch
-    raise ValueError(case)
+def passes(case: str, p: Profile) -> float:
+    """Passes per image of a measured step or stage kind (the course's cost model); one attack step for
+    ``mixture_attack``."""
+    return ATTACK_STEP if case == "mixture_attack" else passes_per_image(case, p)
+
+
+def step_flops(case: str, p: Profile, fwd_e: float, fwd_m: float, images: int) -> float:
+    """Useful FLOPs of ``images`` images of ``case`` under profile ``p``: the cost model's passes x
+    :data:`PASS_FORWARDS` forward passes of the expert's or the mixture's FLOPs."""
+    return passes(case, p) * PASS_FORWARDS * (fwd_m if case in MIXTURE_KINDS else fwd_e) * images
 
 
 # ------------------------------------------------------------ the reference --
@@ -189,16 +196,19 @@ def _naive_input_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tor
     return g
 
 
+def _naive_attack(model, x, y, eps, alpha, steps, random_start):
+    """The kit's PGD steps (FGSM: one step of size eps from x) on the plain script's gradient."""
+    *_, x_adv = attacks.pgd_iterates(model, x, y, eps, alpha, steps, random_start,
+                                     gradient=lambda xa: _naive_input_grad(model, xa, y))
+    return x_adv
+
+
 def _naive_fgsm(model, x, y, eps):
-    return (x + eps * _naive_input_grad(model, x, y).sign()).clamp(0, 1).detach()
+    return _naive_attack(model, x, y, eps, eps, 1, random_start=False)
 
 
 def _naive_pgd(model, x, y, eps, alpha, steps):
-    x_adv = (x + torch.empty_like(x).uniform_(-eps, eps)).clamp(0, 1)
-    for _ in range(steps):
-        x_adv = x_adv + alpha * _naive_input_grad(model, x_adv, y).sign()
-        x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0, 1).detach()
-    return x_adv
+    return _naive_attack(model, x, y, eps, alpha, steps, random_start=True)
 
 
 def _naive_loader(x_cpu, y_cpu, batch, device, augment: str):
@@ -247,7 +257,7 @@ def reference_step_fn(case, model, p, batches, device, amp: bool = False,
 
 
 # ------------------------------------------------------------- the fast path --
-def _device_batches(x, y, batch, augment, seed=0):
+def device_batches(x, y, batch, augment, seed=0):
     epoch = 0
     while True:
         for _, xb, yb in iterate_batches(x, y, batch, augment=augment, seed=seed, epoch=epoch):
@@ -309,33 +319,24 @@ def _rates(m: dict, images: int, flops: float, peak: float | None) -> dict:
 
 
 # -------------------------------------------------------------- projection --
-def project_paper(t: dict[str, float], k: int) -> dict:
+def project_paper(t: dict[str, float], measured: Profile) -> dict:
     """Wall time of the ``paper`` profile (one seed, CIFAR-10) from per-step seconds.
 
-    ``t`` holds seconds per step for benign, fgsm, pgd (k steps), mixture (k
-    steps) and mixture_attack (one attack step against the mixture). PGD stages
-    are scaled to the mean of 30 steps; the baselines attack half the batch;
-    the gate-only phase is taken as costing a mixture step (an upper bound:
-    the experts need no parameter gradients there).
+    ``t`` holds seconds per step for benign, fgsm, pgd and mixture, measured under the profile
+    ``measured`` (its PGD steps). Each becomes seconds per pass (the course's cost model,
+    :func:`dwf_lab.course.cost.passes_per_image`); a stage of the paper profile runs its kind's
+    passes at the rate of the measured step in :data:`MEASURED_AS` (so PGD is scaled to the
+    profile's mean steps, the baselines attack part of the batch, and the gate-only phase, its
+    experts forward-only, runs at the mixture's rate).
     """
-    a_e = max(0.0, (t["pgd"] - t["benign"]) / k)          # one attack step on one expert
-    per_step = {
-        "benign": t["benign"],
-        "fgsm": t["fgsm"],
-        "pgd": t["benign"] + MEAN_PGD_STEPS * a_e,
-        "fgsm_at": t["benign"] + 0.5 * (t["fgsm"] - t["benign"]),
-        "pgd_at": None,  # set below from the profile's pgd_at_steps
-        "mixture": t["mixture"] + (MEAN_PGD_STEPS - k) * t["mixture_attack"],
-    }
-    per_step["gate"] = per_step["mixture"]
+    per_pass = {c: t[c] / passes(c, measured) for c in set(MEASURED_AS.values())}
     p = get_profile("paper")
-    per_step["pgd_at"] = t["benign"] + p.at_adv_fraction * p.pgd_at_steps * a_e
     stages = []
     for st in plan_stages(p):
         steps = st.epochs * (CIFAR10_TRAIN // st.batch_size)
-        sec = steps * per_step[st.kind]
+        per_step = per_pass[MEASURED_AS[st.kind]] * passes(st.kind, p)
         stages.append({"stage": st.name, "kind": st.kind, "epochs": st.epochs, "steps": steps,
-                       "seconds_per_step": per_step[st.kind], "hours": sec / 3600})
+                       "seconds_per_step": per_step, "hours": steps * per_step / 3600})
     total = sum(s["hours"] for s in stages)
     gate = sum(s["hours"] for s in stages if s["kind"] == "gate")
     return {"stages": stages, "hours_per_seed": total, "hours_per_seed_without_gate": total - gate,
@@ -344,17 +345,12 @@ def project_paper(t: dict[str, float], k: int) -> dict:
 
 
 def protocol_flops(fwd_e: float, fwd_m: float) -> dict:
-    """Analytic FLOPs of the paper protocol for one seed (CIFAR-10, mean PGD 30)."""
+    """FLOPs of the paper protocol for one seed (CIFAR-10), by :func:`step_flops`."""
     p = get_profile("paper")
-    out = {}
+    out: dict[str, float] = {}
     for st in plan_stages(p):
         n = st.epochs * (CIFAR10_TRAIN // st.batch_size) * st.batch_size
-        per = {"benign": 3 * fwd_e, "fgsm": 5 * fwd_e, "pgd": (2 * MEAN_PGD_STEPS + 3) * fwd_e,
-               "fgsm_at": 3 * fwd_e + p.at_adv_fraction * 2 * fwd_e,
-               "pgd_at": 3 * fwd_e + p.at_adv_fraction * p.pgd_at_steps * 2 * fwd_e,
-               "mixture": 2 * (1 + MEAN_PGD_STEPS) * fwd_m + 9 * fwd_m,
-               "gate": 2 * (1 + MEAN_PGD_STEPS) * fwd_m + 3 * fwd_m}[st.kind]
-        out[st.kind] = out.get(st.kind, 0.0) + n * per
+        out[st.kind] = out.get(st.kind, 0.0) + step_flops(st.kind, p, fwd_e, fwd_m, n)
     core = sum(v for k_, v in out.items() if k_ in ("benign", "fgsm", "pgd", "mixture"))
     return {"by_kind": out, "experts_and_mixture": core, "with_baselines_and_gate": sum(out.values())}
 
@@ -397,7 +393,7 @@ def run_bench(size: str = "tiny", device: str = "auto", out: Path | None = None,
     results: dict[str, dict] = {}
     for case in CASES:
         make = mixture if case == "mixture" else expert
-        flops = step_flops(case, fwd_e, fwd_m, sz.batch, k)
+        flops = step_flops(case, p, fwd_e, fwd_m, sz.batch)
         row = {"flops_per_step": flops, "images_per_step": sz.batch}
         say(f"[bench] {case}: reference ...")
         torch.backends.cudnn.benchmark = False                 # plain PyTorch defaults
@@ -424,7 +420,7 @@ def run_bench(size: str = "tiny", device: str = "auto", out: Path | None = None,
             model = make()
             if case == "mixture":
                 model.expert_batching = batching
-            fn = fast_step_fn(case, model, p, rt, _device_batches(x_dev, y_dev, sz.batch, "crop_flip"))
+            fn = fast_step_fn(case, model, p, rt, device_batches(x_dev, y_dev, sz.batch, "crop_flip"))
             row[label] = _rates(measure(fn, warmup, steps, dev), sz.batch, flops, peak)
             del model, fn
         row["speedup"] = row["reference"]["seconds_per_step"] / row["fast"]["seconds_per_step"]
@@ -435,7 +431,7 @@ def run_bench(size: str = "tiny", device: str = "auto", out: Path | None = None,
         results[case] = row
 
     # one attack step against the mixture: reference, and the fast path with a loop / vmap
-    flops = step_flops("mixture_attack", fwd_e, fwd_m, sz.batch, k)
+    flops = step_flops("mixture_attack", p, fwd_e, fwd_m, sz.batch)
     xa, ya = x_dev[:sz.batch], y_dev[:sz.batch]
     row = {"flops_per_step": flops, "images_per_step": sz.batch}
     torch.backends.cudnn.benchmark = False
@@ -466,18 +462,17 @@ def run_bench(size: str = "tiny", device: str = "auto", out: Path | None = None,
         results["mixture"]["fast"]["seconds_per_step"] else "fast"
     fast_t = secs("fast")
     fast_t["mixture"] = results["mixture"][best_mix]["seconds_per_step"]
-    fast_t["mixture_attack"] = results["mixture_attack"][
-        "fast_vmap" if best_mix == "fast_vmap" else "fast_loop"]["seconds_per_step"]
+    mean_k = statistics.mean(get_profile("paper").pgd_steps_choices)
     projection = {
-        "note": ("per-step seconds measured here x steps of every stage of "
-                 "plan_stages(get_profile('paper')) on CIFAR-10's 50,000 training images; PGD "
-                 f"scaled from k={k} to the mean of {MEAN_PGD_STEPS} steps; gate phase costed as a "
-                 "mixture step (upper bound)"
+        "note": ("seconds per pass measured here (dwf_lab.course.cost.passes_per_image) x the passes of "
+                 "every stage of plan_stages(get_profile('paper')) on CIFAR-10's 50,000 training images; "
+                 f"PGD scaled from k={k} to the mean of {mean_k:g} steps; the gate phase at the mixture "
+                 "step's rate per pass"
                  + ("" if size == "full" else
                     f"; THIS RUN USES THE {size.upper()} MODEL (width {sz.width}, batch {sz.batch}): "
                     "the projection illustrates the arithmetic, it is not a paper-size estimate")),
-        "reference": project_paper(secs("reference"), k),
-        "fast": project_paper(fast_t, k),
+        "reference": project_paper(secs("reference"), p),
+        "fast": project_paper(fast_t, p),
         "fast_mixture_variant": best_mix,
     }
 
@@ -501,8 +496,10 @@ def run_bench(size: str = "tiny", device: str = "auto", out: Path | None = None,
                                  "cpu_probe": rt.fast_path}},
         "flops": {"expert_forward_per_image": fwd_e, "mixture_forward_per_image": fwd_m,
                   "paper_protocol_per_seed": protocol_flops(fwd_e, fwd_m),
-                  "counting": "2 x conv/linear MACs per forward; fwd+bwd = 3 x fwd; "
-                              "attack step = 2 x fwd; mixture = 9 experts + gate"},
+                  "counting": "2 x conv/linear MACs per forward; x the passes per image of "
+                              "dwf_lab.course.cost.passes_per_image, a pass = fwd+bwd = 3 x fwd (an attack "
+                              "step = 2 x fwd; a forward-only pass counted at the cost model's FORWARD); "
+                              "mixture = 9 experts + gate"},
         "cases": results,
         "projection_paper_profile": projection,
         "seconds_total": None,
@@ -554,7 +551,7 @@ def format_table(r: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m dwf_lab.bench", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python benchmarks/bench.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", choices=sorted(SIZES), default="tiny")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     ap.add_argument("--out", type=Path, default=None, help="write the JSON here")

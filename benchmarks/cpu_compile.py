@@ -21,8 +21,8 @@ import warnings
 from pathlib import Path
 
 import torch
+from bench import SIZES, device_batches, device_name, fast_step_fn  # benchmarks/bench.py, beside this script
 
-from dwf_lab.bench import SIZES, _device_batches, device_name, fast_step_fn
 from dwf_lab.core.config import get_profile
 from dwf_lab.models.registry import build_model
 from dwf_lab.training.fast_path import training_runtime
@@ -58,7 +58,7 @@ def main(argv=None) -> int:
             torch.manual_seed(0)
             model = build_model("resnet18", width=sz.width, dataset="cifar10")
             r = dataclasses.replace(rt, compile=comp)
-            fn = fast_step_fn(case, model, p, r, _device_batches(x, y, sz.batch, "crop_flip"))
+            fn = fast_step_fn(case, model, p, r, device_batches(x, y, sz.batch, "crop_flip"))
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 t0 = time.perf_counter()

@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 import torch
+from bench import device_name  # benchmarks/bench.py, beside this script
 
-from dwf_lab.bench import device_name
 from dwf_lab.core.config import get_profile, parse_sets
 from dwf_lab.core.precision import bf16_attack_speedup
 from dwf_lab.evaluation.protocol import EvalSettings, evaluate_model

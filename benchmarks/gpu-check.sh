@@ -11,7 +11,7 @@ gpu=$("$PY" -c "import torch; print(torch.cuda.get_device_name(0).replace(' ', '
 echo "[gpu-check] $gpu: the CUDA tests"
 OMP_NUM_THREADS=4 DWF_PROFILE=smoke DWF_RUNS_DIR=$(mktemp -d) "$PY" -m pytest -q -p no:cacheprovider \
   tests/core/test_fast_path.py tests/data/test_data.py -k cuda -rs
-echo "[gpu-check] $gpu: python -m dwf_lab.bench --size full"
+echo "[gpu-check] $gpu: python benchmarks/bench.py --size full"
 out="benchmarks/results/${gpu}-full.json"
-timeout 420 "$PY" -m dwf_lab.bench --size full --device cuda --out "$out"
+timeout 420 "$PY" benchmarks/bench.py --size full --device cuda --out "$out"
 cat "$out"

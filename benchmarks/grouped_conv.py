@@ -6,7 +6,7 @@ batched network in eval mode. An attack step needs the input gradient, so each c
 (16 base channels: 16, 32, 64, 128 channels at 32, 16, 8, 4 pixels), batch 200, one thread,
 side by side in one run: nine separate convolutions ("loop") against one convolution with
 groups=9 over the nine experts' stacked channels ("grouped"), each contiguous and channels_last.
-``python -m dwf_lab.bench`` measures the whole mixture's attack step with a loop and with vmap.
+``python benchmarks/bench.py`` measures the whole mixture's attack step with a loop and with vmap.
 
     python benchmarks/grouped_conv.py
 """

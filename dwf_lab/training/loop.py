@@ -51,7 +51,7 @@ def train_step(kind: str, model: nn.Module, opt: torch.optim.Optimizer, xb: torc
     model wrapped in DistributedDataParallel and/or torch.compile; default
     ``model``); attacks and custom recipe losses always get the plain module.
     Returns (loss, logits, labels) as device tensors: nothing here waits for the
-    device. Shared by :func:`train_stage` and ``dwf_lab.bench``.
+    device. Shared by :func:`train_stage` and ``benchmarks/bench.py``.
     """
     rec = recipe(kind)
     xb = rt.inputs(xb)

@@ -1,14 +1,12 @@
 """The fast path's switches, on CPU: same code, same numbers (within bf16 tolerance).
 
 bf16 autocast, channels_last, torch.compile with its fallback, vmap-batched
-experts, attacks that never touch parameter gradients, sharded batches, and the
-benchmark's tiny run. The CUDA-only checks (no host-device sync inside a step)
-skip without a GPU.
+experts, attacks that never touch parameter gradients, sharded batches (the benchmark's tiny run:
+tests/test_bench.py). The CUDA-only checks (no host-device sync inside a step) skip without a GPU.
 """
 from __future__ import annotations
 
 import copy
-import json
 import warnings
 
 import pytest
@@ -19,10 +17,9 @@ from dwf_lab.core import runtime
 from dwf_lab.core.config import get_profile
 from dwf_lab.core.runtime import Runtime
 from dwf_lab.data import iterate_batches
-from dwf_lab.models.registry import build_model
 from dwf_lab.training.builders import build_expert, build_mixture, load_data
 from dwf_lab.training.loop import train_stage, train_step, trainable_parameters, wrap_for_update
-from dwf_lab.training.recipes import training_batch
+from dwf_lab.training.recipes import recipe
 from dwf_lab.training.stages import Stage
 
 CPU = torch.device("cpu")
@@ -259,7 +256,7 @@ def test_training_batches_never_create_parameter_gradients(kind):
     model.train()
     x, y = data.x_train[:16], data.y_train[:16]
     gen = torch.Generator().manual_seed(0)
-    xin, yin = training_batch(kind, model, x, y, p, gen, gen)
+    xin, yin = recipe(kind).make_batch(model, x, y, p, gen, gen)
     assert len(xin) == len(yin) and not xin.requires_grad
     assert all(q.grad is None for q in model.parameters()), "an attack created parameter gradients"
     assert {n: q.requires_grad for n, q in model.named_parameters()} == flags
@@ -280,54 +277,6 @@ def test_shards_put_together_are_the_single_process_batch(world, synthetic_data)
         assert torch.equal(torch.cat([s[i][2] for s in shards]), yb)
     with pytest.raises(ValueError, match="divisible"):
         next(iterate_batches(x, y, 30, rank=0, world_size=4))
-
-
-# -------------------------------------------------------------------- bench --
-def test_bench_tiny_runs_and_writes_its_json(tmp_path):
-    from dwf_lab import bench
-    out = tmp_path / "b.json"
-    bench.main(["--size", "tiny", "--device", "cpu", "--warmup", "0", "--steps", "1", "--out", str(out)])
-    r = json.loads(out.read_text())
-    assert r["measured_on"] == "CPU" and r["device"]["type"] == "cpu"
-    assert r["device"]["peak_bf16_dense_tflops"] is None and r["device"]["torch"] == torch.__version__
-    for case in ("benign", "fgsm", "pgd", "mixture", "mixture_attack"):
-        row = r["cases"][case]
-        assert row["speedup"] > 0
-        for impl in ("reference", "fast"):
-            m = row[impl]
-            assert m["images_per_s"] > 0 and m["tflops"] > 0
-            assert m["fraction_of_peak"] is None and m["peak_memory_bytes"] is None
-    assert {"fast_loop", "fast_vmap", "winner"} <= set(r["cases"]["mixture_attack"])
-    pr = r["projection_paper_profile"]
-    for impl in ("reference", "fast"):
-        assert pr[impl]["hours_per_seed"] > pr[impl]["hours_per_seed_without_gate"] > 0
-        assert {s["stage"] for s in pr[impl]["stages"]} >= {"benign", "pgd-4", "gate", "mixture"}
-    # the analytic FLOP count at width 1 reproduces docs/paper-notes.md's cost floor
-    fwd = bench.forward_flops(build_model("resnet18"))
-    assert 1.05e9 < fwd < 1.2e9
-
-
-def test_peak_table_lookup(monkeypatch):
-    from dwf_lab import bench
-    assert bench.peak_bf16_tflops(CPU) == (None, None)
-    names = {"NVIDIA H100 80GB HBM3": "H100 SXM", "NVIDIA H100 PCIe": "H100 PCIe",
-             "NVIDIA H200": "H200", "NVIDIA A100-SXM4-80GB": "A100", "NVIDIA L4": None}
-    for name, key in names.items():
-        monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None, n=name: n)
-        assert bench.peak_bf16_tflops(torch.device("cuda"))[0] == key
-
-
-def test_paper_projection_adds_up():
-    from dwf_lab import bench
-    t = {"benign": 1.0, "fgsm": 2.0, "pgd": 11.0, "mixture": 30.0, "mixture_attack": 2.0}
-    pr = bench.project_paper(t, k=10)
-    per = {s["stage"]: s for s in pr["stages"]}
-    assert per["benign"]["steps"] == 150 * 390
-    assert per["pgd-1"]["seconds_per_step"] == pytest.approx(1.0 + 30 * 1.0)
-    assert per["mixture"]["seconds_per_step"] == pytest.approx(30.0 + 20 * 2.0)
-    total = sum(s["hours"] for s in pr["stages"])
-    assert pr["hours_per_seed"] == pytest.approx(total)
-    assert pr["hours_all_seeds"] == pytest.approx(5 * total)
 
 
 # --------------------------------------------------------------- CUDA only --
