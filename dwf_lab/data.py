@@ -29,6 +29,7 @@ derives the epoch order from (seed, epoch) and each batch's augmentation from
 reproduces the uninterrupted run exactly.
 """
 import dataclasses
+import hashlib
 import math
 import os
 import warnings
@@ -67,6 +68,24 @@ class UnusableDatasetError(DatasetUnavailableError):
     classes, not writable -- or data on disk is corrupt. Never replaced by generated data."""
 
 
+# ------------------------------------------------------------------ hashes --
+TEST_SET_HASHED = ("sha256 of the test images as little-endian float32 (N, C, H, W) in C order, and of the "
+                   "labels as little-endian int64: the run keeps no indices of the images it drew, so the "
+                   "images' bytes are hashed")
+
+
+def images_sha256(x: torch.Tensor) -> str:
+    """sha256 of images as little-endian float32 (N, C, H, W) in C order: the same for the same
+    values in any float dtype, device or memory layout (:data:`TEST_SET_HASHED`)."""
+    a = x.detach().to("cpu", torch.float32).contiguous().numpy().astype("<f4", copy=False)
+    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+
+
+def labels_sha256(y: torch.Tensor) -> str:
+    """sha256 of labels as little-endian int64 (:data:`TEST_SET_HASHED`)."""
+    return hashlib.sha256(np.ascontiguousarray(y.detach().cpu().numpy().astype("<i8")).tobytes()).hexdigest()
+
+
 # --------------------------------------------------------------- container --
 @dataclass
 class ImageData:
@@ -99,6 +118,10 @@ class ImageData:
         return dataclasses.replace(
             self, x_train=self.x_train.to(device), y_train=self.y_train.to(device),
             x_test=self.x_test.to(device), y_test=self.y_test.to(device))
+
+    def test_set_sha256(self) -> dict[str, str]:
+        """The test split's hashes, {"test_images_sha256", "test_labels_sha256"} (:data:`TEST_SET_HASHED`)."""
+        return {"test_images_sha256": images_sha256(self.x_test), "test_labels_sha256": labels_sha256(self.y_test)}
 
     def describe(self) -> dict:
         """A JSON-able summary: name, source, sizes, image shape, per-class counts."""

@@ -3,8 +3,10 @@
 :func:`atomic_write_bytes` / :func:`atomic_write_text` write to a temporary file in the
 same directory, fsync it and rename it over the target, so a crash mid-write leaves the
 previous file intact. :func:`jsonable` turns dicts, tuples, paths and tensors into JSON
-values; :func:`progress_bar` is tqdm, redrawn only every 30 s when nobody is watching.
+values; :func:`progress_bar` is tqdm, redrawn only every 30 s when nobody is watching;
+:func:`file_sha256` hashes a file in 1 MiB blocks.
 """
+import hashlib
 import os
 import sys
 import tempfile
@@ -47,6 +49,14 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(Path(path), text.encode("utf-8"))
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def jsonable(obj: Any) -> Any:

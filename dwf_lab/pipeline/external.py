@@ -22,7 +22,6 @@ with one line, and recomputed with ``--redo KEY``. The first seed of the profile
 the attacks (one model: one evaluation).
 """
 import dataclasses
-import hashlib
 import json
 import re
 import sys
@@ -31,14 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 import torch.nn as nn
 
 from dwf_lab.attacks.gate import is_mixture
 from dwf_lab.attacks.precision import precision_for
 from dwf_lab.core.config import Profile
-from dwf_lab.core.io import atomic_write_text, jsonable
+from dwf_lab.core.io import atomic_write_text, file_sha256, jsonable
 from dwf_lab.core.runtime import Runtime, package_versions
 from dwf_lab.data import ImageData
 from dwf_lab.evaluation.adaptive import AdaptiveSettings
@@ -70,14 +68,6 @@ def _checked_name(name: str) -> str:
     if not _NAME.fullmatch(name or ""):
         raise ValueError(f"--name {name!r}: use letters, digits, '.', '_' and '-' (it names files and a folder)")
     return name
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _same_family(a: str, b: str) -> bool:
@@ -160,11 +150,8 @@ def check_folder(out: Path, ext: ExternalModel) -> None:
 
 
 def _data_record(data: ImageData) -> dict:
-    x = np.ascontiguousarray(data.x_test.cpu().numpy())
     return {"name": data.name, "source": data.source, "n_test": int(len(data.x_test)),
-            "shape": list(data.shape), "generated": data.generated,
-            "test_images_sha256": hashlib.sha256(x.tobytes()).hexdigest(),
-            "test_labels_sha256": hashlib.sha256(data.y_test.cpu().numpy().astype("<i8").tobytes()).hexdigest()}
+            "shape": list(data.shape), "generated": data.generated, **data.test_set_sha256()}
 
 
 # ------------------------------------------------------------- evaluation --

@@ -24,7 +24,6 @@ Written by :func:`write_entries` to ``runs/<run>/report/entries/<model>_seed<k>.
 list, ``report/entries.json``. Numbers come from the stored results (:mod:`dwf_lab.evaluation.records`);
 nothing here runs a model.
 """
-import hashlib
 import json
 import shlex
 import sys
@@ -32,16 +31,14 @@ import warnings
 from importlib import metadata
 from pathlib import Path
 
-import numpy as np
-
 from dwf_lab.core.config import pixel_fraction
-from dwf_lab.core.io import atomic_write_text
+from dwf_lab.core.io import atomic_write_text, file_sha256
 from dwf_lab.core.runtime import package_versions
-from dwf_lab.data import ImageData
+from dwf_lab.data import TEST_SET_HASHED, ImageData
 from dwf_lab.evaluation.metrics import DERIVED, WORST, worst_case_keys
 from dwf_lab.evaluation.records import key_n, load_results, record_eps
 from dwf_lab.reporting.noise import binomial_se
-from dwf_lab.store.archive import file_sha256, run_command
+from dwf_lab.store.archive import run_command
 from dwf_lab.store.checkpoints import CheckpointError, read_metadata
 from dwf_lab.store.runs import Run
 from dwf_lab.training.stages import expert_stage_names
@@ -50,8 +47,6 @@ ENTRIES_DIR = "entries"
 ENTRIES_FILE = "entries.json"
 TEST_SET_FILE = "test_set.json"
 FULL_TEST_SET = 10000    # CIFAR-10's test set: RobustBench evaluates on all of it
-HASHED = ("sha256 of the test images as float32 (N, C, H, W) in C order, and of the labels as little-endian "
-          "int64: the run keeps no indices of the images it drew, so the images' bytes are hashed")
 SE_METHOD = "binomial standard error in points (Agresti-Coull, dwf_lab.reporting.noise.binomial_se)"
 ATTACK_LIBRARIES = ("pyautoattack", "adversarial-robustness-toolbox")
 
@@ -65,13 +60,9 @@ def measured(acc: float, n: int) -> dict:
 
 # ---------------------------------------------------------------- test set --
 def test_set_digest(data: ImageData) -> dict:
-    """What identifies the test images a run evaluates on: their sha256 (see :data:`HASHED`)."""
-    x = np.ascontiguousarray(data.x_test.detach().cpu().numpy().astype("<f4", copy=False))
-    y = data.y_test.detach().cpu().numpy().astype("<i8")
+    """What identifies the test images a run evaluates on: their sha256 (:meth:`ImageData.test_set_sha256`)."""
     return {"dataset": data.name, "n_test": int(len(data.x_test)), "generated": bool(data.generated),
-            "fallback": data.fallback_reason is not None,
-            "test_images_sha256": hashlib.sha256(x.tobytes()).hexdigest(),
-            "test_labels_sha256": hashlib.sha256(y.tobytes()).hexdigest(), "hashed": HASHED}
+            "fallback": data.fallback_reason is not None, **data.test_set_sha256(), "hashed": TEST_SET_HASHED}
 
 
 def record_test_set(run: Run, data: ImageData) -> dict:
@@ -105,7 +96,7 @@ def stored_test_set(run: Run) -> dict | None:
             return {"dataset": found.get("dataset", found.get("name")), "n_test": found.get("n_test"),
                     "generated": found.get("generated"), "fallback": found.get("fallback"),
                     "test_images_sha256": found["test_images_sha256"],
-                    "test_labels_sha256": found.get("test_labels_sha256"), "hashed": HASHED}
+                    "test_labels_sha256": found.get("test_labels_sha256"), "hashed": TEST_SET_HASHED}
     return None
 
 

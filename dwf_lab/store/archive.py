@@ -35,7 +35,7 @@ import urllib.request
 from pathlib import Path, PurePosixPath
 
 from dwf_lab.core.config import NOT_IN_DIGEST, PROFILES, get_profile
-from dwf_lab.core.io import atomic_write_bytes
+from dwf_lab.core.io import atomic_write_bytes, file_sha256
 from dwf_lab.core.runtime import package_versions
 from dwf_lab.store.runs import Run, runs_dir
 
@@ -50,14 +50,6 @@ _BLOCK = 1 << 20
 class ArchiveError(ValueError):
     """An archive that is refused (damaged, changed, unsafe, or clashing with an existing run);
     nothing was installed."""
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(_BLOCK), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ------------------------------------------------------------ what goes in --

@@ -6,6 +6,7 @@ DWF_CIFAR10_SUBSET, or ../shared/data next to the checkout) and skip without it.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import time
@@ -152,6 +153,18 @@ def test_synthetic_is_learnable_and_attackable():
 
 
 # ------------------------------------------------------------- stratified --
+def test_test_set_hash_is_the_same_for_float64_float32_and_channels_last_copies():
+    d = D.synthetic(n_train=20, n_test=30, seed=0)
+    ref = d.test_set_sha256()
+    for x in (d.x_test.double(), d.x_test.contiguous(memory_format=torch.channels_last), d.x_test.clone()):
+        assert D.images_sha256(x) == ref["test_images_sha256"]
+    assert D.labels_sha256(d.y_test.int()) == ref["test_labels_sha256"]
+    assert D.images_sha256(d.x_test + 1e-3) != ref["test_images_sha256"]
+    # little-endian float32 in (N, C, H, W) C order: hashlib over those bytes gives the same digest
+    raw = np.ascontiguousarray(d.x_test.numpy().astype("<f4")).tobytes()
+    assert hashlib.sha256(raw).hexdigest() == ref["test_images_sha256"]
+
+
 def test_stratified_indices_counts_and_order():
     labels = np.repeat(np.arange(4), [50, 30, 5, 15])
     np.random.default_rng(0).shuffle(labels)
