@@ -129,14 +129,14 @@ READS_THE_RUN = ("evaluate", "adaptive", "report")
 def _stored_settings(args) -> dict | None:
     """The settings in runs/<--run>/config.json, or None when there is no readable one (then the
     command goes on with --profile's and Run.open says what is wrong with the run)."""
-    from dwf_lab.store.runs import runs_dir
+    from dwf_lab.store.runs import read_config, runs_dir
     if not args.run:
         return None
     try:
-        stored = json.loads((runs_dir() / args.run / "config.json").read_text())["profile"]
-        return dict(stored) if isinstance(stored, dict) and isinstance(stored.get("name"), str) else None
-    except (OSError, ValueError, KeyError, TypeError):
+        stored = (read_config(runs_dir() / args.run) or {}).get("profile")
+    except (OSError, ValueError):   # a damaged one (RunConfigMismatch), an unreadable folder
         return None
+    return dict(stored) if stored and isinstance(stored.get("name"), str) else None
 
 
 # the user's mistakes (bad settings, missing or busy runs, unusable files and folders, damaged

@@ -81,12 +81,7 @@ def run_variant(run, seed: int, data, a: Ablation, progress: bool = True,
     pv = variant_profile(p, a)
     rt = training_runtime(p)
     dev = torch.device(device) if device else rt.device
-    log_path = vdir / "metrics.jsonl"
-
-    def log(rec: dict) -> None:
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "a") as f:
-            f.write(json.dumps(rec, default=str) + "\n")
+    log = run.logger(seed, vdir)
 
     model_path = vdir / "model.safetensors"
     note, train_s = "", 0.0

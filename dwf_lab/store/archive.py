@@ -37,7 +37,7 @@ from pathlib import Path, PurePosixPath
 from dwf_lab.core.config import NOT_IN_DIGEST, PROFILES, get_profile
 from dwf_lab.core.io import atomic_write_bytes, file_sha256
 from dwf_lab.core.runtime import package_versions
-from dwf_lab.store.runs import Run, runs_dir
+from dwf_lab.store.runs import Run, RunConfigMismatch, read_config, runs_dir
 
 FORMAT = "dwf-lab-run-archive"
 VERSION = 1
@@ -115,18 +115,17 @@ def finished_stages(root: Path) -> dict[str, list[str]]:
 
 
 def stored_profile(root: Path) -> dict:
-    """The settings in a run folder's config.json (its ``profile``), or one clear error."""
-    cfg = Path(root) / "config.json"
-    if not cfg.is_file():
+    """The settings in a run folder's config.json (its ``profile``, :func:`read_config`), or one clear error."""
+    try:
+        stored = read_config(root)
+    except RunConfigMismatch as e:
+        raise ArchiveError(str(e)) from None
+    if stored is None:
         raise FileNotFoundError(f"{root} is not a run (no config.json in it); pass a run name under "
                                 f"{runs_dir()} or a run folder")
-    try:
-        settings = json.loads(cfg.read_text(encoding="utf-8"))["profile"]
-        if not isinstance(settings, dict) or not isinstance(settings.get("name"), str):
-            raise TypeError("no profile name")
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ArchiveError(f"{cfg} is damaged ({type(e).__name__}: {e}); restore it before packing") from None
-    return settings
+    if not isinstance(stored["profile"].get("name"), str):
+        raise ArchiveError(f"{Path(root) / 'config.json'} is damaged (no profile name); restore it before packing")
+    return stored["profile"]
 
 
 def open_run(root: Path) -> Run:

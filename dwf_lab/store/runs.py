@@ -69,6 +69,39 @@ def _differences(old: dict, new: dict, keys, form: str = "{k}: {old!r} -> {new!r
     return "; ".join(diffs[:6]) + ("; ..." if len(diffs) > 6 else "")
 
 
+_ADVICE = "Nothing was changed: restore the file, or delete the run folder to start it over."
+
+
+def _damaged(name: str, cfg: Path, what: str) -> RunConfigMismatch:
+    return RunConfigMismatch(f"run {name!r}: {cfg} is damaged ({what}). {_ADVICE}")
+
+
+def read_config(root: Path, name: str | None = None) -> dict | None:
+    """The run folder's config.json as {"profile", "digest", "checksum"}, its form checked (whether the
+    settings are known and match their checksum is :class:`Run`'s check); None when there is none.
+    A damaged one raises :class:`RunConfigMismatch` naming run ``name`` (default: the folder's name).
+    The one reader of config.json: :class:`Run`, the archive and the CLI's stored settings use it."""
+    root = Path(root)
+    cfg, name = root / "config.json", name or root.name
+    if not cfg.exists() and not cfg.is_symlink():
+        if root.exists() and not root.is_dir():
+            raise RunConfigMismatch(f"the run folder {root} is a file, not a folder")
+        return None
+    try:
+        old = json.loads(cfg.read_bytes())
+    except (OSError, ValueError) as e:   # a directory, unreadable, not UTF-8, not JSON
+        raise _damaged(name, cfg, f"{type(e).__name__}: {e}") from None
+    if not isinstance(old, dict):
+        kind = {list: "a list", str: "a string", bool: "true/false", type(None): "null"}.get(type(old), "a number")
+        raise _damaged(name, cfg, f"it holds {kind}, not the run's settings")
+    missing = [k for k in CONFIG_KEYS if k not in old]
+    extra = sorted(set(old) - set(CONFIG_KEYS))
+    if missing or extra or not isinstance(old["profile"], dict):
+        raise _damaged(name, cfg, f"no {', '.join(missing)}" if missing else f"unknown keys {', '.join(extra)}"
+                       if extra else "its profile is not a mapping")
+    return old
+
+
 def _alive(pid: int) -> bool:
     if pid <= 0:
         return False
@@ -128,40 +161,25 @@ class Run:
         return self.root / "config.json"
 
     def _read_config(self) -> dict | None:
-        """config.json as {"profile", "digest", "checksum"}, checked; None when there is none."""
+        """config.json as {"profile", "digest", "checksum"} (:func:`read_config`), its settings
+        checked against this dwf-lab's and their checksum; None when there is none."""
         cfg = self.config_path
-        if not cfg.exists() and not cfg.is_symlink():
-            if self.root.exists() and not self.root.is_dir():
-                raise RunConfigMismatch(f"the run folder {self.root} is a file, not a folder")
+        old = read_config(self.root, self.name)
+        if old is None:
             return None
-        damaged = f"run {self.name!r}: {cfg} is damaged"
-        advice = "Nothing was changed: restore the file, or delete the run folder to start it over."
-        try:
-            old = json.loads(cfg.read_bytes())
-        except (OSError, ValueError) as e:   # a directory, unreadable, not UTF-8, not JSON
-            raise RunConfigMismatch(f"{damaged} ({type(e).__name__}: {e}). {advice}") from None
-        if not isinstance(old, dict):
-            kind = {list: "a list", str: "a string", bool: "true/false", type(None): "null"}.get(type(old), "a number")
-            raise RunConfigMismatch(f"{damaged} (it holds {kind}, not the run's settings). {advice}")
-        missing = [k for k in CONFIG_KEYS if k not in old]
-        extra = sorted(set(old) - set(CONFIG_KEYS))
-        if missing or extra or not isinstance(old["profile"], dict):
-            what = (f"no {', '.join(missing)}" if missing else f"unknown keys {', '.join(extra)}"
-                    if extra else "its profile is not a mapping")
-            raise RunConfigMismatch(f"{damaged} ({what}). {advice}")
         known = set(self.profile.to_dict())
         lost = sorted(known - set(old["profile"]) - set(ADDED_FIELDS))
         unknown = sorted(set(old["profile"]) - known)
         if lost or unknown:
-            what = f"settings missing: {', '.join(lost)}" if lost else f"unknown settings: {', '.join(unknown)}"
-            raise RunConfigMismatch(f"{damaged} ({what}). {advice}")
+            raise _damaged(self.name, cfg, f"settings missing: {', '.join(lost)}" if lost
+                           else f"unknown settings: {', '.join(unknown)}")
         if old["checksum"] != settings_checksum(old["profile"]) or old["digest"] != settings_digest(old["profile"]):
             shown = _differences(old["profile"], self.profile.to_dict(), known - {"seeds"},
                                  "{k} is {old!r} there and {new!r} here")
             versus = (f"it differs from this command's settings in {shown}" if shown
                       else "its settings match this command's, but not its own checksum")
             raise RunConfigMismatch(f"run {self.name!r}: {cfg} was edited by hand (its settings no "
-                                    f"longer match its checksum and digest; {versus}). {advice}")
+                                    f"longer match its checksum and digest; {versus}). {_ADVICE}")
         for k, v in ADDED_FIELDS.items():   # a run stored before the field existed had its default
             old["profile"].setdefault(k, v)
         return old
@@ -283,8 +301,10 @@ class Run:
     def is_done(self, seed: int, stage: str) -> bool:
         return self.model_path(seed, stage).exists()
 
-    def logger(self, seed: int):
-        path = self.seed_dir(seed) / "metrics.jsonl"
+    def logger(self, seed: int, folder: Path | None = None):
+        """A function appending one JSON line per event to ``metrics.jsonl`` in ``folder`` (default:
+        the seed's folder; an ablation variant logs into its own)."""
+        path = Path(folder or self.seed_dir(seed)) / "metrics.jsonl"
 
         def log(rec: dict) -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
