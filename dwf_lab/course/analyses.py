@@ -1,7 +1,7 @@
 """What the course notebooks compute and show (everything two notebooks need lives here, not in
 the notebooks): training curves and stage times from a run's metrics, clean/FGSM/PGD accuracy of
 several models, the per-epoch "catastrophic overfitting watch", and single adversarial examples
-(the smallest flipping eps, accuracy against eps), the quick classifier notebook 00 attacks
+(accuracy against eps), the quick classifier notebook 00 attacks
 before the run has its own, and the checks behind the "write it here" cells (a hand-written
 training step against the package's, :func:`same_state`). Disagreement, transfer and gate
 statistics are in :mod:`dwf_lab.evaluation.diagnostics`; readings in :mod:`dwf_lab.reporting.readings`.
@@ -180,23 +180,6 @@ def adversarial_example(model: nn.Module, x: torch.Tensor, y: torch.Tensor, inde
             "label": label, "clean_pred": cp, "adv_pred": ap, "clean_probs": pc.numpy(),
             "adv_probs": pa.numpy(), "linf": float((x_adv - xi).abs().max()), "figure": fig,
             "text": text}
-
-
-def smallest_flipping_eps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, index: int,
-                          attack: str = "fgsm", eps_grid: Sequence[float] | None = None,
-                          pgd_steps: int = 10) -> float | None:
-    """The smallest ε on ``eps_grid`` (default 0, 1/255, ..., 25/255) at which the
-    prediction of test image ``index`` changes; None if it never does."""
-    grid = eps_grid if eps_grid is not None else [k / 255 for k in range(0, 26)]
-    dev = next(model.parameters()).device
-    xi, yi = x[index:index + 1].to(dev), y[index:index + 1].to(dev)
-    clean = int(class_probabilities(model, xi).argmax())
-    for e in grid:
-        if e <= 0:
-            continue
-        if int(class_probabilities(model, attack_images(model, xi, yi, attack, e, pgd_steps)).argmax()) != clean:
-            return float(e)
-    return None
 
 
 def accuracy_vs_eps(model: nn.Module, x: torch.Tensor, y: torch.Tensor,

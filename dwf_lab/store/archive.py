@@ -23,6 +23,7 @@ exists (:meth:`dwf_lab.store.runs.Run.is_done`), an evaluation when its ``eval/`
 """
 import datetime as _dt
 import hashlib
+import io
 import json
 import os
 import re
@@ -233,7 +234,7 @@ def pack_run(run: str | Path, out: str | Path | None = None) -> dict:
             with tarfile.open(tmp, "w:gz", compresslevel=6, format=tarfile.PAX_FORMAT) as tar:
                 now = _dt.datetime.now().timestamp()
                 tar.addfile(_member(name, 0, now, directory=True))
-                tar.addfile(_member(f"{name}/{MANIFEST}", len(body), now), _BytesReader(body))
+                tar.addfile(_member(f"{name}/{MANIFEST}", len(body), now), io.BytesIO(body))
                 for rel in rels:
                     path = root / rel
                     st = path.stat()
@@ -248,17 +249,6 @@ def pack_run(run: str | Path, out: str | Path | None = None) -> dict:
             Path(tmp).unlink(missing_ok=True)
             raise
     return {"path": out, "sha256": file_sha256(out), "bytes": out.stat().st_size, "files": len(rels), "run": name}
-
-
-class _BytesReader:
-    def __init__(self, data: bytes):
-        self.data, self.pos = data, 0
-
-    def read(self, size=-1):
-        end = len(self.data) if size is None or size < 0 else self.pos + size
-        chunk = self.data[self.pos:end]
-        self.pos += len(chunk)
-        return chunk
 
 
 # ----------------------------------------------------------------- unpack --
