@@ -17,12 +17,10 @@ from dwf_lab import attacks
 from dwf_lab.evaluation.checklist import (
     CheckItem,
     ChecklistSettings,
-    all_passed,
     check_bn_eval,
     check_deterministic,
     check_own_vs_relaxed_gradient,
     check_pgd_vs_worst_case,
-    checklist_json,
     checklist_markdown,
     items_to_json,
     run_checklist,
@@ -87,7 +85,6 @@ def test_checklist_passes_an_honest_model():
     assert len(items) == 9 and all(isinstance(it, CheckItem) for it in items)
     failed = [(it.key, it.evidence) for it in items if it.passed is False]
     assert not failed, failed
-    assert all_passed(items)
     k = by_key(items)
     assert k["white-box-vs-transfer"].passed is True
     assert k["eps-growth"].evidence["pgd_acc"][-1] <= 10
@@ -96,7 +93,7 @@ def test_checklist_passes_an_honest_model():
         assert k["white-box-vs-black-box"].passed is True
     md = checklist_markdown(items)
     assert "FAIL" not in md and md.count("✅ pass") == sum(it.passed is True for it in items)
-    json.loads(checklist_json(items, model="tiny"))
+    json.dumps(items_to_json(items))
 
 
 @pytest.mark.parametrize("wrapper", [DetachedLogits, QuantizedInput])
@@ -114,7 +111,7 @@ def test_checklist_flags_a_gradient_masked_model(wrapper):
     items = run_checklist(masked, x, y, dataclasses.replace(settings(), square_queries=300),
                           surrogate=honest, square=HAVE_ART)
     k = by_key(items)
-    assert not all_passed(items)
+    assert summary(items)["failed"] > 0
     assert k["non-zero-gradients"].passed is False
     assert k["non-zero-gradients"].evidence["fraction_zero_gradient"] >= 0.9
     # attacks that do not need this model's gradients expose it
