@@ -31,6 +31,13 @@ def bf16_supported() -> bool:
     return bool(check()) if check is not None else False
 
 
+def channels_last_ok(width: float) -> bool:
+    """Whether channels_last is safe to try on this CPU for a ResNet-18 of ``width``: on AVX-512 CPUs
+    always; elsewhere only when its narrowest layer has at least 8 channels (on an AVX2 EPYC, torch
+    2.14.1's oneDNN crashed or hung in the channels_last backward of the 4-channel width 1/16)."""
+    return torch.backends.cpu.get_cpu_capability().startswith("AVX512") or 64 * width >= 8
+
+
 @functools.lru_cache(maxsize=8)
 def probe_cpu_paths(width: float, batch: int, threads: int, steps: int = 3) -> dict:
     """Images/s of a ResNet-18 training step (width, batch) on each path of :data:`PATHS`;
@@ -40,7 +47,7 @@ def probe_cpu_paths(width: float, batch: int, threads: int, steps: int = 3) -> d
     x, y = torch.rand(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
     rates = {}
     for name, (amp, cl) in PATHS.items():
-        if amp and not bf16_supported():
+        if (amp and not bf16_supported()) or (cl and not channels_last_ok(width)):
             continue
         model = copy.deepcopy(base).train()
         xs = x.contiguous(memory_format=torch.channels_last) if cl else x

@@ -6,7 +6,7 @@ import torch
 from dwf_lab.core import device
 from dwf_lab.core.config import get_profile
 from dwf_lab.training import fast_path
-from dwf_lab.training.fast_path import PATHS, choose, training_runtime
+from dwf_lab.training.fast_path import PATHS, channels_last_ok, choose, training_runtime
 
 
 def fake_probe(choice):
@@ -51,7 +51,8 @@ def test_a_path_must_beat_fp32_clearly_to_be_chosen():
 def test_the_probe_measures_every_path_this_cpu_can_run():
     fast_path.probe_cpu_paths.cache_clear()
     out = fast_path.probe_cpu_paths(0.0625, 16, torch.get_num_threads(), steps=1)
-    expected = set(PATHS) if out["bf16_supported"] else {"fp32", "fp32+channels_last"}
+    expected = {name for name, (amp, cl) in PATHS.items()
+                if (out["bf16_supported"] or not amp) and (channels_last_ok(0.0625) or not cl)}
     assert set(out["images_per_s"]) == expected and all(v > 0 for v in out["images_per_s"].values())
     assert out["choice"] in out["images_per_s"]
 
@@ -73,3 +74,10 @@ def test_a_training_step_runs_on_mps():
     x, y = torch.rand(4, 3, 32, 32, device="mps"), torch.randint(0, 10, (4,), device="mps")
     torch.nn.functional.cross_entropy(model(x), y).backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+def test_channels_last_is_not_tried_where_it_is_unsafe(monkeypatch):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert not channels_last_ok(0.0625) and channels_last_ok(0.125)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    assert channels_last_ok(0.0625)
