@@ -11,14 +11,17 @@ and returns one :class:`Finding` per row it applies to, with a status:
   standard errors (nothing to conclude);
 - ``"flagged"``: the wrong way, beyond noise.
 
+``pgd-vs-fgsm`` and ``eps-growth`` are :mod:`dwf_lab.evaluation.consistency`'s, as in notebook 05 and the
+checklist: their errors are binomial on the test images; the others' include the seeds' spread.
+
 The same rules read the paper's published Tables 2-3 (:func:`paper_table`) and a run's own
 results (:func:`run_table`); notebook 08 runs both. A rule never proves an evaluation right:
 it can only catch numbers that contradict each other.
 
 | rule | what a sound evaluation shows | a violation points to |
 |---|---|---|
-| ``pgd-vs-fgsm`` | PGD at 8/255 (many steps in a ball that contains FGSM's at 0.03) leaves no more accuracy than one FGSM step at 0.03 | gradient masking, or a weak PGD |
-| ``fgsm-eps`` | FGSM accuracy does not rise with ε | gradient masking (Carlini et al. 2019) |
+| ``pgd-vs-fgsm`` | the strongest PGD column at 8/255 (many steps in a ball that contains FGSM's at 0.03) leaves no more accuracy than one FGSM step at 0.03 | gradient masking, or a weak PGD |
+| ``eps-growth`` | FGSM accuracy does not rise with ε | gradient masking (Carlini et al. 2019) |
 | ``pgd-steps`` | more PGD iterations leave no more accuracy | a noisy or broken attack |
 | ``restarts`` | PGD-100 with restarts leaves no more than one PGD-100 run, or than fewer steps | the columns are not the attacks they are named |
 | ``late-cliff`` | a PGD curve that flattened by 50 steps does not fall further from 50 to 100 than from 10 to 50 | the short attacks had not converged, or the long one is another attack |
@@ -30,14 +33,15 @@ it can only catch numbers that contradict each other.
 import math
 import re
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Callable, Iterable, Mapping, Sequence
 
+from dwf_lab.evaluation import consistency
 from dwf_lab.evaluation.metrics import DERIVED
-from dwf_lab.evaluation.records import infer_dataset, key_n, validated
+from dwf_lab.evaluation.records import infer_dataset, validated
 from dwf_lab.models.zoo import ZOO
-from dwf_lab.reporting.noise import Z, accuracy_se, binomial_se
+from dwf_lab.reporting.noise import Cell, Z, accuracy_se, binomial_se, run_cells
 from dwf_lab.reporting.paper import DATASET_LABELS, METRIC_FOR_COLUMN, TABLE_KEYS, paper_dataset, paper_tables
-from dwf_lab.reporting.tables import aggregate
 
 STATUSES = ("ok", "within noise", "flagged")
 
@@ -72,12 +76,6 @@ REFERENCE_POINTS: tuple[Reference, ...] = (
 
 
 # ------------------------------------------------------------------ tables --
-@dataclass(frozen=True)
-class Cell:
-    mean: float   # percent
-    se: float     # standard error, points
-
-
 @dataclass
 class AuditTable:
     """What the rules read: ``cells[row][metric]``, with where the numbers come from."""
@@ -102,34 +100,19 @@ def paper_table(dataset: str = "cifar10") -> AuditTable:
             for column, value in columns.items():
                 if value.get("mean") is None:
                     continue
-                se = accuracy_se(value["mean"], n, value.get("std"), PAPER_RUNS)
-                cells.setdefault(row, {})[METRIC_FOR_COLUMN[column]] = Cell(value["mean"], se)
+                runs = PAPER_RUNS if value.get("std") is not None else 1
+                se = accuracy_se(value["mean"], n, value.get("std"), runs)
+                cells.setdefault(row, {})[METRIC_FOR_COLUMN[column]] = Cell(value["mean"], se, n, runs)
     return AuditTable(f"the paper, {DATASET_LABELS[ds]}", ds, cells)
 
 
 def run_table(results: Iterable[dict], dataset: str | None = None, label: str = "this run") -> AuditTable:
     """A run's evaluation records as a table: each row's mean over seeds, with the binomial
-    standard error on its test images and the spread between seeds."""
+    standard error on its test images and the spread between seeds (:func:`~dwf_lab.reporting.noise.run_cells`)."""
     results = validated(results)
     dataset = infer_dataset(results, dataset)
-    pgd_eps = 8 / 255
-    for r in results:
-        eps = (r.get("settings") or {}).get("pgd_eps")
-        if isinstance(eps, (int, float)):
-            pgd_eps = float(eps)
-
-    def n_images(row: str, metric: str) -> int:
-        # the fewest test images this metric covers in the row's records (attacks may use fewer)
-        return min(key_n(r, metric) for r in results if r["row"] == row and r.get("n_test"))
-
-    rows_with_n = {r["row"] for r in results if r.get("n_test")}
-    cells: dict[str, dict[str, Cell]] = {}
-    for row, metrics in aggregate(results, dataset).items():
-        if row not in rows_with_n:
-            continue
-        cells[row] = {m: Cell(c["mean"], accuracy_se(c["mean"], n_images(row, m), c["std"], c["n"]))
-                      for m, c in metrics.items()}
-    return AuditTable(label, dataset, cells, pgd_eps)
+    eps = [e for r in results if isinstance(e := (r.get("settings") or {}).get("pgd_eps"), (int, float))]
+    return AuditTable(label, dataset, run_cells(results, dataset), float(eps[-1]) if eps else 8 / 255)
 
 
 # ---------------------------------------------------------------- findings --
@@ -163,10 +146,6 @@ def metric_label(metric: str) -> str:
     return metric
 
 
-def _fgsm(cells: Mapping[str, Cell]) -> list[tuple[float, str]]:
-    return sorted((float(m[5:]), m) for m in cells if re.fullmatch(r"fgsm:[0-9.]+", m))
-
-
 def _pgd_steps(cells: Mapping[str, Cell]) -> list[tuple[int, str]]:
     return sorted((int(m[4:]), m) for m in cells if re.fullmatch(r"pgd:\d+", m))
 
@@ -176,147 +155,102 @@ def _pgd_long(cells: Mapping[str, Cell], kind: str) -> tuple[int, str] | None:
     return found[-1] if found else None
 
 
-def _pgd_all(cells: Mapping[str, Cell]) -> list[str]:
-    return [m for m in cells if re.fullmatch(r"pgd:\d+(-ms|-a)?", m)]
+# ------------------------------------------------------------------- rules --
+RowCheck = Callable[[AuditTable, str, Mapping[str, Cell]], Finding | None]
 
 
-def _worst_rise(cells: Mapping[str, Cell], ordered: Sequence[str]) -> tuple[str, str, float, float] | None:
-    """The consecutive pair (a, b) of ``ordered`` where accuracy rises most from a to b."""
-    pairs = [(a, b, cells[b].mean - cells[a].mean, math.hypot(cells[a].se, cells[b].se))
-             for a, b in zip(ordered, ordered[1:])]
-    return max(pairs, key=lambda t: (t[2] - Z * t[3], t[2])) if pairs else None
+def _per_row(check: RowCheck) -> Callable[[AuditTable], list[Finding]]:
+    """A rule read on every row of a table: ``check(table, row, cells)``, None where it does not apply."""
+    return lambda t: [f for row, c in t.cells.items() if (f := check(t, row, c)) is not None]
 
 
-def _rise_finding(rule: str, row: str, c: Mapping[str, Cell], a: str, b: str, excess: float, se: float,
-                  what: str) -> Finding:
+def _shared(rule: consistency.Rule) -> RowCheck:
+    """One of the shared consistency rules (:mod:`dwf_lab.evaluation.consistency`)."""
+    def check(t: AuditTable, row: str, c: Mapping[str, Cell]) -> Finding | None:
+        k = rule.check({m: x.mean for m, x in c.items()}, {m: x.n for m, x in c.items()}, t.pgd_eps)
+        return None if k is None else Finding(
+            rule.name, row, k.status, f"{metric_label(k.stronger)} leaves {k.a:.2f}%, {metric_label(k.weaker)} "
+            f"{k.b:.2f}% ({k.excess:+.2f} points, {_z(k.excess, k.se)})", k.excess, k.se)
+    return check
+
+
+def rule_pgd_steps(t: AuditTable, row: str, c: Mapping[str, Cell]) -> Finding | None:
+    pairs = [(a, b, c[b].mean - c[a].mean, math.hypot(c[a].se, c[b].se))
+             for (_, a), (_, b) in pairwise(_pgd_steps(c))]
+    if not pairs:
+        return None
+    a, b, excess, se = max(pairs, key=lambda p: (p[2] - Z * p[3], p[2]))   # the steepest rise
     step = f"{metric_label(a)} {c[a].mean:.2f}% → {metric_label(b)} {c[b].mean:.2f}%"
     if excess <= 0:
-        return Finding(rule, row, "ok", f"accuracy never rises with {what} (closest: {step})", excess, se)
-    return Finding(rule, row, _status(excess, se),
-                   f"accuracy rises with {what}: {step} ({excess:+.2f} points, {_z(excess, se)})", excess, se)
+        return Finding("pgd-steps", row, "ok", f"accuracy never rises with more steps (closest: {step})", excess, se)
+    return Finding("pgd-steps", row, _status(excess, se),
+                   f"accuracy rises with more steps: {step} ({excess:+.2f} points, {_z(excess, se)})", excess, se)
 
 
-# ------------------------------------------------------------------- rules --
-def rule_pgd_vs_fgsm(t: AuditTable) -> list[Finding]:
-    out = []
-    if t.pgd_eps < 0.03:
-        return out
-    for row, c in t.cells.items():
-        pgd = _pgd_all(c)
-        if "fgsm:0.03" not in c or not pgd:
-            continue
-        strongest = min(pgd, key=lambda m: c[m].mean)
-        f, s = c["fgsm:0.03"], c[strongest]
-        excess, se = s.mean - f.mean, math.hypot(s.se, f.se)
-        out.append(Finding("pgd-vs-fgsm", row, _status(excess, se),
-                           f"the strongest PGD column ({metric_label(strongest)}, ε = 8/255) leaves {s.mean:.2f}%, "
-                           f"one FGSM step at ε = 0.03 leaves {f.mean:.2f}% ({excess:+.2f} points, "
-                           f"{_z(excess, se)})", excess, se))
-    return out
+def rule_restarts(t: AuditTable, row: str, c: Mapping[str, Cell]) -> Finding | None:
+    ms = _pgd_long(c, "ms")
+    others = [m for m in ([_pgd_long(c, "a")] + _pgd_steps(c)[-1:]) if m is not None and ms and m[0] <= ms[0]]
+    if not others:
+        return None
+    weakest_bound = min((m for _, m in others), key=lambda m: c[m].mean)
+    a, b = c[ms[1]], c[weakest_bound]
+    excess, se = a.mean - b.mean, math.hypot(a.se, b.se)
+    return Finding("restarts", row, _status(excess, se),
+                   f"{metric_label(ms[1])} (restarts, worst case) leaves {a.mean:.2f}%, {metric_label(weakest_bound)} "
+                   f"{b.mean:.2f}% ({excess:+.2f} points, {_z(excess, se)})", excess, se)
 
 
-def _no_rise(t: AuditTable, rule: str, columns, stronger: str) -> list[Finding]:
-    """Per row: accuracy must not rise along ``columns(cells)`` (an ordered attack sweep)."""
-    out = []
-    for row, c in t.cells.items():
-        rise = _worst_rise(c, [m for _, m in columns(c)])
-        if rise is not None:
-            out.append(_rise_finding(rule, row, c, *rise, stronger))
-    return out
+def rule_late_cliff(t: AuditTable, row: str, c: Mapping[str, Cell]) -> Finding | None:
+    steps = _pgd_steps(c)
+    long = _pgd_long(c, "a") or _pgd_long(c, "ms")
+    if len(steps) < 2 or long is None or long[0] <= steps[-1][0]:
+        return None
+    (k0, m0), (k1, m1) = steps[0], steps[-1]
+    first, late = c[m0].mean - c[m1].mean, c[m1].mean - c[long[1]].mean
+    excess = late - first
+    se = math.sqrt(c[m0].se ** 2 + 4 * c[m1].se ** 2 + c[long[1]].se ** 2)
+    return Finding("late-cliff", row, _status(excess, se),
+                   f"PGD-{k0} → PGD-{k1} loses {first:.2f} points, PGD-{k1} → {metric_label(long[1])} "
+                   f"loses {late:.2f} ({excess:+.2f} points more late than early, {_z(excess, se)})", excess, se)
 
 
-def rule_fgsm_eps(t: AuditTable) -> list[Finding]:
-    return _no_rise(t, "fgsm-eps", _fgsm, "a larger ε")
+def rule_clean_bound(t: AuditTable, row: str, c: Mapping[str, Cell]) -> Finding | None:
+    attacked = [m for m in c if m != "SA" and m not in DERIVED]
+    if "SA" not in c or not attacked:
+        return None
+    top = max(attacked, key=lambda m: c[m].mean)
+    excess, se = c[top].mean - c["SA"].mean, math.hypot(c[top].se, c["SA"].se)
+    return Finding("clean-bound", row, _status(excess, se),
+                   f"highest attacked accuracy {metric_label(top)} {c[top].mean:.2f}%, clean {c['SA'].mean:.2f}% "
+                   f"({excess:+.2f} points)", excess, se)
 
 
-def rule_pgd_steps(t: AuditTable) -> list[Finding]:
-    return _no_rise(t, "pgd-steps", _pgd_steps, "more steps")
+def rule_undefended(t: AuditTable, row: str, c: Mapping[str, Cell]) -> Finding | None:
+    pgd = consistency.pgd_columns(c)
+    if row not in UNDEFENDED_ROWS or not pgd:
+        return None
+    strongest = min(pgd, key=lambda m: c[m].mean)
+    s = c[strongest]
+    excess = s.mean - UNDEFENDED_PGD_MAX
+    return Finding("undefended", row, _status(excess, s.se),
+                   f"an undefended network keeps {s.mean:.2f}% under its strongest PGD column "
+                   f"({metric_label(strongest)}); expected at most about {UNDEFENDED_PGD_MAX:g}%", excess, s.se)
 
 
-def rule_restarts(t: AuditTable) -> list[Finding]:
-    out = []
-    for row, c in t.cells.items():
-        ms = _pgd_long(c, "ms")
-        if ms is None:
-            continue
-        others = [m for m in ([_pgd_long(c, "a")] + _pgd_steps(c)[-1:]) if m is not None and m[0] <= ms[0]]
-        if not others:
-            continue
-        weakest_bound = min((m for _, m in others), key=lambda m: c[m].mean)
-        a, b = c[ms[1]], c[weakest_bound]
-        excess, se = a.mean - b.mean, math.hypot(a.se, b.se)
-        out.append(Finding("restarts", row, _status(excess, se),
-                           f"{metric_label(ms[1])} (restarts, worst case) leaves {a.mean:.2f}%, {metric_label(weakest_bound)} "
-                           f"{b.mean:.2f}% ({excess:+.2f} points, {_z(excess, se)})", excess, se))
-    return out
-
-
-def rule_late_cliff(t: AuditTable) -> list[Finding]:
-    out = []
-    for row, c in t.cells.items():
-        steps = _pgd_steps(c)
-        long = _pgd_long(c, "a") or _pgd_long(c, "ms")
-        if len(steps) < 2 or long is None or long[0] <= steps[-1][0]:
-            continue
-        (k0, m0), (k1, m1) = steps[0], steps[-1]
-        first, late = c[m0].mean - c[m1].mean, c[m1].mean - c[long[1]].mean
-        excess = late - first
-        se = math.sqrt(c[m0].se ** 2 + 4 * c[m1].se ** 2 + c[long[1]].se ** 2)
-        out.append(Finding("late-cliff", row, _status(excess, se),
-                           f"PGD-{k0} → PGD-{k1} loses {first:.2f} points, PGD-{k1} → {metric_label(long[1])} "
-                           f"loses {late:.2f} ({excess:+.2f} points more late than early, {_z(excess, se)})",
-                           excess, se))
-    return out
-
-
-def rule_clean_bound(t: AuditTable) -> list[Finding]:
-    out = []
-    for row, c in t.cells.items():
-        attacked = [m for m in c if m != "SA" and m not in DERIVED]
-        if "SA" not in c or not attacked:
-            continue
-        top = max(attacked, key=lambda m: c[m].mean)
-        excess, se = c[top].mean - c["SA"].mean, math.hypot(c[top].se, c["SA"].se)
-        out.append(Finding("clean-bound", row, _status(excess, se),
-                           f"highest attacked accuracy {metric_label(top)} {c[top].mean:.2f}%, clean {c['SA'].mean:.2f}% "
-                           f"({excess:+.2f} points)", excess, se))
-    return out
-
-
-def rule_undefended(t: AuditTable) -> list[Finding]:
-    out = []
-    for row, c in t.cells.items():
-        pgd = _pgd_all(c)
-        if row not in UNDEFENDED_ROWS or not pgd:
-            continue
-        strongest = min(pgd, key=lambda m: c[m].mean)
-        s = c[strongest]
-        excess = s.mean - UNDEFENDED_PGD_MAX
-        out.append(Finding("undefended", row, _status(excess, s.se),
-                           f"an undefended network keeps {s.mean:.2f}% under its strongest PGD column "
-                           f"({metric_label(strongest)}); expected at most about {UNDEFENDED_PGD_MAX:g}%", excess, s.se))
-    return out
-
-
-def rule_undefended_flat(t: AuditTable) -> list[Finding]:
-    out = []
-    for row, c in t.cells.items():
-        steps = _pgd_steps(c)
-        if row not in UNDEFENDED_ROWS or len(steps) < 2:
-            continue
-        (k0, m0), (k1, m1) = steps[0], steps[-1]
-        a, b = c[m0], c[m1]
-        drop, se = a.mean - b.mean, math.hypot(a.se, b.se)
-        if a.mean <= UNDEFENDED_PGD_MAX:
-            out.append(Finding("undefended-flat", row, "ok",
-                               f"PGD-{k0} already leaves only {a.mean:.2f}%: nothing left to fall", None, None))
-            continue
-        excess = FLAT_FRACTION * a.mean - drop          # > 0: the curve falls by less than it should
-        out.append(Finding("undefended-flat", row, _status(excess, se),
-                           f"PGD-{k0} {a.mean:.2f}% → PGD-{k1} {b.mean:.2f}%: {k1} steps instead of {k0} take "
-                           f"{drop:.2f} points more from a network with no defence (a tenth of what is left "
-                           f"would be {FLAT_FRACTION * a.mean:.2f}; {_z(excess, se)})", excess, se))
-    return out
+def rule_undefended_flat(t: AuditTable, row: str, c: Mapping[str, Cell]) -> Finding | None:
+    steps = _pgd_steps(c)
+    if row not in UNDEFENDED_ROWS or len(steps) < 2:
+        return None
+    (k0, m0), (k1, m1) = steps[0], steps[-1]
+    a, b = c[m0], c[m1]
+    drop, se = a.mean - b.mean, math.hypot(a.se, b.se)
+    if a.mean <= UNDEFENDED_PGD_MAX:
+        return Finding("undefended-flat", row, "ok", f"PGD-{k0} already leaves only {a.mean:.2f}%: nothing left to fall")
+    excess = FLAT_FRACTION * a.mean - drop          # > 0: the curve falls by less than it should
+    return Finding("undefended-flat", row, _status(excess, se),
+                   f"PGD-{k0} {a.mean:.2f}% → PGD-{k1} {b.mean:.2f}%: {k1} steps instead of {k0} take "
+                   f"{drop:.2f} points more from a network with no defence (a tenth of what is left "
+                   f"would be {FLAT_FRACTION * a.mean:.2f}; {_z(excess, se)})", excess, se)
 
 
 def rule_reference(t: AuditTable) -> list[Finding]:
@@ -343,23 +277,22 @@ class Rule:
     check: Callable[[AuditTable], list[Finding]]
 
 
-RULES: tuple[Rule, ...] = (
-    Rule("pgd-vs-fgsm", "PGD at 8/255 does no less damage than one FGSM step at 0.03",
-         "gradient masking, or a PGD that is weaker than it should be", rule_pgd_vs_fgsm),
-    Rule("fgsm-eps", "FGSM accuracy does not rise with ε",
-         "gradient masking: a bigger step should not help the model", rule_fgsm_eps),
-    Rule("pgd-steps", "more PGD iterations do no less damage", "a noisy or broken attack", rule_pgd_steps),
+POINTS_TO = {"pgd-vs-fgsm": "gradient masking, or a PGD that is weaker than it should be",
+             "eps-growth": "gradient masking: a bigger step should not help the model"}
+RULES: tuple[Rule, ...] = tuple(Rule(r.name, r.description, POINTS_TO[r.name], _per_row(_shared(r)))
+                                for r in consistency.RULES) + (
+    Rule("pgd-steps", "more PGD iterations do no less damage", "a noisy or broken attack", _per_row(rule_pgd_steps)),
     Rule("restarts", "restarts and longer runs do no less damage",
-         "columns that are not the attacks they are named", rule_restarts),
+         "columns that are not the attacks they are named", _per_row(rule_restarts)),
     Rule("late-cliff", "no cliff after a flattened PGD curve",
-         "short attacks that had not converged, or a long attack that is another attack", rule_late_cliff),
+         "short attacks that had not converged, or a long attack that is another attack", _per_row(rule_late_cliff)),
     Rule("clean-bound", "no attacked accuracy above the clean one",
-         "robust accuracy counted on other images than the clean one", rule_clean_bound),
+         "robust accuracy counted on other images than the clean one", _per_row(rule_clean_bound)),
     Rule("undefended", "an undefended network falls under PGD",
          "ε on the wrong scale (e.g. on normalized inputs), or an attack that does not reach the model",
-         rule_undefended),
+         _per_row(rule_undefended)),
     Rule("undefended-flat", "more steps keep hurting an undefended network", "an attack that stalls",
-         rule_undefended_flat),
+         _per_row(rule_undefended_flat)),
     Rule("reference", "not above the best published results for the same recipe",
          "a result that needs more checking than the paper gives", rule_reference),
 )

@@ -1,9 +1,10 @@
 """How far a measured accuracy can move by chance, and when two accuracies differ by more than that.
 
 An accuracy measured on n test images is a binomial proportion: another n images would give
-another number. :func:`binomial_se` is its standard error in points (Agresti-Coull: two
-successes and two failures added, so a 0% or 100% on few images still has an error);
-:func:`accuracy_se` adds the seed-to-seed spread when a number is a mean over training runs.
+another number. :func:`~dwf_lab.evaluation.consistency.binomial_se` is its standard error in
+points (Agresti-Coull: two successes and two failures added, so a 0% or 100% on few images still
+has an error); :func:`accuracy_se` adds the seed-to-seed spread when a number is a mean over
+training runs, and :func:`run_cells` gives every number of a run's records with its error.
 :func:`compare` says whether a difference is beyond noise: more than :data:`Z` standard errors
 of the difference, the errors of the two numbers combined as if independent. Two models
 evaluated on the *same* images make correlated errors, so this is the conservative choice (a
@@ -11,21 +12,11 @@ paired estimate from per-image results is smaller; notebook 08 computes one).
 """
 import math
 from dataclasses import dataclass
+from typing import Iterable
 
-Z = 2.0   # "beyond noise": a difference of more than two standard errors (about 95%, two-sided)
-
-
-def binomial_se(acc: float, n: int) -> float:
-    """Standard error, in points, of an accuracy of ``acc`` percent measured on ``n`` images.
-
-    Agresti-Coull: p = (k + 2) / (n + 4) with k = acc·n/100, SE = 100·sqrt(p(1−p)/(n + 4)).
-    For 35% on 200 images that is 3.3 points, as the plain sqrt(p(1−p)/n) would say."""
-    if not n or n < 1:
-        raise ValueError(f"an accuracy needs at least one test image, got n={n!r}")
-    if not 0.0 <= acc <= 100.0:
-        raise ValueError(f"accuracy must be a percentage in [0, 100], got {acc!r}")
-    p = (acc / 100.0 * n + 2.0) / (n + 4.0)
-    return 100.0 * math.sqrt(p * (1.0 - p) / (n + 4.0))
+from dwf_lab.evaluation.consistency import Z, binomial_se
+from dwf_lab.evaluation.records import key_n, validated
+from dwf_lab.reporting.tables import aggregate
 
 
 def accuracy_se(acc: float, n: int, std: float | None = None, runs: int = 1) -> float:
@@ -53,13 +44,9 @@ class Comparison:
     def z(self) -> float:
         return self.difference / self.se if self.se > 0 else math.copysign(math.inf, self.difference)
 
-    @property
-    def within_noise(self) -> bool:
-        return abs(self.difference) <= Z * self.se
-
     def reading(self, above: str = "higher", below: str = "lower") -> str:
-        """'within noise', or ``above`` / ``below`` (beyond noise)."""
-        if self.within_noise:
+        """'within noise' (up to :data:`Z` standard errors), or ``above`` / ``below``."""
+        if abs(self.difference) <= Z * self.se:
             return "within noise"
         return above if self.difference > 0 else below
 
@@ -67,3 +54,28 @@ class Comparison:
 def compare(a: float, se_a: float, b: float, se_b: float) -> Comparison:
     """The difference a − b and its standard error sqrt(se_a² + se_b²)."""
     return Comparison(a, b, math.sqrt(se_a ** 2 + se_b ** 2))
+
+
+@dataclass(frozen=True)
+class Cell:
+    """A mean accuracy (%) over ``seeds`` training runs, its standard error (points) and the test images behind it."""
+    mean: float
+    se: float
+    n: int
+    seeds: int = 1
+
+
+def run_cells(results: Iterable[dict], dataset: str | None = None) -> dict[str, dict[str, Cell]]:
+    """``{row: {metric: Cell}}`` of a run's evaluation records: the mean over seeds
+    (:func:`~dwf_lab.reporting.tables.aggregate`) with its :func:`accuracy_se` on the fewest test
+    images the metric covers in the row's records (attacks may run on fewer), the seeds' spread
+    included. A row with no test size (``n_test``) is left out: its noise is unknown."""
+    results = validated(results)
+    out: dict[str, dict[str, Cell]] = {}
+    for row, metrics in aggregate(results, dataset).items():
+        recs = [r for r in results if r["row"] == row and r.get("n_test")]
+        if recs:
+            n = {m: min(key_n(r, m) for r in recs) for m in metrics}
+            out[row] = {m: Cell(c["mean"], accuracy_se(c["mean"], n[m], c["std"], c["n"]), n[m], c["n"])
+                        for m, c in metrics.items()}
+    return out

@@ -12,15 +12,18 @@
 """
 import math
 import re
+from dataclasses import asdict
 from typing import Mapping, Sequence
 
 import numpy as np
 
 from dwf_lab.attacks.autoattack import STAGE_NAMES
 from dwf_lab.core.config import PROFILES, Profile
+from dwf_lab.evaluation import consistency
 from dwf_lab.evaluation.metrics import WORST
-from dwf_lab.evaluation.records import infer_dataset, key_n
-from dwf_lab.reporting.noise import accuracy_se, compare
+from dwf_lab.evaluation.records import infer_dataset, validated
+from dwf_lab.reporting.audit import audit, run_table
+from dwf_lab.reporting.noise import compare, run_cells
 from dwf_lab.reporting.paper import comparability_note, is_comparable, paper_value
 from dwf_lab.reporting.render import markdown_table
 from dwf_lab.reporting.tables import AA_STAGES, aggregate, autoattack_stage_rows
@@ -168,28 +171,14 @@ def protocol_reading(results: Sequence[Mapping], dataset: str | None = None) -> 
                          f"restarts) moves DWF from {a:.1f}% (PGD-{ks[-1]}) to {b:.1f}%"
                          + (": longer attacks still find new adversarial examples."
                             if b < a - 0.5 else "."))
-    # gradient-masking checks, per row
-    flags = []
-    for row, mets in agg.items():
-        fg = sorted((float(m.split(":")[1]), c["mean"]) for m, c in mets.items()
-                    if re.fullmatch(r"fgsm:[0-9.]+", m))
-        rises = [(e1, e2) for (e1, a1), (e2, a2) in zip(fg, fg[1:]) if a2 > a1 + 2.0]
-        if rises:
-            flags.append(f"{row}: FGSM accuracy *rises* with ε (from ε={rises[0][0]:g} to "
-                         f"{rises[0][1]:g})")
-        f03 = mets.get("fgsm:0.03")
-        pk = [c["mean"] for m, c in mets.items() if re.fullmatch(r"pgd:\d+", m)]
-        if f03 is not None and pk and min(pk) > f03["mean"] + 2.0:
-            flags.append(f"{row}: PGD (ε = 8/255 ≈ 0.031) leaves more accuracy ({min(pk):.1f}%) "
-                         f"than one FGSM step at ε = 0.03 ({f03['mean']:.1f}%)")
-    if flags:
-        lines.append("- **Signs of gradient masking** (a multi-step attack should beat a single "
-                     "step, and larger ε should not help the model): " + "; ".join(flags)
-                     + ". Treat those rows' robustness as unproven.")
-    else:
-        lines.append("- No model shows the usual signs of gradient masking here (FGSM accuracy "
-                     "never rises with ε by more than 2 points, and PGD is never weaker than one "
-                     "FGSM step of the same size).")
+    # gradient-masking signs, per row: the shared consistency rules, as in the audit and the checklist
+    found = audit(run_table(results, dataset), [r.name for r in consistency.RULES])
+    flags = "; ".join(f"{f.row}: {f.detail}" for f in found if f.status == "flagged")
+    rules = "; ".join(r.description for r in consistency.RULES)
+    lines.append(f"- **Signs of gradient masking** ({rules}), beyond two binomial standard errors: {flags}. "
+                 "Treat those rows' robustness as unproven." if flags else
+                 f"- No model shows the usual signs of gradient masking here ({rules}: never "
+                 "broken by more than two binomial standard errors of the difference).")
     seeds = {row: cells.get("SA", {}).get("n") for row, cells in agg.items()}
     if seeds.get(dwf):
         lines.append(f"- DWF numbers are over {seeds[dwf]} training run(s)"
@@ -298,16 +287,6 @@ UNIFORM = "Uniform ensemble"
 WORST_CASES = (WORST, "worst-case")   # over every attack run; over the paper's attacks
 
 
-def _n_images(results: Sequence[Mapping], metric: str) -> dict[str, int]:
-    """Per row, the test images ``metric`` covers (the fewest over its seeds' records)."""
-    n: dict[str, int] = {}
-    for r in results:
-        if r.get("n_test"):
-            k = key_n(r, metric)
-            n[r["row"]] = min(n.get(r["row"], k), k)
-    return n
-
-
 def verdict(results: Sequence[Mapping], dataset: str | None = None) -> dict:
     """DWF's per-image worst case against each row of :data:`VERDICT_ROWS`, with standard errors.
 
@@ -316,26 +295,21 @@ def verdict(results: Sequence[Mapping], dataset: str | None = None) -> dict:
     (``worst-case``), so neither row is held to attacks the other escaped. Standard errors:
     :func:`dwf_lab.reporting.noise.accuracy_se` (the test images, and the seeds where there
     are several); a difference is "within noise" up to two standard errors.
-    Returns ``{"dataset", "dwf": {metric: {"mean", "se", "seeds"}} | None, "n_test", "seeds",
+    Returns ``{"dataset", "dwf": {metric: {"mean", "se", "n", "seeds"}} | None, "n_test", "seeds",
     "rows": [one dict per comparison], "missing": [{"model", "why"}]}``: nothing is left out
     silently, a row the run lacks is listed with where it comes from.
     """
-    results = list(results)
+    results = validated(results)
     out: dict = {"dataset": None, "dwf": None, "n_test": None, "seeds": 0, "rows": [], "missing": []}
-    dataset = infer_dataset(results, dataset) if results else None
-    agg = aggregate(results, dataset) if results else {}
-    n = {m: _n_images(results, m) for m in WORST_CASES}
-    out["dataset"] = dataset
+    dataset = out["dataset"] = infer_dataset(results, dataset) if results else None
+    cells = run_cells(results, dataset) if results else {}
 
     def cell(row: str, metric: str) -> dict | None:
-        c = agg.get(row, {}).get(metric)
-        if c is None or row not in n[metric]:
-            return None
-        return {"mean": c["mean"], "se": accuracy_se(c["mean"], n[metric][row], c["std"], c["n"]),
-                "seeds": c["n"], "n": n[metric][row]}
+        c = cells.get(row, {}).get(metric)
+        return None if c is None else asdict(c)
 
     def why(row: str, where: str) -> str:
-        if row in agg:
+        if any(r["row"] == row for r in results):
             return f"evaluated, but without a per-image worst case; evaluate it again with {where}"
         return f"not evaluated yet; it comes from {where}"
 
@@ -372,7 +346,8 @@ def verdict_reading(v: Mapping) -> str:
                 else "over the paper's attacks (the adaptive attacks of notebook 06 have not run on it)")
         seeds = f", mean of {v['seeds']} training runs" if v["seeds"] > 1 else ", one training run"
         lines.append(f"- **DWF keeps {c['mean']:.1f}% ± {c['se']:.1f}%** of {v['n_test']} test images in the "
-                     f"per-image worst case {what}{seeds}.")
+                     f"per-image worst case {what}{seeds} (± here and below: one standard error, from the "
+                     "test images and, over several runs, the seeds).")
         for r in v["rows"]:
             metric = "all attacks" if r["metric"] == WORST else "the paper's attacks"
             if r["reading"] == "within noise":
