@@ -37,8 +37,10 @@ from dwf_lab.training.recipes import FIXED_FGSM_EPS
 from dwf_lab.training.variants import BY_NAME, fixed_pgd_steps
 
 DEFAULT_TITLE = "Divided We Fall: this run beside the paper's Tables 2 and 3"
-FIGURE_FILES = ("fig6_fgsm", "fig7_pgd")
 DASH = "—"
+# what "±" means in this report's tables (one meaning per output; the README and the entries use SE)
+PM_NOTE = ("± is the sample standard deviation over the row's seeds (the runs column; none for one seed), "
+           "not a standard error; the paper's ± is the std over its five training runs.")
 
 
 # ----------------------------------------------------------- formatting --
@@ -54,14 +56,12 @@ def fmt_ours(cell: dict | None, runs: int | None = None) -> str:
     return text
 
 
-def fmt_paper(cell: dict | None) -> str:
-    """The paper's value as published (two decimals), ``± std`` where it gives one."""
+def fmt_paper(cell: dict | None, missing: str = DASH) -> str:
+    """Two decimals, ``± std`` where there is one: the paper's values as published, the ablations."""
     if not cell or cell.get("mean") is None:
-        return DASH
-    text = f"{cell['mean']:.2f}"
-    if cell.get("std") is not None:
-        text += f" ± {cell['std']:.2f}"
-    return text
+        return missing
+    std = cell.get("std")
+    return f"{cell['mean']:.2f}" + (f" ± {std:.2f}" if std is not None and not math.isnan(std) else "")
 
 
 def _settings_line(settings: dict) -> str | None:
@@ -169,6 +169,7 @@ def to_markdown(tables: dict, title: str = DEFAULT_TITLE,
             label = row if runs_text == "paper only" else f"**{row}**"
             cells = [label, runs_text] + cells
             lines.append("| " + " | ".join(_md_escape(c) for c in cells) + " |")
+        lines += ["", PM_NOTE]
     for sec in sections or []:
         lines += ["", f"## {sec['title']}", ""]
         lines += [f"- {n}" for n in sec.get("notes", [])]
@@ -222,7 +223,7 @@ def to_html(tables: dict, title: str = DEFAULT_TITLE,
                 cells.append(f"<td>{cell}</td>")
             parts.append(f"<tr{cls}><td>{esc(row)}</td><td>{esc(runs_text)}</td>"
                          + "".join(cells) + "</tr>")
-        parts.append("</tbody></table>")
+        parts.append(f"</tbody></table><p>{esc(PM_NOTE)}</p>")
     for sec in sections or []:
         parts.append(f"<h2>{esc(sec['title'])}</h2>")
         if sec.get("notes"):
@@ -320,28 +321,19 @@ def markdown_table(rows: Sequence[Mapping], columns: Sequence[str] | None = None
     return "\n".join(lines)
 
 
-def _fmt_ablation(cell: dict) -> str:
-    if cell["mean"] is None:
-        return "-"
-    if cell["std"] is None or (isinstance(cell["std"], float) and math.isnan(cell["std"])):
-        return f"{cell['mean']:.2f}"
-    return f"{cell['mean']:.2f} ± {cell['std']:.2f}"
-
-
 def ablation_markdown(table: list[dict], skipped: dict | None = None, profile: Profile | None = None) -> str:
     lines = ["# Ablations", "",
              "Accuracy in percent on the run's test set. PGD-20: eps 8/255, step 2/255, random "
              "start, through the whole model (gate included). Worst case: correct both clean "
-             "and under PGD-20, per example. Mean ± std over seeds where there are several.", ""]
+             "and under PGD-20, per example. Mean ± sample std over seeds where there are several "
+             "(± is not a standard error).", ""]
     if profile is not None:
         lines += [f"Profile `{profile.name}`: end-to-end phase {profile.mixture_epochs} epoch(s), "
                   f"{profile.mixture_batch} clean images per step; fixed strengths = FGSM eps "
                   f"{FIXED_FGSM_EPS}, PGD-{fixed_pgd_steps(profile)}.", ""]
     lines += ["| Variant | Question | Experts | SA | PGD-20 | Worst case | Seeds |",
               "|---|---|---|---|---|---|---|"]
-    for r in table:
-        lines.append(f"| {r['label']} | {r['question']} | {r['experts']} | {_fmt_ablation(r['SA'])} | "
-                     f"{_fmt_ablation(r['PGD-20'])} | {_fmt_ablation(r['worst-case'])} | {len(r['seeds'])} |")
+    lines += ["| " + " | ".join(map(str, row)) + " |" for row in _ablation_rows(table)]
     if skipped:
         lines += ["", "Not run for this profile: " + "; ".join(
             f"{BY_NAME[n].label if n in BY_NAME else n} ({why})" for n, why in skipped.items()) + "."]
@@ -391,7 +383,6 @@ def autoattack_section(eval_dir) -> dict | None:
 def checklist_section(report_dir) -> dict | None:
     """The run's checklists (``checklist_*_seed*.json`` in ``report_dir``) as one report table:
     a row per check, a column per model; None when there are none yet."""
-    from pathlib import Path
     found = sorted(Path(report_dir).glob("checklist_*_seed*.json"))
     loaded = [load_checklist(f) for f in found]
     if not loaded:
@@ -419,7 +410,12 @@ def ablation_section(run) -> dict | None:
                       f"({p.mixture_epochs} epoch(s), {p.mixture_batch} clean images per step). "
                       "PGD-20: eps 8/255, step 2/255, random start, through the whole model; worst "
                       "case: correct clean and under PGD-20, per example.",
-                      "Details and the variants that did not apply: report/ablations.md."],
+                      "Mean ± sample std over the Seeds column's seeds where there are several (± is not a "
+                      "standard error). Details and the variants that did not apply: report/ablations.md."],
             "columns": ["Variant", "Question", "Experts", "SA", "PGD-20", "Worst case", "Seeds"],
-            "rows": [[r["label"], r["question"], r["experts"], _fmt_ablation(r["SA"]), _fmt_ablation(r["PGD-20"]),
-                      _fmt_ablation(r["worst-case"]), len(r["seeds"])] for r in table]}
+            "rows": _ablation_rows(table)}
+
+
+def _ablation_rows(table: list[dict]) -> list[list]:
+    return [[r["label"], r["question"], r["experts"], *(fmt_paper(r[k], "-") for k in ("SA", "PGD-20", "worst-case")),
+             len(r["seeds"])] for r in table]

@@ -4,6 +4,7 @@ Fixture (tests/fixtures/eval_small, dataset cifar10-subset):
 - DWF seeds 0 and 1 (seed 1 lacks "pgd:100-a"; seed 0 adds "autoattack", "worst-case"),
 - ResNet-18 (PGD-AT) seed 0, and the kit-only row "FGSM expert 1" (no PGD metrics).
 """
+import html
 import json
 import math
 import shutil
@@ -15,7 +16,7 @@ from dwf_lab.evaluation.records import load_results
 from dwf_lab.reporting import paper
 from dwf_lab.reporting.figures import figure_fgsm, figure_pgd
 from dwf_lab.reporting.paper import TABLE2_COLUMNS, TABLE3_COLUMNS
-from dwf_lab.reporting.render import to_html, to_markdown, write_report
+from dwf_lab.reporting.render import PM_NOTE, to_html, to_markdown, write_report
 from dwf_lab.reporting.tables import aggregate, build_tables
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "eval_small"
@@ -134,6 +135,17 @@ def test_markdown_has_rows_and_paper_numbers(tables):
     dwf_line = next(line for line in md.splitlines() if line.startswith("| **DWF** |"))
     assert dwf_line.count("|") == 2 + len(TABLE2_COLUMNS) + 1  # one line per row
     assert "Seeds: ResNet-18 (PGD-AT) 0; DWF 0, 1; FGSM expert 1 0" in md
+
+
+def test_every_table_says_what_plus_minus_means(tables):
+    """In the report ± is the std over seeds (the README and the entries use the standard error):
+    each table says so under it, in markdown and HTML."""
+    md, page = to_markdown(tables), to_html(tables)
+    n_tables = sum(1 for k in ("table2", "table3", "beyond") if tables.get(k) and tables[k]["rows"])
+    assert n_tables == 3 and md.count(PM_NOTE) == n_tables and page.count(html.escape(PM_NOTE)) == n_tables
+    assert "standard deviation over the row's seeds" in PM_NOTE and "not a standard error" in PM_NOTE
+    for block in md.split("\n## ")[1:]:                  # the note closes each table
+        assert block.rstrip().endswith(PM_NOTE)
 
 
 def test_synthetic_run_says_not_comparable(results):
