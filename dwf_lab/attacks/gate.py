@@ -24,12 +24,9 @@ import torch.nn.functional as F
 from dwf_lab.attacks.base import (
     LossFn,
     attack_mode,
-    ce_loss,
     check_fits_model,
     check_inputs,
     correct_mask,
-    dlr_from_logits,
-    dlr_loss,
     keep_state,
     resolve_loss,
 )
@@ -47,16 +44,10 @@ def is_mixture(model: nn.Module) -> bool:
 
 
 def log_gate_weights(model: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
-    """log w(x), (B, n), differentiable; None for a model without a gate.
-
-    For :class:`MixtureOfExperts` it is the log-softmax of the gate scores: equal to
-    log w for soft routing, and still informative under top-k routing (where the
-    kept weights alone would give log 0 for every other expert).
-    """
+    """log w(x), (B, n), differentiable; None for a model without a gate. A :class:`MixtureOfExperts`
+    answers itself (:meth:`~MixtureOfExperts.log_weights`: the routing forward uses)."""
     if isinstance(model, MixtureOfExperts):
-        if model.routing == "uniform" or model.gate is None:
-            return None
-        return torch.log_softmax(model.gate(x).float(), dim=1)
+        return None if model.routing == "uniform" or model.gate is None else model.log_weights(x)
     if hasattr(model, "forward_details"):
         out = model.forward_details(x)
         w = getattr(out, "weights", None)
@@ -76,20 +67,9 @@ def routing_loss(target_expert: int = 0, lam: float = 1.0, base: str | LossFn = 
     base_fn = resolve_loss(base)
 
     def loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if isinstance(model, MixtureOfExperts) and model.routing != "uniform" and model.gate is not None:
-            out = model.forward_details(x)
-            if base_fn is ce_loss:
-                main = F.cross_entropy(out.logits.float(), y, reduction="none")
-            elif base_fn is dlr_loss:
-                main = dlr_from_logits(out.logits, y)
-            else:
-                main = base_fn(model, x, y)
-            logw = torch.log_softmax(model.gate(x).float(), dim=1)
-        else:
-            main = base_fn(model, x, y)
-            logw = log_gate_weights(model, x)
-            if logw is None:
-                return main
+        main, logw = base_fn(model, x, y), log_gate_weights(model, x)
+        if logw is None:
+            return main
         if not 0 <= target_expert < logw.shape[1]:
             raise ValueError(f"target_expert must be in [0, {logw.shape[1] - 1}], got {target_expert}")
         return main + lam * logw[:, target_expert]
@@ -127,7 +107,7 @@ def routing_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, target_exper
             ce = F.cross_entropy(logits.float(), y, reduction="none").sum()
             (g,) = torch.autograd.grad(ce, xg)
             if gated and lam != 0:
-                logw = torch.log_softmax(model.gate(xg).float(), dim=1).gather(1, t).sum()
+                logw = model.log_weights(xg).gather(1, t).sum()
                 (g_r,) = torch.autograd.grad(logw, xg)
                 dims = tuple(range(1, x.dim()))
                 g = g / (g.abs().mean(dims, keepdim=True) + 1e-20) \

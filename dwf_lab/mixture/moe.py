@@ -19,6 +19,7 @@ evaluation, the frozen-expert gate phase) and falls back to the loop otherwise. 
 the same logits and input gradients (up to float rounding).
 """
 import copy
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -106,12 +107,16 @@ class MixtureOfExperts(nn.Module):
             self.experts.eval()
         return self
 
-    def gate_weights(self, x: torch.Tensor) -> torch.Tensor:
-        n = self.n_experts
+    def log_weights(self, x: torch.Tensor) -> torch.Tensor:
+        """log w(x), (B, n), differentiable: the soft routing forward uses (:meth:`gate_weights`;
+        top-k keeps the k largest of these). A variant that routes otherwise (a temperature, ...)
+        overrides this one method: forward and the gate-aware attacks (:mod:`dwf_lab.attacks.gate`) follow."""
         if self.routing == "uniform":
-            return x.new_full((x.shape[0], n), 1.0 / n)
-        scores = self.gate(x).float()
-        w = torch.softmax(scores, dim=1)
+            return x.new_full((x.shape[0], self.n_experts), -math.log(self.n_experts))
+        return torch.log_softmax(self.gate(x).float(), dim=1)
+
+    def gate_weights(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.log_weights(x).exp()
         if self.routing == "topk":
             top = w.topk(self.k, dim=1).indices
             mask = torch.zeros_like(w).scatter_(1, top, 1.0)
@@ -244,7 +249,7 @@ class StraightThroughMixture(MixtureOfExperts):
     def gate_weights(self, x: torch.Tensor) -> torch.Tensor:
         if self.routing != "topk":
             return super().gate_weights(x)
-        w = torch.softmax(self.gate(x).float(), dim=1)
+        w = self.log_weights(x).exp()
         top = w.topk(self.k, dim=1).indices
         hard = (w * torch.zeros_like(w).scatter_(1, top, 1.0)).detach()
         hard = hard / hard.sum(dim=1, keepdim=True)

@@ -70,6 +70,8 @@ def test_topk_keeps_exactly_k_renormalised(make_mixture, images):
     torch.testing.assert_close(out.weights, want / want.sum(1, keepdim=True))
     torch.testing.assert_close(out.logits, (out.weights[:, :, None] * out.expert_logits).sum(1),
                                rtol=1e-5, atol=1e-6)
+    # log_weights: the distribution the k are kept from (every expert finite: an attack can climb it)
+    torch.testing.assert_close(model.log_weights(images).exp(), soft)
 
 
 def test_top1_is_one_expert(make_mixture, images):
@@ -89,6 +91,7 @@ def test_uniform_is_the_plain_average_and_has_no_gate(make_mixture, images):
         out = model.forward_details(images)
         avg = torch.stack([e(images) for e in model.experts], 1).mean(1)
     torch.testing.assert_close(out.weights, torch.full((8, 3), 1 / 3))
+    torch.testing.assert_close(model.log_weights(images), torch.full((8, 3), -math.log(3)))
     torch.testing.assert_close(out.logits, avg, rtol=1e-5, atol=1e-6)
 
 
