@@ -17,7 +17,8 @@ from pathlib import Path
 
 from dwf_lab.core.config import Profile
 from dwf_lab.evaluation.adaptive import AdaptiveSettings
-from dwf_lab.training.stages import BASELINE_ROWS, KEY_KINDS, Stage, baseline_stages, plan_stages, select_stages
+from dwf_lab.training.recipes import recipe
+from dwf_lab.training.stages import BASELINE_ROWS, Stage, baseline_stages, plan_stages, select_stages
 from dwf_lab.training.variants import ABLATIONS, Ablation, select_ablations, skip_reason
 
 
@@ -66,14 +67,14 @@ CORE_ABLATIONS = ("reference", "uniform-untrained", "frozen-experts")
 
 def key_stages(p: Profile) -> list[str]:
     """The plain ResNet-18, the FGSM-AT / PGD-AT baselines and DWF: the rows the paper compares."""
-    return [s.name for s in plan_stages(p) if s.kind in KEY_KINDS]
+    return [s.name for s in plan_stages(p) if recipe(s.kind).key]
 
 
 def adaptive_selection(p: Profile, scope: str) -> list[str]:
     """The stages notebook 06 attacks with the adaptive attacks: core, the key rows
     (:func:`key_stages`); full, every stage of the run (each expert too)."""
     if scope == "full":
-        return [s.name for s in plan_stages(p) if s.kind != "gate"]
+        return [s.name for s in plan_stages(p) if not recipe(s.kind).gate_only]
     return key_stages(p)
 
 

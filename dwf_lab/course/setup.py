@@ -24,7 +24,7 @@ from dwf_lab.store.checkpoints import load_model
 from dwf_lab.store.runs import Run
 from dwf_lab.training.builders import load_data
 from dwf_lab.training.fast_path import for_evaluation
-from dwf_lab.training.stages import plan_stages
+from dwf_lab.training.stages import of_kind, plan_stages
 
 # ============================================================ notebook setup ==
 SCOPE_ENV = "DWF_COURSE_SCOPE"
@@ -134,8 +134,11 @@ def setup_notebook(profile: str | Profile | None = None, run_name: str | None = 
         print(f"device   {device} ({threads} CPU thread{'s' if threads != 1 else ''}); seed {seed}; "
               f"figures {'static' if static else 'live widgets'}; course scope {scope}")
     if notebook is not None:
-        ctx.banner = notebook_banner(notebook, p, run, data, scope, device, threads)
-        if verbose:
+        try:
+            ctx.banner = notebook_banner(notebook, p, run, data, scope, device, threads)
+        except Exception as e:   # an estimate never stops a lesson: say so in one line and go on
+            print(f"cost banner: no estimate for notebook {notebook} ({type(e).__name__}: {e})")
+        if verbose and ctx.banner is not None:
             show_banner(ctx.banner)
     return ctx
 
@@ -153,7 +156,7 @@ def quick_batch(data, n: int | None = None, device=None) -> tuple[torch.Tensor, 
 # ============================================================ stages, models ==
 def stage_names(p: Profile, kind: str) -> list[str]:
     """Stage names of one kind ("benign", "fgsm", "pgd", "fgsm_at", "pgd_at", "mixture")."""
-    return [s.name for s in plan_stages(p) if s.kind == kind]
+    return [s.name for s in of_kind(plan_stages(p), kind)]
 
 
 def load_stage(run, seed: int, stage: str, device=None) -> nn.Module:

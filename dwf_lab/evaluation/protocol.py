@@ -42,6 +42,7 @@ from dwf_lab.core.precision import evaluation_precision
 from dwf_lab.evaluation.metrics import over_gradient_modes, per_example, unpack_bits, worst_case_keys
 from dwf_lab.evaluation.records import write_result
 from dwf_lab.mixture.soe import SoE
+from dwf_lab.training.recipes import RECIPES
 
 
 @dataclass
@@ -70,6 +71,14 @@ class EvalSettings:
         if self.long:
             names += [f"pgd:{self.long_steps}-ms", f"pgd:{self.long_steps}-a"]
         return names
+
+
+def protocol_settings(p: Profile, kind: str) -> EvalSettings:
+    """The protocol a model of training kind ``kind`` is evaluated with: the long PGD columns for
+    the recipes the paper compares (:attr:`~dwf_lab.training.recipes.Recipe.key`), or for every
+    model when the profile says ``eval_long_for="all"``."""
+    r = RECIPES.get(kind)
+    return EvalSettings.from_profile(p, long=p.eval_long_for == "all" or (r is not None and r.key))
 
 
 def check_settings(s: EvalSettings) -> None:

@@ -39,6 +39,7 @@ from dwf_lab.evaluation.metrics import unpack_bits
 from dwf_lab.evaluation.records import load_checklist, merge_into_result, record_eps, settings_difference
 from dwf_lab.pipeline.reproduce import evaluate_run
 from dwf_lab.training.builders import load_run_model, uniform_ensemble
+from dwf_lab.training.recipes import recipe
 from dwf_lab.training.stages import BASELINE_ROWS, select_stages, stages_done
 
 
@@ -83,10 +84,11 @@ def _targets(run, seed: int, data, which: str | None, dev) -> list[_Target]:
     stage_tokens = [t for t in tokens if t not in BASELINE_ROWS]
     out = []
     for st in select_stages(p, ",".join(stage_tokens)) if stage_tokens else []:
-        if st.kind != "gate" and run.is_done(seed, st.name):
+        r = recipe(st.kind)
+        if not r.gate_only and run.is_done(seed, st.name):
             out.append(_Target(st.name, st.row, lambda st=st: load_run_model(run, seed, st, data,
                                                                              map_location=dev),
-                               st.kind in ("mixture", "gate")))
+                               r.model == "mixture"))
     for name, row in BASELINE_ROWS.items():
         if {"all", "baselines", name} & set(tokens):
             if not run.eval_path(seed, name).exists():

@@ -16,7 +16,7 @@ import torch
 
 from dwf_lab.attacks.precision import precision_for
 from dwf_lab.core.runtime import seed_from
-from dwf_lab.evaluation.protocol import EvalSettings, evaluate_and_write, evaluate_soe
+from dwf_lab.evaluation.protocol import evaluate_and_write, evaluate_soe, protocol_settings
 from dwf_lab.evaluation.records import write_result
 from dwf_lab.training.builders import build_baseline, load_run_model, uniform_ensemble
 from dwf_lab.training.fast_path import training_runtime
@@ -59,7 +59,7 @@ def train_and_evaluate_baselines(run, seed: int, data, progress: bool = True,
         row = BASELINE_ROWS[name]
         if name == "uniform-ensemble":
             model = uniform_ensemble(run, seed, data).to(dev)
-            s = EvalSettings.from_profile(p, long=p.eval_long_for == "all")
+            s = protocol_settings(p, "uniform_ensemble")
             results.append(evaluate_and_write(
                 model, data.x_test, data.y_test, s, path, name=name, row=row, seed=seed,
                 dataset=data.name, device=dev, progress=progress,
@@ -70,7 +70,7 @@ def train_and_evaluate_baselines(run, seed: int, data, progress: bool = True,
         if not run.is_done(seed, name):
             raise FileNotFoundError(f"{name} is not trained for seed {seed}")
         model = load_run_model(run, seed, name, data, map_location=dev)   # refuses another run's file
-        s = EvalSettings.from_profile(p, long=True)
+        s = protocol_settings(p, name)
         s = dataclasses.replace(s, precision=precision_for(model, s.precision))   # SoE, ADVMoE: fp32
         if name == "soe":
             t0 = time.time()

@@ -16,12 +16,13 @@ import torch
 from dwf_lab.core import distributed
 from dwf_lab.core.runtime import Runtime, seed_from
 from dwf_lab.data import ImageData
-from dwf_lab.evaluation.protocol import EvalSettings, evaluate_and_write
+from dwf_lab.evaluation.protocol import evaluate_and_write, protocol_settings
 from dwf_lab.store.runs import Run
 from dwf_lab.training.builders import assemble_mixture, build_expert, load_run_model
 from dwf_lab.training.fast_path import training_runtime
 from dwf_lab.training.loop import train_stage
-from dwf_lab.training.stages import KEY_KINDS, select_stages
+from dwf_lab.training.recipes import recipe
+from dwf_lab.training.stages import select_stages
 
 
 def train_run(run: Run, seed: int, data: ImageData, which: str | None = None,
@@ -42,9 +43,10 @@ def train_run(run: Run, seed: int, data: ImageData, which: str | None = None,
                 log({"event": "fast_path", **rt.fast_path})
                 print(f"[dwf-lab] CPU fast path: {rt.fast_path['choice']} (measured images/s: "
                       f"{rt.fast_path['images_per_s']})", file=sys.stderr)
-        if stage.kind in ("gate", "mixture"):
+        r = recipe(stage.kind)
+        if r.model == "mixture":
             model = assemble_mixture(run, seed, data)
-            if stage.kind == "mixture" and p.gate_epochs > 0:
+            if not r.gate_only and p.gate_epochs > 0:
                 if not run.is_done(seed, "gate"):
                     raise FileNotFoundError("gate_epochs > 0: train the gate stage before the mixture")
                 model.load_state_dict(load_run_model(run, seed, "gate", data).state_dict())
@@ -71,15 +73,14 @@ def evaluate_run(run: Run, seed: int, data: ImageData, which: str | None = None,
     dev = torch.device(device) if device else Runtime.from_profile(p).device
     results = []
     for stage in select_stages(p, which):
-        if stage.kind == "gate" or not run.is_done(seed, stage.name):
+        if recipe(stage.kind).gate_only or not run.is_done(seed, stage.name):
             continue
         path = run.eval_path(seed, stage.name)
         if path.exists():
             results.append(json.loads(path.read_text()))
             continue
         model = load_run_model(run, seed, stage, data, map_location=dev)   # refuses another run's file
-        long = p.eval_long_for == "all" or stage.kind in KEY_KINDS
-        s = EvalSettings.from_profile(p, long=long)
+        s = protocol_settings(p, stage.kind)
         extra = {"stage_kind": stage.kind}
         if stage.name == "benign":
             extra["note"] = "the plain ResNet-18 row is the benign expert (standard training)"

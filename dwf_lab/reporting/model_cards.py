@@ -13,61 +13,19 @@ did not run, one seed), so a reader knows how far to trust them.
 :func:`write_model_cards` writes ``runs/<run>/report/model_cards/<stage>_seed<k>.md``.
 """
 
-from dwf_lab.core.config import Profile, pixel_fraction
+from dwf_lab.core.config import Profile
 from dwf_lab.core.io import atomic_write_text
 from dwf_lab.evaluation.records import load_checklist
 from dwf_lab.reporting.entries import FULL_TEST_SET, checkpoint_identity
 from dwf_lab.store.runs import Run
+from dwf_lab.training.recipes import RECIPES
 from dwf_lab.training.stages import Stage, baseline_stages, expert_stage_names, plan_stages
 
 CARDS_DIR = "model_cards"
-
-RECIPES = {
-    "benign": "standard training on clean images (the benign expert; also the plain ResNet-18 row)",
-    "fgsm": "FGSM adversarial training, the FGSM expert of Algorithm 1: each batch is replaced by its FGSM "
-            "images at an eps drawn from the choices below",
-    "pgd": "PGD adversarial training, the PGD expert of Algorithm 2: each batch is replaced by its PGD images, "
-           "the number of iterations drawn from the choices below",
-    "fgsm_at": "FGSM adversarial training baseline: part of each batch replaced by its FGSM images",
-    "pgd_at": "PGD adversarial training baseline (Madry et al.): part of each batch replaced by its PGD images",
-    "gate": "the gate alone on clean + FGSM + PGD batches, the trained experts frozen",
-    "mixture": "end to end on clean + FGSM + PGD batches made against the whole mixture, gate and experts "
-               "trained together (Algorithm 3)",
-    "soe": "SoE baseline: clean half and PGD half, each its own forward pass, the hard expert selection",
-    "advmoe": "ADVMoE baseline: TRADES with the router and experts updated in turn",
-}
-
+NOT_KNOWN = "see the run's config.json"
 
 def _stages(p: Profile) -> dict[str, Stage]:
     return {s.name: s for s in plan_stages(p) + baseline_stages(p)}
-
-
-def _fmt(values) -> str:
-    return "{" + ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values) + "}"
-
-
-def attack_settings(kind: str, p: Profile) -> str:
-    """The training attacks of a stage kind, from the run's settings."""
-    fgsm = f"FGSM eps from {_fmt(p.fgsm_eps_choices)}"
-    pgd = (f"PGD at eps {pixel_fraction(p.pgd_eps)}, step {pixel_fraction(p.pgd_alpha)}, "
-           f"{'random start' if p.random_start else 'no random start'}")
-    if kind == "benign":
-        return "none (clean images only)"
-    if kind == "fgsm":
-        return fgsm
-    if kind == "pgd":
-        return f"{pgd}, iterations from {_fmt(p.pgd_steps_choices)}"
-    if kind == "fgsm_at":
-        return f"FGSM at eps {p.fgsm_at_eps:g} on {p.at_adv_fraction:.0%} of each batch"
-    if kind == "pgd_at":
-        return f"{pgd}, {p.pgd_at_steps} iterations, on {p.at_adv_fraction:.0%} of each batch"
-    if kind in ("gate", "mixture"):
-        return f"{fgsm}; {pgd}, iterations from {_fmt(p.pgd_steps_choices)}"
-    if kind == "soe":
-        return f"{pgd}, {p.pgd_at_steps} iterations, against the hard model"
-    if kind == "advmoe":
-        return f"TRADES adversary at eps {pixel_fraction(p.pgd_eps)}"
-    return "see the run's config.json"
 
 
 def training_log(run: Run, seed: int, stage: str) -> dict:
@@ -116,18 +74,19 @@ def _what_it_is(run: Run, st: Stage, ident: dict) -> list[str]:
 def _how_trained(run: Run, seed: int, st: Stage, ident: dict, data_name: str | None) -> list[str]:
     p = run.profile
     log = training_log(run, seed, st.name)
+    r = RECIPES.get(st.kind)
     batch = st.batch_size
     batch_text = (f"{batch} clean images per step (x3 with their FGSM and PGD images)"
-                  if st.kind in ("gate", "mixture") else f"{batch} images per step")
+                  if r is not None and r.model == "mixture" else f"{batch} images per step")
     data = data_name or p.dataset
     generated = data == "synthetic"
-    lines = [f"- **Recipe:** {RECIPES.get(st.kind, st.kind)} (stage `{st.name}`, kind `{st.kind}`).",
+    lines = [f"- **Recipe:** {r.card if r else st.kind} (stage `{st.name}`, kind `{st.kind}`).",
              f"- **Data:** {data}, {p.n_train if p.n_train is not None else 'all'} training images"
              + (" (GENERATED images, not a real dataset)" if generated else "") + ".",
              f"- **Optimisation:** SGD, learning rate {p.lr:g} on a cosine schedule, momentum {p.momentum:g}, "
              f"weight decay {p.weight_decay:g}, {batch_text}; {log['epochs'] or 0} of "
              f"{st.epochs} planned epochs logged.",
-             f"- **Training attacks:** {attack_settings(st.kind, p)}."]
+             f"- **Training attacks:** {r.training_attacks(p) if r else NOT_KNOWN}."]
     if log["seconds"] is not None:
         extra = (f", last epoch's training loss {log['train_loss']:.3f}, accuracy {100 * log['train_acc']:.1f}%"
                  if isinstance(log["train_loss"], (int, float)) and isinstance(log["train_acc"], (int, float)) else "")

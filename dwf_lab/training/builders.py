@@ -11,6 +11,7 @@ was saved for, the training settings), and :func:`load_run_model` loads a run's 
 after that check, so another run's file dropped into ``models/`` is refused, never evaluated
 as this run's row."""
 import json
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -25,7 +26,8 @@ from dwf_lab.models.registry import arguments, build_model
 from dwf_lab.store.checkpoints import load_model, read_metadata
 from dwf_lab.store.runs import Run
 from dwf_lab.training.fast_path import for_evaluation
-from dwf_lab.training.stages import EXPERT_KINDS, Stage, baseline_stages, expert_stage_names, plan_stages
+from dwf_lab.training.recipes import RECIPES
+from dwf_lab.training.stages import Stage, baseline_stages, expert_stage_names, plan_stages
 
 
 def load_data(p: Profile) -> ImageData:
@@ -56,23 +58,20 @@ def mixture_arch(p: Profile, data: ImageData, routing: str = "soft") -> tuple[st
 
 
 def baseline_arch(kind: str, p: Profile, data: ImageData) -> tuple[str, dict]:
-    kw = model_kwargs(p, data)
-    if kind == "soe":
-        return "soe", dict(n_experts=3, **kw)
-    if kind == "advmoe":
-        return "advmoe", dict(n_experts=2, **kw)
-    raise ValueError(f"unknown baseline {kind!r}")
+    """A MoE baseline's architecture (its recipe's model: "soe", "advmoe") with its experts."""
+    r = RECIPES.get(kind)
+    if r is None or r.model not in ("soe", "advmoe"):
+        raise ValueError(f"unknown baseline {kind!r}")
+    return r.model, dict(n_experts=r.networks(p), **model_kwargs(p, data))
 
 
 def stage_arch(p: Profile, data: ImageData, stage: Stage) -> tuple[str, dict] | None:
-    """(architecture, arguments) the run builds for ``stage``; None for a kind it does not know."""
-    if stage.kind in ("gate", "mixture"):
-        return mixture_arch(p, data)
-    if stage.kind in ("soe", "advmoe"):
-        return baseline_arch(stage.kind, p, data)
-    if stage.kind in (*EXPERT_KINDS, "fgsm_at", "pgd_at"):
-        return expert_arch(p, data)
-    return None
+    """(architecture, arguments) the run builds for ``stage`` (its recipe's model); None for a kind
+    no recipe registers."""
+    r = RECIPES.get(stage.kind)
+    if r is None:
+        return None
+    return {"expert": expert_arch, "mixture": mixture_arch}.get(r.model, partial(baseline_arch, stage.kind))(p, data)
 
 
 def build_expert(p: Profile, data: ImageData) -> nn.Module:

@@ -16,6 +16,8 @@ What each kind trains on, per batch (x, y):
 the ablations ``mixture_adv_only``. Attacks are generated with the model in eval mode
 (BatchNorm running statistics; docs/paper-notes.md, gap 6), then the update runs in train mode.
 """
+import inspect
+import statistics
 from dataclasses import dataclass
 from typing import Callable
 
@@ -24,35 +26,94 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from dwf_lab import attacks
-from dwf_lab.core.config import Profile
+from dwf_lab.core.config import Profile, pixel_fraction
+from dwf_lab.core.work import ATTACK_STEP, FORWARD
 from dwf_lab.mixture.advmoe import ADVMoE
 from dwf_lab.mixture.soe import SoE
+
+ADVMOE_ATTACK_STEPS = inspect.signature(ADVMoE.__init__).parameters["attack_steps"].default
 
 # ------------------------------------------------------- what to train on --
 BatchFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 RecipeLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
+# what a recipe trains, and how many ResNet-18s that runs per image (its networks)
+MODELS: dict[str, Callable[[Profile], int]] = {
+    "expert": lambda p: 1,               # one ResNet-18 (dwf_lab.training.builders.expert_arch)
+    "mixture": lambda p: p.n_experts,    # DWF's gated mixture of the run's experts
+    "soe": lambda p: 3,                  # the SoE baseline's three experts
+    "advmoe": lambda p: 2,               # the ADVMoE baseline's two experts
+}
 
-@dataclass
+
+@dataclass(frozen=True)
 class Recipe:
-    """How one kind of stage trains: what it trains on, and (optionally) its own loss.
+    """How one kind of stage trains, and everything else the kit says about that kind.
 
-    ``make_batch(model, x, y, p, gen, gen_dev) -> (inputs, labels)`` runs with the
-    model in whatever mode; attacks put it in eval mode themselves.
-    ``loss(model, inputs, labels) -> (loss, logits)`` runs in train mode; the
-    default is cross-entropy on the model's logits.
+    ``make_batch(model, x, y, p, gen, gen_dev) -> (inputs, labels)`` runs with the model in
+    whatever mode; attacks put it in eval mode themselves. ``loss(model, inputs, labels) ->
+    (loss, logits)`` runs in train mode; the default is cross-entropy on the model's logits.
+    ``model``: what it trains (a key of :data:`MODELS`). ``passes(p)``: training passes per clean
+    image and network (:mod:`dwf_lab.core.work`; None: no cost model, the banner says so).
+    ``label``: (one, many) for the banner; ``card``: the model card's sentence; ``attacks(p)``:
+    its training attacks in words, from the run's settings. ``group``: the selection that names
+    it ("experts", "baselines", "mixture"); ``key``: evaluated with the protocol's long PGD
+    columns; ``gate_only``: trains the gate of a mixture, never evaluated on its own.
     """
+    kind: str
     make_batch: BatchFn
     loss: RecipeLoss | None = None
     gate_only: bool = False
+    model: str = "expert"
+    passes: Callable[[Profile], float] | None = None
+    label: tuple[str, str] | None = None
+    card: str = ""
+    attacks: Callable[[Profile], str] | None = None
+    group: str | None = None
+    key: bool = False
+
+    def networks(self, p: Profile) -> int:
+        """ResNet-18s this recipe's model runs per image."""
+        return MODELS[self.model](p)
+
+    def labels(self, n: int) -> str:
+        one, many = self.label or (self.kind, self.kind)
+        return one if n == 1 else f"{n} {many}"
+
+    def training_attacks(self, p: Profile) -> str:
+        return self.attacks(p) if self.attacks else "see the run's config.json"
 
 
 RECIPES: dict[str, Recipe] = {}
 
 
 def register_recipe(kind: str, make_batch: BatchFn, loss: RecipeLoss | None = None,
-                    gate_only: bool = False) -> None:
-    RECIPES[kind] = Recipe(make_batch, loss, gate_only)
+                    gate_only: bool = False, **about) -> Recipe:
+    """Register a training kind (one line per recipe): ``about`` takes :class:`Recipe`'s other fields."""
+    if about.get("model", "expert") not in MODELS:
+        raise ValueError(f"recipe {kind!r}: model must be one of {', '.join(MODELS)}, got {about['model']!r}")
+    RECIPES[kind] = Recipe(kind, make_batch, loss, gate_only, **about)
+    return RECIPES[kind]
+
+
+def kinds(group: str | None = None, *, model: str | None = None) -> tuple[str, ...]:
+    """The registered kinds of a selection group and/or a model, in registration order."""
+    return tuple(k for k, r in RECIPES.items()
+                 if (group is None or r.group == group) and (model is None or r.model == model))
+
+
+def _choices(values) -> str:
+    return "{" + ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values) + "}"
+
+
+def _pgd_words(p: Profile) -> str:
+    return (f"PGD at eps {pixel_fraction(p.pgd_eps)}, step {pixel_fraction(p.pgd_alpha)}, "
+            f"{'random start' if p.random_start else 'no random start'}")
+
+
+def _pgd_passes(p: Profile) -> float:
+    """A PGD step of the recipe's iteration draw, on average (Algorithm 2's U{10..50})."""
+    return statistics.mean(p.pgd_steps_choices) * ATTACK_STEP
 
 
 def _fgsm(model, x, y, eps):
@@ -89,25 +150,54 @@ def mixed_batch(model, x, y, p, gen, gen_dev):              # Algorithm 3
     return torch.cat([x, x_f, x_p]), torch.cat([y, y, y])
 
 
-register_recipe("benign", benign_batch)
-register_recipe("fgsm", fgsm_expert_batch)
-register_recipe("pgd", pgd_expert_batch)
-register_recipe("fgsm_at", _half_adversarial(lambda m, x, y, p, g: _fgsm(m, x, y, p.fgsm_at_eps)))
-register_recipe("pgd_at", _half_adversarial(lambda m, x, y, p, g: _pgd(m, x, y, p, p.pgd_at_steps, g)))
-register_recipe("gate", mixed_batch, gate_only=True)
-register_recipe("mixture", mixed_batch)
+register_recipe(
+    "benign", benign_batch, passes=lambda p: 1.0, group="experts", key=True,
+    label=("the benign expert", "benign experts"),
+    card="standard training on clean images (the benign expert; also the plain ResNet-18 row)",
+    attacks=lambda p: "none (clean images only)")
+register_recipe(
+    "fgsm", fgsm_expert_batch, passes=lambda p: ATTACK_STEP + 1, group="experts",
+    label=("FGSM expert", "FGSM experts"),
+    card="FGSM adversarial training, the FGSM expert of Algorithm 1: each batch is replaced by its FGSM "
+         "images at an eps drawn from the choices below",
+    attacks=lambda p: f"FGSM eps from {_choices(p.fgsm_eps_choices)}")
+register_recipe(
+    "pgd", pgd_expert_batch, passes=lambda p: _pgd_passes(p) + 1, group="experts",
+    label=("PGD expert", "PGD experts"),
+    card="PGD adversarial training, the PGD expert of Algorithm 2: each batch is replaced by its PGD images, "
+         "the number of iterations drawn from the choices below",
+    attacks=lambda p: f"{_pgd_words(p)}, iterations from {_choices(p.pgd_steps_choices)}")
+register_recipe(
+    "fgsm_at", _half_adversarial(lambda m, x, y, p, g: _fgsm(m, x, y, p.fgsm_at_eps)),
+    passes=lambda p: p.at_adv_fraction * ATTACK_STEP + 1, group="baselines", key=True,
+    label=("the FGSM-AT baseline", "FGSM-AT baselines"),
+    card="FGSM adversarial training baseline: part of each batch replaced by its FGSM images",
+    attacks=lambda p: f"FGSM at eps {p.fgsm_at_eps:g} on {p.at_adv_fraction:.0%} of each batch")
+register_recipe(
+    "pgd_at", _half_adversarial(lambda m, x, y, p, g: _pgd(m, x, y, p, p.pgd_at_steps, g)),
+    passes=lambda p: p.at_adv_fraction * p.pgd_at_steps * ATTACK_STEP + 1, group="baselines", key=True,
+    label=("the PGD-AT baseline", "PGD-AT baselines"),
+    card="PGD adversarial training baseline (Madry et al.): part of each batch replaced by its PGD images",
+    attacks=lambda p: f"{_pgd_words(p)}, {p.pgd_at_steps} iterations, on {p.at_adv_fraction:.0%} of each batch")
+_MIXED_ATTACKS = dict(attacks=lambda p: f"FGSM eps from {_choices(p.fgsm_eps_choices)}; {_pgd_words(p)}, "
+                                        f"iterations from {_choices(p.pgd_steps_choices)}")
+register_recipe(
+    "gate", mixed_batch, gate_only=True, model="mixture", group="mixture",
+    passes=lambda p: ATTACK_STEP + _pgd_passes(p) + 3 * FORWARD,      # experts frozen: forward only
+    label=("the gate-only phase", "gate phases"),
+    card="the gate alone on clean + FGSM + PGD batches, the trained experts frozen", **_MIXED_ATTACKS)
+register_recipe(
+    "mixture", mixed_batch, model="mixture", group="mixture", key=True,
+    passes=lambda p: ATTACK_STEP + _pgd_passes(p) + 3,                # FGSM + PGD, trained on 3x
+    label=("the mixture (Algorithm 3)", "mixtures"),
+    card="end to end on clean + FGSM + PGD batches made against the whole mixture, gate and experts "
+         "trained together (Algorithm 3)", **_MIXED_ATTACKS)
 
 
 def recipe(kind: str) -> Recipe:
     if kind not in RECIPES:
         raise ValueError(f"unknown training kind {kind!r}; known: {sorted(RECIPES)}")
     return RECIPES[kind]
-
-
-def training_batch(kind: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, p: Profile,
-                   gen: torch.Generator, gen_dev: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """The inputs and labels of one update, per the stage's recipe (table in the module doc)."""
-    return recipe(kind).make_batch(model, x, y, p, gen, gen_dev)
 
 
 def default_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
@@ -167,7 +257,11 @@ def soe_batch(model: SoE, x, y, p, gen, gen_dev):
     return torch.cat([x, x_adv]), torch.cat([y, y])
 
 
-register_recipe("soe", soe_batch, soe_loss)
+register_recipe(
+    "soe", soe_batch, soe_loss, model="soe", key=True,
+    passes=lambda p: p.pgd_at_steps * ATTACK_STEP + 2, label=("SoE", "SoE"),
+    card="SoE baseline: clean half and PGD half, each its own forward pass, the hard expert selection",
+    attacks=lambda p: f"{_pgd_words(p)}, {p.pgd_at_steps} iterations, against the hard model")
 
 
 def kl_rows(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:
@@ -274,7 +368,11 @@ def advmoe_loss(model: ADVMoE, inputs: torch.Tensor, labels: torch.Tensor):
     return total, logits
 
 
-register_recipe("advmoe", advmoe_batch, advmoe_loss)
+register_recipe(
+    "advmoe", advmoe_batch, advmoe_loss, model="advmoe", key=True,
+    passes=lambda p: ADVMOE_ATTACK_STEPS * ATTACK_STEP + FORWARD + 2, label=("ADVMoE", "ADVMoE"),
+    card="ADVMoE baseline: TRADES with the router and experts updated in turn",
+    attacks=lambda p: f"TRADES adversary at eps {pixel_fraction(p.pgd_eps)}")
 
 
 FIXED_FGSM_EPS = 0.05   # the mean of {0.01, ..., 0.09}
@@ -291,4 +389,8 @@ def _adv_only_batch(model, x, y, p, gen, gen_dev):
     return xin[len(x):], yin[len(x):]
 
 
-register_recipe("mixture_adv_only", _adv_only_batch)
+register_recipe(
+    "mixture_adv_only", _adv_only_batch, model="mixture",
+    passes=lambda p: ATTACK_STEP + _pgd_passes(p) + 2, label=("the mixture without clean images", "mixtures"),
+    card="Algorithm 3 without the clean third: FGSM + PGD batches against the whole mixture",
+    **_MIXED_ATTACKS)

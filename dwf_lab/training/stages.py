@@ -12,12 +12,13 @@ import zlib
 from dataclasses import dataclass
 
 from dwf_lab.core.config import Profile
+from dwf_lab.training.recipes import RECIPES, kinds
 
 
 @dataclass
 class Stage:
     name: str        # e.g. "fgsm-2": file names in the run directory
-    kind: str        # one of KINDS
+    kind: str        # a registered recipe (dwf_lab.training.recipes.RECIPES)
     epochs: int
     batch_size: int  # clean images per step (the mixture trains on 3x this)
     row: str         # the label in the report tables
@@ -45,12 +46,17 @@ def plan_stages(p: Profile) -> list[Stage]:
     return st
 
 
-EXPERT_KINDS = ("benign", "fgsm", "pgd")
-KEY_KINDS = ("benign", "fgsm_at", "pgd_at", "mixture")   # evaluated with the long PGD columns
+EXPERT_KINDS = kinds("experts")
+GROUPS = ("experts", "baselines", "mixture")
+
+
+def of_kind(stages, *kinds_: str) -> list[Stage]:
+    """The stages of these kinds, in order."""
+    return [s for s in stages if s.kind in kinds_]
 
 
 def expert_stage_names(p: Profile) -> list[str]:
-    return [s.name for s in plan_stages(p) if s.kind in EXPERT_KINDS]
+    return [s.name for s in of_kind(plan_stages(p), *EXPERT_KINDS)]
 
 
 def select_stages(p: Profile, which: str | None) -> list[Stage]:
@@ -61,9 +67,7 @@ def select_stages(p: Profile, which: str | None) -> list[Stage]:
     picked = []
     for token in which.split(","):
         token = token.strip()
-        group = {"experts": [s for s in stages if s.kind in EXPERT_KINDS],
-                 "baselines": [s for s in stages if s.kind in ("fgsm_at", "pgd_at")],
-                 "mixture": [s for s in stages if s.kind in ("gate", "mixture")]}.get(token)
+        group = of_kind(stages, *kinds(token)) if token in GROUPS else None
         if group is None:
             group = [s for s in stages if token in (s.name, s.kind)]
         if not group:
@@ -83,7 +87,8 @@ def baseline_stages(p):
 
 
 def stages_done(run, seed: int) -> list:
-    return [st for st in plan_stages(run.profile) if st.kind != "gate" and run.is_done(seed, st.name)]
+    """The run's finished models (a gate-only phase is part of its mixture, not a model of its own)."""
+    return [st for st in plan_stages(run.profile) if not RECIPES[st.kind].gate_only and run.is_done(seed, st.name)]
 
 
 def expert_kind(name: str) -> str:
