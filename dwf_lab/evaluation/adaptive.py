@@ -32,23 +32,15 @@ import torch
 import torch.nn as nn
 
 from dwf_lab import attacks
-from dwf_lab.attacks import art_suite
 from dwf_lab.attacks import autoattack as official
 from dwf_lab.attacks.base import check_batch_size, correct_mask
-from dwf_lab.attacks.gate import (
-    expert_models,
-    is_mixture,
-    long_pgd,
-    routing_attack,
-    routing_pgd,
-    transfer_attack,
-    uniform_mixture,
-)
+from dwf_lab.attacks.gate import is_mixture, routing_pgd
 from dwf_lab.attacks.precision import check_precision, compute_precision
 from dwf_lab.core.config import SizedSettings
 from dwf_lab.core.runtime import seed_from
 from dwf_lab.evaluation.diagnostics import gate_weights
 from dwf_lab.evaluation.metrics import WORST, over_gradient_modes, per_example, worst_case
+from dwf_lab.evaluation.suite import ATTACKS, AdaptiveAttack, Batch, planned
 from dwf_lab.mixture.moe import MixtureOfExperts, gate_entropy
 
 AA_SEED_TAG = 99    # the official suite's seed for test batch b: seed_from(seed, b, AA_SEED_TAG) % 2**31
@@ -101,31 +93,18 @@ class AdaptiveSettings(SizedSettings):
         """How many of ``n_test`` test images the attacks run on (the first ones)."""
         return n_test if self.n_examples is None else min(int(self.n_examples), n_test)
 
-    # ---- metric keys
+    # ---- metric keys (each attack's own, from the registry: dwf_lab.evaluation.suite)
     @property
     def pgd_key(self) -> str:
-        return f"pgd-{self.pgd_steps}"
+        return ATTACKS["pgd"].key(self)
 
     @property
     def long_key(self) -> str:
-        return f"pgd-{self.long_steps}x{self.long_restarts}"
+        return ATTACKS["long"].key(self)
 
     def attack_names(self, mixture: bool) -> list[str]:
         """The attack metric keys for a model (mixtures get the gate-aware ones too)."""
-        names = [self.pgd_key]
-        if self.dlr:
-            names.append("pgd-dlr")
-        if mixture and self.routing:
-            names.append("routing")
-        if mixture and self.transfer:
-            names.append("transfer-best")
-        if self.long_steps > 0 and self.long_restarts > 0:
-            names.append(self.long_key)
-        if self.autoattack:
-            names.append("autoattack")
-        if self.square:
-            names.append("square")
-        return names
+        return [a.key(self) for a in planned(self, mixture)]
 
     def metric_names(self, mixture: bool) -> list[str]:
         return ["SA"] + self.attack_names(mixture) + [WORST]
@@ -141,32 +120,18 @@ class AdaptiveSettings(SizedSettings):
         return official.Budget(n_iter=self.aa_iter, n_target_classes=self.aa_targets, n_queries=self.aa_queries,
                                eot_iter=self.aa_eot)
 
+    def attack(self, key: str) -> AdaptiveAttack:
+        """The registered attack whose result ``key`` is under these settings."""
+        found = next((a for a in ATTACKS.values() if a.key(self) == key), None)
+        if found is None:
+            raise ValueError(f"no attack {key!r} in these settings; the attacks are {self.attack_names(True)}")
+        return found
+
     def attack_settings(self, key: str, seed: int) -> dict:
         """What defines the result stored under attack key ``key`` for a run seed: the attack, its
         budget, eps, restarts and the library that ran it (JSON types). A stored result whose
         settings differ from these is not the result these settings ask for."""
-        pgd = {"steps": self.pgd_steps, "alpha": self.alpha, "random_start": self.random_start}
-        if key == self.pgd_key:
-            d = {"attack": "PGD, cross-entropy (dwf_lab.attacks.pgd)", **pgd}
-        elif key == "pgd-dlr":
-            d = {"attack": "PGD, DLR loss (dwf_lab.attacks.pgd)", **pgd}
-        elif key == "routing":
-            d = {"attack": "routing PGD (dwf_lab.attacks.gate)", **pgd, "lam": self.routing_lam,
-                 "targets": "each expert and the weakest" if self.routing_targets is None
-                 else list(self.routing_targets)}
-        elif key == "transfer-best":
-            d = {"attack": "transfer PGD from each expert and their uniform average (dwf_lab.attacks.gate)", **pgd}
-        elif key == self.long_key:
-            d = {"attack": "PGD with restarts (dwf_lab.attacks.gate)", "steps": self.long_steps,
-                 "restarts": self.long_restarts, "alpha": self.alpha}
-        elif key == "autoattack":
-            return {**official.planned_settings(eps=self.eps, version=self.aa_version, seed=int(seed),
-                                                budget=self.aa_budget()), "precision": self.precision}
-        elif key == "square":
-            d = {"attack": "Square (ART)", "queries": self.square_queries, "p_init": 0.8,
-                 "adversarial-robustness-toolbox": art_suite.version()}
-        else:
-            raise ValueError(f"no attack {key!r} in these settings; the attacks are {self.attack_names(True)}")
+        d = self.attack(key).settings(self, int(seed))
         return json.loads(json.dumps({**d, "eps": self.eps, "seed": int(seed), "precision": self.precision}))
 
 
@@ -202,74 +167,29 @@ class _AutoAttackTally:
                 "library_warnings": self.warnings, "rechecked": self.rechecked, "seconds": self.seconds}
 
 
-def _run_batch(model: nn.Module, xb: torch.Tensor, yb: torch.Tensor, s: AdaptiveSettings, want: set,
-               gen: Callable[[int], torch.Generator], aa_seed: int, timings: dict,
+def _run_batch(model: nn.Module, xb: torch.Tensor, yb: torch.Tensor, s: AdaptiveSettings,
+               want: list[AdaptiveAttack], gen: Callable[[int], torch.Generator], aa_seed: int, timings: dict,
                aa_tally: _AutoAttackTally) -> dict:
     """One batch of every attack in ``want``: per-example correctness per key. Adds each attack's
     seconds to ``timings`` and the official AutoAttack's result for the batch to ``aa_tally``."""
-    res: dict[str, torch.Tensor] = {}
-
     # the kit's attacks run on the images the model classifies correctly: a misclassified image is
-    # not robust by definition (as in the protocol); the official AutoAttack skips them by itself
+    # not robust by definition (as in the protocol); an attack on all images skips them by itself
     t0 = time.time()
     clean = correct_mask(model, xb, yb)
-    res["SA"] = clean.cpu()
+    res: dict[str, torch.Tensor] = {"SA": clean.cpu()}
     timings["SA"] = timings.get("SA", 0.0) + time.time() - t0
     keep = clean.nonzero().squeeze(1)
-    xb_all, yb_all = xb, yb
-    xb, yb = xb[keep], yb[keep]
-
-    def timed(key: str, fn, on_clean_correct: bool = True):
-        t0 = time.time()
-        if on_clean_correct:
+    batch = Batch(model, xb[keep], yb[keep], xb, yb, s, gen, aa_seed, aa_tally)
+    for a in want:
+        key, t0 = a.key(s), time.time()
+        if a.all_images:
+            res[key] = a.run(batch).cpu()
+        else:
             out = torch.zeros_like(clean)
             if len(keep):
-                out[keep] = fn().to(out.device)
+                out[keep] = a.run(batch).to(out.device)
             res[key] = out.cpu()
-        else:
-            res[key] = fn().cpu()
         timings[key] = timings.get(key, 0.0) + time.time() - t0
-
-    def pgdcorrect_mask(loss, steps, tag):
-        xa = attacks.pgd(model, xb, yb, s.eps, s.alpha, steps, s.random_start, loss=loss,
-                         generator=gen(tag), check=False)
-        return correct_mask(model, xa, yb)
-
-    if s.pgd_key in want:
-        timed(s.pgd_key, lambda: pgdcorrect_mask("ce", s.pgd_steps, 11))
-    if "pgd-dlr" in want:
-        timed("pgd-dlr", lambda: pgdcorrect_mask("dlr", s.pgd_steps, 12))
-    if "routing" in want:
-        def routing():
-            n = model.n_experts if hasattr(model, "n_experts") else len(model.experts)
-            targets = [*range(n), "weakest"] if s.routing_targets is None else list(s.routing_targets)
-            targets = [t for t in targets if t == "weakest" or int(t) < n]
-            outs = [routing_attack(model, xb, yb, t if t == "weakest" else int(t), s.routing_lam, s.eps,
-                                   s.alpha, s.pgd_steps, s.random_start,
-                                   generator=gen(100 + (n if t == "weakest" else int(t))))
-                    for t in targets]
-            return torch.stack(outs).all(0)
-        timed("routing", routing)
-    if "transfer-best" in want:
-        def transfer():
-            sources = expert_models(model) + [uniform_mixture(model)]
-            outs = [transfer_attack(src, model, xb, yb, s.eps, s.alpha, s.pgd_steps, s.random_start,
-                                    generator=gen(200 + i)) for i, src in enumerate(sources)]
-            return torch.stack(outs).all(0)
-        timed("transfer-best", transfer)
-    if s.long_key in want:
-        timed(s.long_key, lambda: long_pgd(model, xb, yb, s.eps, s.alpha, s.long_steps, s.long_restarts,
-                                           generator=gen(13)))
-    if "autoattack" in want:
-        def autoattack():
-            r = official.official_autoattack(model, xb_all, yb_all, eps=s.eps, version=s.aa_version, seed=aa_seed,
-                                             batch_size=s.batch_size, budget=s.aa_budget())
-            aa_tally.add(r)
-            return r.correct
-        timed("autoattack", autoattack, on_clean_correct=False)
-    if "square" in want:
-        timed("square", lambda: art_suite.square(model, xb, yb, s.eps, max_iter=s.square_queries,
-                                                 batch_size=s.batch_size, seed=aa_seed + 1))
     return res
 
 
@@ -278,8 +198,8 @@ def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, s: AdaptiveSet
     x = attacks.check_inputs(x, s.eps, model, alpha=s.alpha)   # once, on the whole data
     check_batch_size(s.batch_size)
     mixture = is_mixture(model)
-    want = set(s.attack_names(mixture)) - set(skip)
-    planned = {k: s.attack_settings(k, seed) for k in s.attack_names(mixture) if k in want}  # bad settings: now
+    want = [a for a in planned(s, mixture) if a.key(s) not in set(skip)]
+    settings = {a.key(s): s.attack_settings(a.key(s), seed) for a in want}  # bad settings: now
     timings: dict[str, float] = {}
     tally = _AutoAttackTally()
     with compute_precision(model, s.precision):
@@ -294,10 +214,10 @@ def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, s: AdaptiveSet
     metrics = {k: 100.0 * v.float().mean().item() for k, v in correct.items()}
     versions = {"torch": torch.__version__, "n": len(x)}
     info: dict = {"elapsed_s": {k: round(v, 2) for k, v in timings.items()},
-                  "attack_settings": {k: {**v, **versions} for k, v in planned.items()}}
+                  "attack_settings": {k: {**v, **versions} for k, v in settings.items()}}
     if tally.n:
         info["autoattack_stages"] = tally.stages()
-        info["attack_settings"]["autoattack"] = {**planned["autoattack"], **versions,
+        info["attack_settings"]["autoattack"] = {**settings["autoattack"], **versions,
                                                  **tally.record(seed, s.batch_size)}
     return metrics, correct, info
 
@@ -337,7 +257,7 @@ def evaluate_any(model: nn.Module, x, y, s: AdaptiveSettings, seed: int, dev, pr
     stages = {mode: i["autoattack_stages"] for mode, i in per_mode.items() if "autoattack_stages" in i}
     if stages:
         info["autoattack_stages"] = stages
-    combined[WORST] = worst_case({k: v for k, v in combined.items() if k != WORST}, s.eps)
+    combined[WORST] = worst_case(combined, s.eps)
     return {k: 100.0 * v.float().mean().item() for k, v in combined.items()}, combined, info
 
 

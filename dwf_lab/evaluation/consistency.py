@@ -14,12 +14,12 @@ not false alarms. The seeds' spread is left out on purpose: it moves both attack
 together. One image is the resolution of an accuracy, never a finding (2 SE exceeds it from n = 2).
 """
 import math
-import re
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import Callable, Mapping
 
 from dwf_lab.core.config import PGD_EPS
+from dwf_lab.evaluation import keys as K
 
 Z = 2.0   # "beyond noise": a difference of more than two standard errors (about 95%, two-sided)
 
@@ -68,26 +68,26 @@ def check_pair(acc: Row, n: Images, stronger: str, weaker: str) -> Check:
     return Check(stronger, weaker, acc[stronger], acc[weaker], se, max(Z * se, 100.0 / min(ns)))
 
 
-def _sweep(acc: Row, prefix: str) -> list[tuple[float, str]]:
-    """(ε, key) for the keys ``<prefix><ε>`` of ``acc``, by increasing ε."""
-    return sorted((float(m[1]), k) for k in acc if (m := re.fullmatch(re.escape(prefix) + r"([0-9.e-]+)", k)))
+def _sweep(acc: Row, attack: str) -> list[tuple[float, str]]:
+    """(ε, key) for the keys of one attack over ε in ``acc`` ("fgsm", "pgd-eps"), by increasing ε."""
+    return [(k.eps, k.text) for k in K.of(acc, attack)]
 
 
 def pgd_columns(acc: Mapping[str, object]) -> list[str]:
     """The PGD columns at the row's ``pgd_eps``: ``pgd:<k>``, ``pgd:<L>-ms``, ``pgd:<L>-a``."""
-    return [k for k in acc if re.fullmatch(r"pgd:\d+(-ms|-a)?", k)]
+    return [k for k in acc if K.parse(k).attack == "pgd"]
 
 
 def pgd_vs_fgsm(acc: Row, n: Images, pgd_eps: float = PGD_EPS) -> Check | None:
     """The strongest PGD column (its ball holds FGSM's step) against FGSM at the largest ε ≤ ``pgd_eps``."""
-    fgsm = [k for e, k in _sweep(acc, "fgsm:") if e <= pgd_eps + 1e-9]
+    fgsm = [k for e, k in _sweep(acc, "fgsm") if e <= pgd_eps + 1e-9]
     pgd = pgd_columns(acc)
     return check_pair(acc, n, min(pgd, key=acc.get), fgsm[-1]) if fgsm and pgd else None
 
 
 def eps_growth(acc: Row, n: Images, pgd_eps: float = PGD_EPS) -> Check | None:
     """The worst rise of accuracy from one ε to the next, in the FGSM and the PGD@ε sweeps."""
-    checks = [check_pair(acc, n, b, a) for p in ("fgsm:", "pgd@") for (_, a), (_, b) in pairwise(_sweep(acc, p))]
+    checks = [check_pair(acc, n, b, a) for p in ("fgsm", "pgd-eps") for (_, a), (_, b) in pairwise(_sweep(acc, p))]
     return max(checks, key=lambda c: (c.excess - c.limit, c.excess), default=None)
 
 

@@ -19,6 +19,8 @@ from dwf_lab import attacks
 from dwf_lab.attacks.base import check_batch_size
 from dwf_lab.core.io import progress_bar
 from dwf_lab.core.runtime import seed_from
+from dwf_lab.evaluation.keys import DERIVED, WORST, parse  # noqa: F401 (WORST: re-exported)
+from dwf_lab.evaluation.suite import attack_for_key
 
 
 def batched(fn, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -92,24 +94,21 @@ def over_gradient_modes(model: nn.Module, evaluate_one,
     return combined, per_mode
 
 
-WORST = "worst-case (all)"
-# keys derived from the others: never an attack of their own, never part of a worst case
-DERIVED = ("worst-case", WORST)
-
-
 def worst_case_keys(keys, eps: float) -> list[str]:
     """The metrics that share the L-inf threat model ||delta|| <= eps, for a per-example worst case.
 
-    Drops derived worst cases and FGSM columns whose eps exceeds ``eps`` (a larger
-    ball is another threat model); every other attack here is run at ``eps``.
+    Drops derived worst cases, FGSM columns whose eps exceeds ``eps`` (a larger ball is another
+    threat model; every other attack here is run at ``eps``) and registered attacks that say they
+    stay out of the worst case (:attr:`dwf_lab.evaluation.suite.AdaptiveAttack.worst_case`).
     """
     out = []
-    for k in keys:
-        if k in DERIVED:
+    for k in map(parse, keys):
+        if k.derived or (k.attack == "fgsm" and k.eps > eps + 1e-9):
             continue
-        if k.startswith("fgsm:") and float(k.split(":", 1)[1]) > eps + 1e-9:
+        a = attack_for_key(k.text)
+        if a is not None and not a.worst_case:
             continue
-        out.append(k)
+        out.append(k.text)
     return out
 
 

@@ -31,17 +31,23 @@ it can only catch numbers that contradict each other.
 | ``reference`` | no more than the best published numbers for the same recipe (:data:`REFERENCE_POINTS`) | a result that needs more checking than the paper gives |
 """
 import math
-import re
 from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Callable, Iterable, Mapping, Sequence
 
 from dwf_lab.evaluation import consistency
+from dwf_lab.evaluation import keys as K
 from dwf_lab.evaluation.metrics import DERIVED
 from dwf_lab.evaluation.records import infer_dataset, validated
-from dwf_lab.models.zoo import ZOO
 from dwf_lab.reporting.noise import Cell, Z, accuracy_se, binomial_se, run_cells
-from dwf_lab.reporting.paper import DATASET_LABELS, METRIC_FOR_COLUMN, TABLE_KEYS, paper_dataset, paper_tables
+from dwf_lab.reporting.paper import (
+    DATASET_LABELS,
+    METRIC_FOR_COLUMN,
+    PLAIN_NETWORK_ROWS,
+    TABLE_KEYS,
+    paper_dataset,
+    paper_tables,
+)
 
 STATUSES = ("ok", "within noise", "flagged")
 
@@ -50,7 +56,7 @@ PAPER_TEST_IMAGES = {"cifar10": 10000, "svhn": 26032}
 PAPER_RUNS = 5
 
 # the plain networks of Tables 2-3 (no adversarial training); in a run, "ResNet-18" is the benign expert
-UNDEFENDED_ROWS: frozenset[str] = frozenset(ZOO.values())
+UNDEFENDED_ROWS: frozenset[str] = frozenset(PLAIN_NETWORK_ROWS)
 # "almost nothing": standard training usually leaves a few percent or less under PGD at 8/255
 UNDEFENDED_PGD_MAX = 10.0
 # "flat": more PGD steps take less than this fraction of what an undefended network still keeps
@@ -136,23 +142,16 @@ def _z(excess: float, se: float) -> str:
     return f"{excess / se:+.1f} SE" if se > 0 else "exact"
 
 
-def metric_label(metric: str) -> str:
-    """'fgsm:0.03' -> 'FGSM 0.03', 'pgd:20' -> 'PGD-20', 'pgd:100-ms' -> 'PGD-100 (MS)'."""
-    m = re.fullmatch(r"pgd:(\d+)(?:-(ms|a))?", metric)
-    if m:
-        return f"PGD-{m.group(1)}" + (f" ({m.group(2).upper()})" if m.group(2) else "")
-    if metric.startswith("fgsm:"):
-        return f"FGSM {metric[5:]}"
-    return metric
+metric_label = K.label   # 'fgsm:0.03' -> 'FGSM 0.03', 'pgd:20' -> 'PGD-20', 'pgd:100-ms' -> 'PGD-100 (MS)'
 
 
 def _pgd_steps(cells: Mapping[str, Cell]) -> list[tuple[int, str]]:
-    return sorted((int(m[4:]), m) for m in cells if re.fullmatch(r"pgd:\d+", m))
+    return [(k.steps, k.text) for k in K.of(cells, "pgd")]
 
 
 def _pgd_long(cells: Mapping[str, Cell], kind: str) -> tuple[int, str] | None:
-    found = sorted((int(m[4:-len(kind) - 1]), m) for m in cells if re.fullmatch(rf"pgd:\d+-{kind}", m))
-    return found[-1] if found else None
+    found = K.of(cells, "pgd", kind)
+    return (found[-1].steps, found[-1].text) if found else None
 
 
 # ------------------------------------------------------------------- rules --

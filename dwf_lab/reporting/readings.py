@@ -11,7 +11,6 @@
   average of its experts, with standard errors, and which differences are within noise.
 """
 import math
-import re
 from dataclasses import asdict
 from typing import Mapping, Sequence
 
@@ -20,6 +19,7 @@ import numpy as np
 from dwf_lab.attacks.autoattack import STAGE_NAMES
 from dwf_lab.core.config import PROFILES, Profile
 from dwf_lab.evaluation import consistency
+from dwf_lab.evaluation import keys as K
 from dwf_lab.evaluation.metrics import WORST
 from dwf_lab.evaluation.records import infer_dataset, validated
 from dwf_lab.reporting.audit import audit, run_table
@@ -51,7 +51,7 @@ def adaptive_reading(rows: Sequence[dict]) -> str:
             else:
                 text += f"; the worst case over all attacks leaves {wc:.1f}%"
         gate = {k: att[k] for k in ("routing", "transfer-best") if k in att}
-        plain = [v for k, v in att.items() if k.startswith("pgd-") and k[4:].isdigit()]
+        plain = [v for k, v in att.items() if K.parse(k).attack == "pgd-adaptive"]
         if gate and plain:
             best_gate = min(gate, key=gate.get)
             if gate[best_gate] < min(plain) - 0.05:
@@ -102,7 +102,7 @@ def _mean(agg: Mapping, row: str, metric: str) -> float | None:
 def _pgd_metrics(agg: Mapping, rows: Sequence[str]) -> list[int]:
     ks = None
     for r in rows:
-        have = {int(m.split(":")[1]) for m in agg.get(r, {}) if re.fullmatch(r"pgd:\d+", m)}
+        have = {k.steps for k in K.of(agg.get(r, {}), "pgd")}
         ks = have if ks is None else ks & have
     return sorted(ks or [])
 
@@ -164,10 +164,10 @@ def protocol_reading(results: Sequence[Mapping], dataset: str | None = None) -> 
             lines.append(f"- Worst case over every attack run, per image (not in the paper): DWF "
                          f"keeps {a:.1f}% of the test images{tail}.")
         ks = _pgd_metrics(agg, [dwf])
-        longs = sorted(m for m in agg[dwf] if re.fullmatch(r"pgd:\d+-ms", m))
+        longs = K.of(agg[dwf], "pgd", "ms")
         if ks and longs:
-            a, b = _mean(agg, dwf, f"pgd:{ks[-1]}"), _mean(agg, dwf, longs[-1])
-            lines.append(f"- A stronger attack ({longs[-1].split(':')[1].replace('-ms', '')} steps, "
+            a, b = _mean(agg, dwf, K.pgd(ks[-1])), _mean(agg, dwf, longs[-1].text)
+            lines.append(f"- A stronger attack ({longs[-1].steps} steps, "
                          f"restarts) moves DWF from {a:.1f}% (PGD-{ks[-1]}) to {b:.1f}%"
                          + (": longer attacks still find new adversarial examples."
                             if b < a - 0.5 else "."))

@@ -9,15 +9,16 @@ stage by stage, the ablation table and the checklist overview. Accuracies are pe
 missing metric stays missing; nothing is rescaled. Rendering: :mod:`dwf_lab.reporting.render`.
 """
 import json
-import re
 import statistics
 from pathlib import Path
 from typing import Iterable, Sequence
 
 from dwf_lab.attacks.autoattack import label as official_label
+from dwf_lab.evaluation import keys as K
 from dwf_lab.evaluation.checklist import CheckItem
 from dwf_lab.evaluation.metrics import WORST
 from dwf_lab.evaluation.records import infer_dataset, key_n, validated
+from dwf_lab.evaluation.suite import reading_order
 from dwf_lab.reporting.paper import (
     COLUMN_FOR_METRIC,
     METRIC_FOR_COLUMN,
@@ -37,7 +38,7 @@ from dwf_lab.training.variants import ABLATIONS, BY_NAME, skip_reason
 FGSM_EPS: tuple[float, ...] = tuple(float(c) for c in TABLE2_COLUMNS[1:])   # 0.01 ... 0.09
 FGSM_METRICS: tuple[str, ...] = tuple(METRIC_FOR_COLUMN[c] for c in TABLE2_COLUMNS[1:])
 PGD_ITERS: tuple[int, ...] = (10, 20, 30, 40, 50)
-PGD_METRICS: tuple[str, ...] = tuple(f"pgd:{k}" for k in PGD_ITERS)
+PGD_METRICS: tuple[str, ...] = tuple(K.pgd(k) for k in PGD_ITERS)
 
 
 TABLE_TITLES = {
@@ -205,12 +206,8 @@ def build_tables(results: Iterable[dict], dataset: str | None = None) -> dict:
 
 # ------------------------------------------------------------ reading --
 def adaptive_keys(keys: Sequence[str]) -> list[str]:
-    """The adaptive attack keys among ``keys``, in a fixed reading order."""
-    short = sorted((k for k in keys if re.fullmatch(r"pgd-\d+", k)), key=lambda k: int(k[4:]))
-    long = sorted((k for k in keys if re.fullmatch(r"pgd-\d+x\d+", k)),
-                  key=lambda k: tuple(int(v) for v in k[4:].split("x")))
-    return short + [k for k in ("pgd-dlr", "routing", "transfer-best") if k in keys] + long + \
-        [k for k in ("autoattack", "square") if k in keys]
+    """The adaptive attack keys among ``keys``, in the registry's reading order (:mod:`dwf_lab.evaluation.suite`)."""
+    return reading_order(keys)
 
 
 def comparison_rows(records: Sequence[dict], dataset: str | None = None) -> tuple[list[dict], list[str]]:
@@ -226,9 +223,9 @@ def comparison_rows(records: Sequence[dict], dataset: str | None = None) -> tupl
     keys: list[str] = []
     for r in records:
         keys += [k for k in r.get("metrics", {}) if k not in keys]
-    pgd_k = sorted(int(k[4:]) for k in keys if re.fullmatch(r"pgd:\d+", k))
-    short = [f"pgd:{20 if 20 in pgd_k else pgd_k[-1]}"] if pgd_k else []
-    ms = sorted((k for k in keys if re.fullmatch(r"pgd:\d+-ms", k)), key=lambda k: int(k[4:-3]))[-1:]
+    pgd_k = [k.steps for k in K.of(keys, "pgd")]
+    short = [K.pgd(20 if 20 in pgd_k else pgd_k[-1])] if pgd_k else []
+    ms = [k.text for k in K.of(keys, "pgd", "ms")][-1:]
     cols = ["SA"] + short + ms + ["worst-case"] + adaptive_keys(keys) + [WORST]
     cols = [c for c in cols if c in keys]
     ds = dataset or (records[0].get("dataset") if records else None)

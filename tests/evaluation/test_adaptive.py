@@ -128,8 +128,9 @@ def test_routing_loss_pushes_weight_onto_the_target_expert():
         w_plain = mix.gate_weights(plain)[:, target].mean().item()
         w_routed = mix.gate_weights(routed)[:, target].mean().item()
     assert w_routed > w_plain + 0.02, (w_plain, w_routed)
-    # the evaluation's balanced routing attack steers the gate too, and breaks images
-    last, kept = routing_pgd(mix, x, y, target, 1.0, EPS, ALPHA, 8, True,
+    # the evaluation's balanced routing attack steers the gate too, and breaks images (at a
+    # larger eps: at 8/255 this tiny mixture keeps every image on some CPUs' arithmetic)
+    last, kept = routing_pgd(mix, x, y, target, 1.0, 4 * EPS, 4 * ALPHA, 8, True,
                                        torch.Generator().manual_seed(5))
     with torch.no_grad():
         assert mix.gate_weights(last)[:, target].mean().item() > w_plain + 0.02
@@ -425,7 +426,7 @@ def test_redo_reruns_only_the_named_attack_and_records_autoattacks_stages(tmp_pa
     real = _run_batch
 
     def spy(model, xb, yb, s_, want, *a):
-        seen.append(set(want))
+        seen.append({a.key(s_) for a in want})
         return real(model, xb, yb, s_, want, *a)
     monkeypatch.setattr(ev_adaptive, "_run_batch", spy)
     before = rec["per_example"]["autoattack"]
@@ -463,7 +464,7 @@ def test_a_result_is_never_relabelled_with_settings_it_was_not_computed_with(tmp
     # with --redo it is recomputed and stored with the settings it was computed with
     seen = []
     real = _run_batch
-    monkeypatch.setattr(ev_adaptive, "_run_batch", lambda m, xb, yb, s_, want, *a: seen.append(set(want)) or
+    monkeypatch.setattr(ev_adaptive, "_run_batch", lambda m, xb, yb, s_, want, *a: seen.append({a.key(s_) for a in want}) or
                         real(m, xb, yb, s_, want, *a))
     evaluate_adaptive_run(run, 0, data, bigger, progress=False, which="benign", checklist=False, redo=("autoattack",))
     assert seen and all(w == {"autoattack"} for w in seen)
@@ -497,7 +498,7 @@ def test_replace_recomputes_a_key_only_where_its_stored_settings_differ(tmp_path
                               which="benign", checklist=False, replace=("autoattack",))
     seen = []
     real = _run_batch
-    monkeypatch.setattr(ev_adaptive, "_run_batch", lambda m, xb, yb, s_, want, *a: seen.append(set(want)) or
+    monkeypatch.setattr(ev_adaptive, "_run_batch", lambda m, xb, yb, s_, want, *a: seen.append({a.key(s_) for a in want}) or
                         real(m, xb, yb, s_, want, *a))
     evaluate_adaptive_run(run, 0, data, bigger, progress=False, which="benign", checklist=False,
                           replace=("autoattack",))

@@ -141,7 +141,7 @@ def test_a_result_stored_with_other_settings_is_refused_and_recomputed_with_redo
     command = re.search(r"Recompute with these settings: python -m dwf_lab (.*?) \(in Python", line).group(1)
     assert "--redo autoattack" in command and "--checkpoint" in command
     seen = []
-    monkeypatch.setattr(ev_adaptive, "_run_batch", lambda m, xb, yb, s_, want, *a: seen.append(set(want)) or
+    monkeypatch.setattr(ev_adaptive, "_run_batch", lambda m, xb, yb, s_, want, *a: seen.append({a.key(s_) for a in want}) or
                         _run_batch(m, xb, yb, s_, want, *a))
     assert main([*command.split(), "--quiet"]) == 0
     assert seen and all(w == {"autoattack"} for w in seen)
