@@ -26,13 +26,9 @@ from dwf_lab.course.plan import (
     notebook_steps,
     selection,
 )
+from dwf_lab.training.recipes import RECIPES
 from dwf_lab.training.stages import baseline_stages, plan_stages
 
-KIND_LABELS = {"benign": ("the benign expert", "benign experts"), "fgsm": ("FGSM expert", "FGSM experts"),
-               "pgd": ("PGD expert", "PGD experts"), "fgsm_at": ("the FGSM-AT baseline", "FGSM-AT baselines"),
-               "pgd_at": ("the PGD-AT baseline", "PGD-AT baselines"), "gate": ("the gate-only phase", "gate phases"),
-               "mixture": ("the mixture (Algorithm 3)", "mixtures"), "soe": ("SoE", "SoE"),
-               "advmoe": ("ADVMoE", "ADVMoE")}
 ACTIONS = {"train": "will train", "evaluate": "will evaluate", "attack": "will attack", "ablation": "will run"}
 W = 15   # the label column of the text banner
 METHOD = ("work = images x epochs x passes per image of each recipe (attack steps included) x networks "
@@ -52,8 +48,10 @@ def duration(seconds: float) -> str:
     return f"{h} h {m:02d} min"
 
 
-def about(seconds: float) -> str:
-    """'about 7 min', or 'under a second'."""
+def about(seconds: float | None) -> str:
+    """'about 7 min', 'under a second', or 'no estimate' (None: a step without a cost model)."""
+    if seconds is None:
+        return "no estimate"
     return duration(seconds) if seconds < 1 else f"about {duration(seconds)}"
 
 
@@ -80,8 +78,8 @@ def _seeds(steps) -> str:
 
 
 def _kind_label(kind: str, n: int) -> str:
-    one, many = KIND_LABELS.get(kind, (kind, kind))
-    return one if n == 1 else f"{n} {many}"
+    r = RECIPES.get(kind)
+    return r.labels(n) if r else (kind if n == 1 else f"{n} {kind}")
 
 
 # ------------------------------------------------------------------ banner --
@@ -123,7 +121,9 @@ class Banner:
         if not self.todo:
             return ("nothing to train, evaluate or attack" if self.reads_only else
                     "nothing to train, evaluate or attack: the run already has what this notebook uses")
-        return f"{about(self.total_s)} on this machine (an estimate), plus the notebook's own quick checks"
+        unknown = sum(1 for c in self.costs if c.failed)
+        return (f"{about(self.total_s)} on this machine (an estimate), plus the notebook's own quick checks"
+                + (f"; {unknown} step{'s' if unknown != 1 else ''} without a cost model not counted" if unknown else ""))
 
     def html(self) -> str:
         e = html.escape
@@ -188,7 +188,7 @@ def _todo(costs: list[StepCost]) -> list[tuple[str, str, float, str]]:
         groups.setdefault(key, []).append(c)
     for (action, key), cs in groups.items():
         names = list(dict.fromkeys(c.step.name for c in cs))
-        seconds = sum(c.seconds for c in cs)
+        seconds = None if any(c.failed for c in cs) else sum(c.seconds for c in cs)
         if action == "train":
             label = _kind_label(key, len(names))
             what = (label if names == [key] else f"{label} ({compact(names)})") + _seeds(cs)

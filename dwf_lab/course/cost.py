@@ -16,7 +16,6 @@ process so notebooks that train right after reuse it. :func:`estimate` returns e
 seconds and the sentences saying how they were obtained.
 """
 import functools
-import inspect
 import statistics
 import time
 from dataclasses import dataclass
@@ -27,54 +26,42 @@ import torch.nn.functional as F
 from dwf_lab.core.config import Profile
 from dwf_lab.core.precision import evaluation_precision
 from dwf_lab.core.runtime import Runtime
+from dwf_lab.core.work import ATTACK_STEP, FORWARD
 from dwf_lab.course.plan import RunInventory, Step
 from dwf_lab.data import steps_per_epoch
+from dwf_lab.evaluation import keys as K
 from dwf_lab.evaluation.adaptive import AdaptiveSettings
 from dwf_lab.evaluation.checklist import ChecklistSettings
-from dwf_lab.evaluation.protocol import EvalSettings, ablation_eval_settings
-from dwf_lab.mixture.advmoe import ADVMoE
+from dwf_lab.evaluation.protocol import EvalSettings, ablation_eval_settings, protocol_settings
 from dwf_lab.mixture.soe import SoE
 from dwf_lab.models.resnet import resnet18
+from dwf_lab.pipeline.ablations import same_model_as
 from dwf_lab.training.fast_path import bf16_supported, choose
-from dwf_lab.training.stages import KEY_KINDS, Stage, baseline_stages, plan_stages
+from dwf_lab.training.recipes import RECIPES
+from dwf_lab.training.stages import Stage, baseline_stages, of_kind, plan_stages
 from dwf_lab.training.variants import Ablation, CommonSeedStage, variant_profile
-
-# measured on one thread of a 2-core CPU at the laptop width (1/8): a training step 190 images/s, a PGD step
-# 240-380 (batch 200 / 64), a forward pass 1,180
-FORWARD = 0.2          # a forward pass, in training steps
-ATTACK_STEP = 2 / 3    # forward + backward to the input (no weight gradients)
-BASELINE_EXPERTS = {"soe": 3, "advmoe": 2}   # dwf_lab.training.builders.baseline_arch
-ADVMOE_ATTACK_STEPS = inspect.signature(ADVMoE.__init__).parameters["attack_steps"].default
 
 
 # ===================================================================== work ==
 def networks(kind: str, p: Profile) -> int:
-    """How many ResNet-18s a model of this kind runs per image."""
-    if kind in ("gate", "mixture", "mixture_adv_only", "uniform_ensemble"):
-        return p.n_experts
-    return BASELINE_EXPERTS.get(kind, 1)
+    """How many ResNet-18s a model of this kind runs per image (its recipe's model; the uniform
+    ensemble and ablation variants average the run's experts)."""
+    r = RECIPES.get(kind)
+    return r.networks(p) if r is not None else p.n_experts if kind == "uniform_ensemble" else 1
 
 
 def passes_per_image(kind: str, p: Profile) -> float:
-    """Passes per clean training image and network, per the recipe of ``kind``
-    (:mod:`dwf_lab.training.recipes`)."""
-    pgd = statistics.mean(p.pgd_steps_choices) * ATTACK_STEP
-    half = p.at_adv_fraction
-    table = {
-        "benign": 1.0,
-        "fgsm": ATTACK_STEP + 1,                                  # Algorithm 1
-        "pgd": pgd + 1,                                           # Algorithm 2
-        "fgsm_at": half * ATTACK_STEP + 1,
-        "pgd_at": half * p.pgd_at_steps * ATTACK_STEP + 1,
-        "mixture": ATTACK_STEP + pgd + 3,                         # Algorithm 3: FGSM + PGD, trained on 3x
-        "mixture_adv_only": ATTACK_STEP + pgd + 2,
-        "gate": ATTACK_STEP + pgd + 3 * FORWARD,                  # experts frozen: forward only
-        "soe": p.pgd_at_steps * ATTACK_STEP + 2,
-        "advmoe": ADVMOE_ATTACK_STEPS * ATTACK_STEP + FORWARD + 2,
-    }
-    if kind not in table:
-        raise ValueError(f"no cost model for training kind {kind!r}; known: {', '.join(table)}")
-    return table[kind]
+    """Passes per clean training image and network, from the recipe of ``kind``
+    (:attr:`dwf_lab.training.recipes.Recipe.passes`)."""
+    r = RECIPES.get(kind)
+    if r is None or r.passes is None:
+        raise ValueError(f"no cost model for training kind {kind!r}: its recipe states no passes per image")
+    return r.passes(p)
+
+
+def has_cost_model(kind: str) -> bool:
+    r = RECIPES.get(kind)
+    return r is not None and r.passes is not None
 
 
 def train_work(stage: Stage, p: Profile, n_train: int) -> float:
@@ -115,50 +102,26 @@ def record_shares(rec: dict | None) -> tuple[float, float] | None:
     sa = m.get("SA")
     if not isinstance(sa, (int, float)):
         return None
-    long = next((v for k, v in m.items() if k.startswith("pgd:") and k.endswith("-a")), m.get("worst-case"))
+    long = next((m[k.text] for k in K.of(m, "pgd", "a")), m.get("worst-case"))
     surviving = float(long) / 100 if isinstance(long, (int, float)) else float(sa) / 100
     return max(0.0, min(1.0, float(sa) / 100)), max(0.0, min(1.0, surviving))
 
 
-def eval_settings_for(kind: str, p: Profile) -> EvalSettings:
-    """The protocol a model of ``kind`` is evaluated with (:mod:`dwf_lab.pipeline.reproduce`, baselines)."""
-    if kind in ("soe", "advmoe"):
-        return EvalSettings.from_profile(p, long=True)
-    return EvalSettings.from_profile(p, long=p.eval_long_for == "all" or kind in KEY_KINDS)
-
-
 def eval_work(kind: str, p: Profile, n_test: int, settings: EvalSettings | None = None,
               shares: tuple[float, float] = (ASSUMED_CLEAN, ASSUMED_SURVIVING)) -> float:
-    s = settings or eval_settings_for(kind, p)
-    modes = len(SoE.gradient_modes) if kind == "soe" else 1
+    s = settings or protocol_settings(p, kind)
+    modes = len(SoE.gradient_modes) if RECIPES.get(kind) and RECIPES[kind].model == "soe" else 1
     return n_test * eval_passes(s, *shares) * networks(kind, p) * modes
 
 
 def attack_work(key: str, s: AdaptiveSettings, kind: str, p: Profile, n_test: int,
                 robust: float = 1.0) -> float:
-    """Passes of one adaptive attack (metric key of :class:`AdaptiveSettings`) on ``n_test``
-    images; ``robust``: the fraction of images a cascade still attacks after its first stage."""
+    """Passes of one adaptive attack (a metric key of :class:`AdaptiveSettings`, its work from the
+    attack's registry entry) on ``n_test`` images; ``robust``: the share a cascade still attacks."""
     m = networks(kind, p)
-    k = s.pgd_steps * ATTACK_STEP + FORWARD
     if key == "SA":
-        per = FORWARD * m
-    elif key in (s.pgd_key, "pgd-dlr"):
-        per = k * m
-    elif key == "routing":
-        targets = len(s.routing_targets) if s.routing_targets is not None else m + 1
-        per = targets * k * m
-    elif key == "transfer-best":    # from each expert (one network) and from their uniform average
-        per = m * s.pgd_steps * ATTACK_STEP + s.pgd_steps * ATTACK_STEP * m + (m + 1) * FORWARD * m
-    elif key == s.long_key:
-        per = s.long_restarts * (s.long_steps * ATTACK_STEP + FORWARD) * m
-    elif key == "autoattack":       # APGD-CE, then APGD-T and FAB-T per target class, then Square
-        later = s.aa_iter * s.aa_targets * ATTACK_STEP * 3 + s.aa_queries * FORWARD
-        per = (FORWARD + s.aa_iter * ATTACK_STEP + robust * later) * m
-    elif key == "square":
-        per = (FORWARD + robust * s.square_queries * FORWARD) * m
-    else:
-        per = k * m                 # an attack added later: counted as one PGD run
-    return n_test * per
+        return n_test * FORWARD * m
+    return n_test * s.attack(key).work(s, m, robust)
 
 
 def checklist_work(kind: str, p: Profile, n_test: int) -> float:
@@ -177,16 +140,15 @@ def ablation_work(a: Ablation, p: Profile, inv: RunInventory, seed: int,
     pv = variant_profile(p, a)
     n = a.experts or p.n_experts
     train = 0.0
-    reuses = a.name == "reference" and p.gate_epochs == 0 and inv.is_trained(seed, "mixture")
-    if a.kind != "none" and not reuses:
+    same_as = same_model_as(a, p, lambda name: inv.is_trained(seed, name))
+    if a.kind != "none" and same_as is None:
         stage = CommonSeedStage(f"ablation-{a.name}", a.kind, p.mixture_epochs, p.mixture_batch, a.label)
         train = train_work(stage, pv, n_train) / networks(a.kind, pv) * n
     if a.retrain_experts:
-        train += sum(train_work(st, pv, n_train) for st in plan_stages(pv) if st.kind in ("fgsm", "pgd"))
+        train += sum(train_work(st, pv, n_train) for st in of_kind(plan_stages(pv), "fgsm", "pgd"))
     # read off a stored result of the same model (run_variant's reuse): the run's evaluated DWF;
     # the uniform ensemble, which notebook 07 evaluates before its ablations
-    read_off = ((reuses and "mixture" in inv.evaluated(seed))
-                or (a.kind == "none" and a.routing == "uniform" and not a.experts))
+    read_off = same_as == "uniform-ensemble" or (same_as is not None and same_as in inv.evaluated(seed))
     return train, 0.0 if read_off else n_test * eval_passes(ablation_eval_settings(p), clean) * n
 
 
@@ -230,7 +192,7 @@ def measured_rates(p: Profile, inv: RunInventory, n_train: int, n_test: int) -> 
     train: dict = {}
     for (seed, name), seconds in inv.stage_seconds.items():
         st = stages.get(name)
-        if st is not None and inv.is_trained(seed, name) and seconds > 0:
+        if st is not None and inv.is_trained(seed, name) and seconds > 0 and has_cost_model(st.kind):
             train.setdefault(st.kind, []).append((name, seconds / train_work(st, p, n_train)))
     ev: dict = {}
     attack: dict = {}
@@ -250,7 +212,7 @@ def measured_rates(p: Profile, inv: RunInventory, n_train: int, n_test: int) -> 
         info = rec.get("adaptive") or {}
         a = _record_settings(AdaptiveSettings, info.get("settings"))
         for key, sec in (info.get("elapsed_s") or {}).items():
-            if a is not None and isinstance(sec, (int, float)) and sec > 0:
+            if a is not None and isinstance(sec, (int, float)) and sec > 0 and key in a.metric_names(True):
                 work = attack_work(key, a, kind, p, a.images(n), _robust(rec))
                 attack.setdefault(key, []).append((name, sec / work))
     for seed, variants in inv.ablations.items():
@@ -262,7 +224,7 @@ def measured_rates(p: Profile, inv: RunInventory, n_train: int, n_test: int) -> 
             if isinstance(elapsed, (int, float)) and elapsed > 0 and shares is not None:
                 work = n * eval_passes(ablation_eval_settings(p), shares[0]) * experts
                 ev.setdefault("ablation", []).append((f"ablation {name}", elapsed / work))
-            if train_s and rec.get("kind") not in (None, "none"):
+            if train_s and has_cost_model(rec.get("kind")):
                 stage = CommonSeedStage(name, rec["kind"], p.mixture_epochs, p.mixture_batch, name)
                 work = train_work(stage, p, n_train) / networks(rec["kind"], p) * experts
                 train.setdefault(rec["kind"], []).append((f"ablation {name}", train_s / work))
@@ -349,7 +311,8 @@ class StepCost:
     step: Step
     seconds: float
     detail: str          # what was counted, e.g. "5 epochs x 4,992 images"
-    rate: Rate | None    # None when the step is done (loaded, not run)
+    rate: Rate | None    # None when the step is done (loaded, not run) or has no estimate
+    failed: bool = False  # no cost model for this step: seconds are not counted
 
 
 def _names(pairs) -> str:
@@ -441,6 +404,14 @@ class Estimator:
         return rate if rate is not None else self.eval_rate("")
 
     # ---- one step
+    def safe_cost(self, step: Step) -> StepCost:
+        """:meth:`cost`, or, where the step has no cost model, no estimate and a one-line reason
+        (the banner says so; it never stops a notebook)."""
+        try:
+            return self.cost(step)
+        except (ValueError, KeyError, TypeError) as e:
+            return StepCost(step, 0.0, f"no estimate: {e}", None, failed=True)
+
     def cost(self, step: Step) -> StepCost:
         p, n_train, n_test = self.p, self.n_train, self.n_test
         if step.done:
@@ -486,4 +457,4 @@ def estimate(steps: list[Step], p: Profile, data, inv: RunInventory, device="cpu
              threads: int | None = None) -> list[StepCost]:
     """Each step's estimated seconds (0 for steps already done) and how they were obtained."""
     est = Estimator(p, data, inv, device, threads if threads is not None else torch.get_num_threads())
-    return [est.cost(s) for s in steps]
+    return [est.safe_cost(s) for s in steps]

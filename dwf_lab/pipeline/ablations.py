@@ -66,6 +66,18 @@ def _expert_paths(run, seed: int, data, a: Ablation, pv: Profile, rt: Runtime, l
     return [paths[n] for n in names]
 
 
+def same_model_as(a: Ablation, p, is_done) -> str | None:
+    """The run model variant ``a`` is exactly (its stored result may serve, its training is skipped):
+    the run's DWF for the reference when it has no gate-only phase and is trained ("mixture"), the
+    untrained uniform average of the run's experts ("uniform-ensemble"); else None. ``is_done(name)``:
+    whether the run has trained a stage. The cost banner asks this too."""
+    if a.kind == "none":
+        return "uniform-ensemble" if a.routing == "uniform" and not a.experts else None
+    if a.name == "reference" and p.gate_epochs == 0 and is_done("mixture"):
+        return "mixture"
+    return None
+
+
 def run_variant(run, seed: int, data, a: Ablation, progress: bool = True,
                 device: str | None = None, reuse: bool = True) -> dict:
     """Train (if needed) and evaluate one variant; returns its row.
@@ -85,19 +97,16 @@ def run_variant(run, seed: int, data, a: Ablation, progress: bool = True,
 
     model_path = vdir / "model.safetensors"
     note, train_s = "", 0.0
-    same_as = None          # a model the run evaluates anyway: its stored result may serve
+    same_as = same_model_as(a, p, lambda name: run.is_done(seed, name))   # evaluated anyway: may serve
     n_experts = a.experts or p.n_experts
     if a.kind == "none":
         model = build_variant(p, data, a, _expert_paths(run, seed, data, a, pv, rt, log, progress), seed)
         note = "no end-to-end training"
-        if a.routing == "uniform" and not a.experts:
-            same_as = "uniform-ensemble"     # the run's experts, averaged as they are
     elif model_path.exists():
         model = load_model(model_path)
-    elif a.name == "reference" and p.gate_epochs == 0 and run.is_done(seed, "mixture"):
+    elif same_as == "mixture":
         model = load_model(run.model_path(seed, "mixture"))
         note = "the run's DWF model (trained exactly as this variant would be)"
-        same_as = "mixture"
     else:
         paths = _expert_paths(run, seed, data, a, pv, rt, log, progress)
         model = build_variant(pv, data, a, paths, seed)
