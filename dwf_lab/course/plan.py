@@ -11,7 +11,6 @@ banner and the notebook agree). :func:`inventory` reads what a run directory hol
 times or runs anything: the cost is :mod:`dwf_lab.course.cost`.
 """
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -100,9 +99,6 @@ def selection(p: Profile, scope: str) -> dict:
 
 
 # ====================================================== what the run holds ==
-_EVAL_FILE = re.compile(r"^(?P<name>.+)_seed(?P<seed>\d+)\.json$")
-
-
 def _read_json(path: Path) -> dict | None:
     try:
         out = json.loads(path.read_text(encoding="utf-8"))
@@ -111,20 +107,11 @@ def _read_json(path: Path) -> dict | None:
     return out if isinstance(out, dict) else None
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return []
-    out = []
-    for line in lines:
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue   # a line cut by a crash
-        if isinstance(rec, dict):
-            out.append(rec)
-    return out
+def _seconds(events) -> float | None:
+    """The last ``stage_time`` of a log's events."""
+    t = [float(r["seconds"]) for r in events if r.get("event") == "stage_time"
+         and isinstance(r.get("seconds"), (int, float))]
+    return t[-1] if t else None
 
 
 @dataclass
@@ -164,7 +151,7 @@ def inventory(run) -> RunInventory:
     names = [s.name for s in plan_stages(p)] + [s.name for s in baseline_stages(p)]
     for seed in seeds:
         inv.trained[seed] = [n for n in names if run.is_done(seed, n)]
-        for rec in _read_jsonl(run.seed_dir(seed) / "metrics.jsonl"):
+        for rec in run.metrics(seed):
             if rec.get("event") == "stage_time" and isinstance(rec.get("seconds"), (int, float)):
                 inv.stage_seconds[(seed, str(rec.get("stage")))] = float(rec["seconds"])
             elif rec.get("event") == "fast_path" and isinstance(rec.get("images_per_s"), dict):
@@ -174,20 +161,14 @@ def inventory(run) -> RunInventory:
             rec = _read_json(vdir / "eval.json")
             if rec is not None:
                 inv.ablations.setdefault(seed, {})[vdir.name] = rec
-            for r in _read_jsonl(vdir / "metrics.jsonl"):
-                if r.get("event") == "stage_time" and isinstance(r.get("seconds"), (int, float)):
-                    inv.ablation_seconds[(seed, vdir.name)] = float(r["seconds"])
-    if run.eval_dir.is_dir():
-        for path in sorted(run.eval_dir.glob("*.json")):
-            m = _EVAL_FILE.match(path.name)
-            rec = _read_json(path) if m else None
-            if rec is not None:
-                inv.records[(int(m["seed"]), m["name"])] = rec
-    if run.report_dir.is_dir():
-        for path in run.report_dir.glob("checklist_*_seed*.json"):
-            m = re.match(r"^checklist_(?P<name>.+)_seed(?P<seed>\d+)\.json$", path.name)
-            if m and path.with_suffix(".md").exists():
-                inv.checklists.add((int(m["seed"]), m["name"]))
+            seconds = _seconds(run.metrics(seed, vdir))
+            if seconds is not None:
+                inv.ablation_seconds[(seed, vdir.name)] = seconds
+    for key, path in run.evaluations().items():
+        rec = _read_json(path)
+        if rec is not None:
+            inv.records[key] = rec
+    inv.checklists = run.checklists()
     times = _read_json(root / "course_times.json") or {}
     inv.course_times = {k: v for k, v in (times.get("notebooks") or {}).items() if isinstance(v, dict)}
     return inv

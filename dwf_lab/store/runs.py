@@ -15,6 +15,7 @@ runs/<name>/
 import hashlib
 import json
 import os
+import re
 import socket
 import time
 from contextlib import contextmanager
@@ -313,14 +314,32 @@ class Run:
                 f.flush()
         return log
 
-    def metrics(self, seed: int) -> list[dict]:
-        path = self.seed_dir(seed) / "metrics.jsonl"
-        if not path.exists():
+    def metrics(self, seed: int, folder: Path | None = None) -> list[dict]:
+        """The events :meth:`logger` wrote (in ``folder``, default the seed's); a line cut by a crash
+        or unreadable file is skipped."""
+        path = Path(folder or self.seed_dir(seed)) / "metrics.jsonl"
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError):
             return []
         out = []
-        for line in path.read_text().splitlines():
+        for line in lines:
             try:
-                out.append(json.loads(line))
+                rec = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line cut by a crash: skip it
+            if isinstance(rec, dict):
+                out.append(rec)
         return out
+
+    def evaluations(self) -> dict[tuple[int, str], Path]:
+        """``{(seed, model): path}`` of the evaluation results in ``eval/`` (:meth:`eval_path`'s names)."""
+        found = (re.fullmatch(r"(?P<name>.+)_seed(?P<seed>\d+)\.json", p.name) for p in sorted(self.eval_dir.glob("*.json")))
+        return {(int(m["seed"]), m["name"]): self.eval_path(int(m["seed"]), m["name"]) for m in found if m}
+
+    def checklists(self) -> set[tuple[int, str]]:
+        """``{(seed, model)}`` whose gradient-masking checklist is written (:meth:`checklist_path`, both files)."""
+        found = (re.fullmatch(r"checklist_(?P<name>.+)_seed(?P<seed>\d+)\.json", p.name)
+                 for p in self.report_dir.glob("checklist_*_seed*.json"))
+        return {(int(m["seed"]), m["name"]) for m in found
+                if m and self.checklist_path(int(m["seed"]), m["name"], ".md").exists()}
