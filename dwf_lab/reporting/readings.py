@@ -8,7 +8,12 @@
 - :func:`overfitting_verdicts`: catastrophic overfitting in a per-epoch checkpoint watch;
 - :func:`describe_profile`: a profile's settings beside the paper's Table 5;
 - :func:`verdict` / :func:`verdict_reading`: DWF's worst case against its baselines and the plain
-  average of its experts, with standard errors, and which differences are within noise.
+  average of its experts, with standard errors (paired on the same images where the records
+  hold per-image results), and which differences are within noise;
+- :func:`audit_checks`: the audit's checks in two lists, the rules a sound evaluation obeys and the
+  priors a better method may break;
+- :func:`course_lessons`: what the course showed, each lesson stated only when the run's numbers
+  support it, with its caveat.
 """
 import math
 from dataclasses import asdict
@@ -22,12 +27,14 @@ from dwf_lab.evaluation import consistency
 from dwf_lab.evaluation import keys as K
 from dwf_lab.evaluation.metrics import WORST
 from dwf_lab.evaluation.records import infer_dataset, validated
-from dwf_lab.reporting.audit import audit, run_table
-from dwf_lab.reporting.noise import compare, run_cells
-from dwf_lab.reporting.paper import comparability_note, is_comparable, paper_value
+from dwf_lab.reporting.audit import PAPER_RUNS, PAPER_TEST_IMAGES, audit, paper_table, rule_rows, run_table
+from dwf_lab.reporting.audit import RULES as AUDIT_RULES
+from dwf_lab.reporting.noise import Comparison, Z, accuracy_se, compare, paired_compare, run_cells
+from dwf_lab.reporting.paper import DATASET_LABELS, comparability_note, is_comparable, paper_dataset, paper_value
 from dwf_lab.reporting.render import markdown_table
 from dwf_lab.reporting.tables import AA_STAGES, aggregate, autoattack_stage_rows
 from dwf_lab.training.stages import expert_kind
+from dwf_lab.training.variants import BY_NAME as ABLATION_BY_NAME
 
 
 def adaptive_reading(rows: Sequence[dict]) -> str:
@@ -284,7 +291,18 @@ VERDICT_ROWS: dict[str, str] = {
 }
 DWF_FROM = "notebook 05 (`python -m dwf_lab evaluate`)"
 UNIFORM = "Uniform ensemble"
+PGD_AT = "ResNet-18 (PGD-AT)"
 WORST_CASES = (WORST, "worst-case")   # over every attack run; over the paper's attacks
+# the ablation that tests the gate alone: the same end-to-end training, the gate replaced by equal weights
+GATE_ALONE = "routing-uniform"
+
+
+def _difference(results: Sequence[Mapping], a: tuple[str, str], b: tuple[str, str],
+                cell_a: Mapping, cell_b: Mapping) -> Comparison:
+    """a − b with the paired standard error on the same images where the records allow it
+    (:func:`~dwf_lab.reporting.noise.paired_compare`), else the unpaired one from the two cells."""
+    return (paired_compare(results, a, b)
+            or compare(cell_a["mean"], cell_a["se"], cell_b["mean"], cell_b["se"]))
 
 
 def verdict(results: Sequence[Mapping], dataset: str | None = None) -> dict:
@@ -292,9 +310,13 @@ def verdict(results: Sequence[Mapping], dataset: str | None = None) -> dict:
 
     Each comparison uses the worst case both rows have: over every attack run (``worst-case
     (all)``, after the adaptive attacks) when both have it, else over the paper's attacks
-    (``worst-case``), so neither row is held to attacks the other escaped. Standard errors:
-    :func:`dwf_lab.reporting.noise.accuracy_se` (the test images, and the seeds where there
-    are several); a difference is "within noise" up to two standard errors.
+    (``worst-case``), so neither row is held to attacks the other escaped. Standard errors of
+    each accuracy: :func:`dwf_lab.reporting.noise.accuracy_se` (the test images, and the seeds
+    where there are several). The error of a difference is **paired** when both rows have
+    per-image results on the same images (:func:`~dwf_lab.reporting.noise.paired_compare`: the
+    models were attacked on the same images, so their errors are correlated), else unpaired,
+    the two errors combined as if independent; each row says which (``"SE of the difference"``).
+    A difference is "within noise" up to two standard errors of it.
     Returns ``{"dataset", "dwf": {metric: {"mean", "se", "n", "seeds"}} | None, "n_test", "seeds",
     "rows": [one dict per comparison], "missing": [{"model", "why"}]}``: nothing is left out
     silently, a row the run lacks is listed with where it comes from.
@@ -327,15 +349,22 @@ def verdict(results: Sequence[Mapping], dataset: str | None = None) -> dict:
             out["missing"].append({"model": row, "why": why(row, where)})
             continue
         a, b = dwf[metric], cell(row, metric)
-        cmp = compare(a["mean"], a["se"], b["mean"], b["se"])
+        cmp = _difference(results, ("DWF", metric), (row, metric), a, b)
         out["rows"].append({"model": row, "metric": metric, "DWF": a["mean"], "DWF ± SE": a["se"],
                             "model %": b["mean"], "model ± SE": b["se"], "DWF − model": cmp.difference,
-                            "± SE": cmp.se, "reading": cmp.reading("DWF higher", "DWF lower")})
+                            "± SE": cmp.se, "SE of the difference": f"paired, {cmp.n} images" if cmp.paired
+                            else "unpaired", "paired": cmp.paired, "images": cmp.n,
+                            "reading": cmp.reading("DWF higher", "DWF lower")})
     return out
 
 
+VERDICT_COLUMNS = ("model", "metric", "DWF", "DWF ± SE", "model %", "model ± SE", "DWF − model", "± SE",
+                   "SE of the difference", "reading")
+
+
 def verdict_reading(v: Mapping) -> str:
-    """The verdict of :func:`verdict` in a few sentences (markdown bullets), every one computed."""
+    """The verdict of :func:`verdict` in a few sentences (markdown bullets), every one computed;
+    each difference says whether its standard error is paired (same images) or unpaired."""
     lines = []
     if v["dwf"] is None:
         lines.append("- DWF has no per-image worst case in this run yet, so there is no verdict to state.")
@@ -354,18 +383,220 @@ def verdict_reading(v: Mapping) -> str:
                 said = "**within noise**: this run cannot tell them apart"
             else:
                 said = f"**DWF {'higher' if r['DWF − model'] > 0 else 'lower'}**, beyond noise"
+            how = (f"paired standard error on the same {r['images']} images" if r["paired"] else
+                   "unpaired standard error: the two rows have no per-image results on the same images")
             other = ("the plain average of its own experts (the uniform ensemble: no gate, no end-to-end "
                      "training)" if r["model"] == UNIFORM else r["model"])
             lines.append(f"- Against {other}: {r['DWF']:.1f}% vs {r['model %']:.1f}% ({metric}), "
-                         f"a difference of {r['DWF − model']:+.1f} ± {r['± SE']:.1f} points — {said}.")
+                         f"a difference of {r['DWF − model']:+.1f} ± {r['± SE']:.1f} points ({how}) — {said}.")
         uni = next((r for r in v["rows"] if r["model"] == UNIFORM), None)
         if uni is not None:
-            lines.append("- So in this run the gate and the end-to-end phase "
-                         + ("add nothing measurable over averaging the experts."
+            lines.append("- So in this run the gate and the end-to-end phase, together, "
+                         + ("add nothing measurable over averaging the trained experts"
                             if uni["reading"] == "within noise" else
                             f"{'add' if uni['DWF − model'] > 0 else 'cost'} {abs(uni['DWF − model']):.1f} "
-                            "points of worst-case accuracy over averaging the experts."))
+                            "points of worst-case accuracy over averaging the trained experts")
+                         + f" (the gate alone is the ablation `{GATE_ALONE}` of notebook 07: the same "
+                           "end-to-end training, equal weights instead of the gate).")
     lines += [f"- Missing: {m['model']} — {m['why']}." for m in v["missing"]]
     if v["dataset"]:
         lines.append(f"- {comparability_note(v['dataset'])}")
     return "\n".join(lines)
+
+
+# ================================================================== audit ==
+# the audit's checks (reporting.audit.RULES) that are priors: what published work leads one to expect,
+# which a better method or an unusual model may break; every other check is a rule
+AUDIT_PRIORS: frozenset[str] = frozenset({"late-cliff", "undefended", "undefended-flat", "reference"})
+
+
+def audit_checks() -> dict[str, list[dict]]:
+    """The audit's checks as table rows (:func:`~dwf_lab.reporting.audit.rule_rows`) in two lists:
+    ``"rules"``, which a sound evaluation obeys whatever the model (a violation says the numbers
+    contradict each other or the attack), and ``"priors"`` (:data:`AUDIT_PRIORS`), expectations from
+    published work that a better method may break (a violation asks for evidence; it proves no error)."""
+    rows = rule_rows()
+    return {"rules": [r for r in rows if r["rule"] not in AUDIT_PRIORS],
+            "priors": [r for r in rows if r["rule"] in AUDIT_PRIORS]}
+
+
+def _rule_names() -> list[str]:
+    return [r.name for r in AUDIT_RULES if r.name not in AUDIT_PRIORS]
+
+
+# ================================================================ lessons ==
+# the profile fields that make a run the paper's scale (the rest changes no number's meaning)
+SCALE = ("dataset", "n_train", "width", "n_fgsm_experts", "n_pgd_experts", "expert_epochs", "benign_epochs",
+         "mixture_epochs", "pgd_steps_choices")
+
+
+def _flagged(findings) -> str:
+    by_rule: dict[str, list[str]] = {}
+    for f in findings:
+        if f.status == "flagged":
+            by_rule.setdefault(f.rule, []).append(f.row)
+    return "; ".join(f"`{rule}` for {', '.join(dict.fromkeys(rows))}" for rule, rows in by_rule.items())
+
+
+def course_lessons(results: Sequence[Mapping], ablations: Sequence[Mapping] = (),
+                   dataset: str | None = None, profile: Profile | None = None) -> list[str]:
+    """What the course showed, in sentences (markdown), each computed from the run's numbers and
+    stated only when they support it, each with its caveat (the run's scale and seeds).
+
+    ``results``: the run's evaluation records (notebook 05-07); ``ablations``: the ablation
+    variants' records (``seed-*/ablations/*/eval.json``; optional); ``profile``: the run's
+    profile (optional; it names the scale, and whether it is the paper's). A difference is claimed only
+    beyond :data:`~dwf_lab.reporting.noise.Z` standard errors (paired on the same images where the
+    records allow); within that, the sentence says the run cannot tell. A lesson whose numbers the
+    run lacks is left out; no DWF result at all gives an empty list.
+    """
+    results = validated(results)
+    if not results:
+        return []
+    dataset = infer_dataset(results, dataset)
+    cells = run_cells(results, dataset)
+    dwf = cells.get("DWF", {})
+    if not dwf:
+        return []
+    v = verdict(results, dataset)
+    rows = {r["model"]: r for r in v["rows"]}
+    lessons: list[str] = []
+    name = f"the {profile.name} profile, " if profile is not None else ""
+    paper_scale = profile is not None and all(getattr(profile, f) == getattr(PROFILES["paper"], f) for f in SCALE)
+
+    def scale(n: int, seeds: int) -> str:
+        return f"at this scale, {name}{n:,} test images, {'one seed' if seeds == 1 else f'{seeds} seeds'}"
+
+    def where(metric: str) -> str:
+        return "over every attack the run made" if metric == WORST else "over the paper's attacks"
+
+    # 1 · DWF against one adversarially trained ResNet-18, in the per-image worst case
+    r = rows.get(PGD_AT)
+    if r is not None:
+        a, b, d, se = r["DWF"], r["model %"], r["DWF − model"], r["± SE"]
+        kind = "paired" if r["paired"] else "unpaired"
+        caveat = scale(r["images"] or v["n_test"], v["seeds"])
+        if d < -Z * se:
+            lessons.append(f"DWF's worst-case robust accuracy ({a:.1f}%) is below PGD-AT's ({b:.1f}%), "
+                           f"{where(r['metric'])}: {d:+.1f} ± {se:.1f} points ({kind} SE), beyond noise — one "
+                           f"adversarially trained ResNet-18 is more robust than the mixture ({caveat}).")
+        elif d > Z * se:
+            lessons.append(f"DWF's worst-case robust accuracy ({a:.1f}%) is above PGD-AT's ({b:.1f}%), "
+                           f"{where(r['metric'])}: {d:+.1f} ± {se:.1f} points ({kind} SE), beyond noise "
+                           f"({caveat}).")
+        else:
+            lessons.append(f"This run cannot tell DWF's worst-case robust accuracy ({a:.1f}%) from PGD-AT's "
+                           f"({b:.1f}%), {where(r['metric'])}: {d:+.1f} ± {se:.1f} points ({kind} SE) is within "
+                           f"noise, which is not the same as equal ({caveat}).")
+
+    # 2 · what attacks beyond PGD take from DWF
+    ks = _pgd_metrics(aggregate(results, dataset), ["DWF"])
+    worst = next((m for m in WORST_CASES if m in dwf), None)
+    if ks and worst is not None:
+        k = 20 if 20 in ks else ks[-1]
+        pgd = K.pgd(k)
+        cmp = _difference(results, ("DWF", pgd), ("DWF", worst), asdict(dwf[pgd]), asdict(dwf[worst]))
+        drop, what = cmp.difference, ("every attack the run made, the adaptive ones included" if worst == WORST
+                                      else "the paper's attacks (the adaptive attacks have not run on it)")
+        caveat = scale(min(dwf[pgd].n, dwf[worst].n), dwf[worst].seeds)
+        if drop > Z * cmp.se:
+            lessons.append(f"DWF loses accuracy to attacks beyond the paper's PGD-{k}: PGD-{k} leaves "
+                           f"{cmp.a:.1f}%, the per-image worst case over {what} {cmp.b:.1f}% ({drop:.1f} ± "
+                           f"{cmp.se:.1f} points lower) — PGD-{k} alone overstates its robustness ({caveat}).")
+        else:
+            lessons.append(f"On DWF, the attacks beyond PGD-{k} find nothing measurable: PGD-{k} leaves "
+                           f"{cmp.a:.1f}%, the per-image worst case over {what} {cmp.b:.1f}%, {drop:.1f} ± "
+                           f"{cmp.se:.1f} points lower, within noise ({caveat}).")
+
+    # 3 · the paper's headline claim
+    published = paper_value("table3", dataset, "DWF", "20") if dataset else None
+    if published is not None and published[0] is not None and "pgd:20" in dwf:
+        x, paper = dwf["pgd:20"], published[0]
+        caveat = scale(x.n, x.seeds)
+        if not is_comparable(dataset):
+            lessons.append(f"The paper's {paper:.1f}% PGD-20 for DWF cannot be tested on this run's data "
+                           f"({dataset}): we measure {x.mean:.1f} ± {x.se:.1f}% on images the paper's number "
+                           f"says nothing about ({caveat}).")
+        else:
+            ds = paper_dataset(dataset)
+            runs = PAPER_RUNS if published[1] is not None else 1
+            cmp = compare(x.mean, x.se, paper, accuracy_se(paper, PAPER_TEST_IMAGES[ds], published[1], runs))
+            if cmp.difference < -Z * cmp.se:
+                lessons.append(f"The paper's {paper:.1f}% PGD-20 claim for DWF is not reproduced at this scale: "
+                               f"we measure {x.mean:.1f} ± {x.se:.1f}% ({caveat}"
+                               + (")." if paper_scale else "; a training run smaller than the paper's is "
+                                  "expected to score lower, so this is no refutation either)."))
+            elif cmp.difference > Z * cmp.se:
+                lessons.append(f"DWF's PGD-20 here ({x.mean:.1f} ± {x.se:.1f}%) is above the paper's "
+                               f"{paper:.1f}% ({caveat}).")
+            else:
+                lessons.append(f"DWF's PGD-20 here ({x.mean:.1f} ± {x.se:.1f}%) is within noise of the paper's "
+                               f"{paper:.1f}% ({caveat}); PGD-20 is an upper bound, the worst case above is "
+                               "the number to hold it to.")
+
+    # 4 · what the gate and the end-to-end phase add: the untrained average, then the gate alone
+    r = rows.get(UNIFORM)
+    if r is not None:
+        a, b, d, se = r["DWF"], r["model %"], r["DWF − model"], r["± SE"]
+        caveat = scale(r["images"] or v["n_test"], v["seeds"])
+        what = (f"worst case {a:.1f}% vs {b:.1f}% for the untrained average of its own experts, "
+                f"{d:+.1f} ± {se:.1f} points")
+        if d > Z * se:
+            lessons.append(f"DWF's gate and end-to-end training, together, beat averaging its trained experts: "
+                           f"{what} ({caveat}).")
+        elif d < -Z * se:
+            lessons.append(f"Averaging DWF's trained experts beats DWF itself: {what}; the gate and the "
+                           f"end-to-end training, together, cost robustness here ({caveat}).")
+        else:
+            lessons.append(f"This run cannot tell DWF from averaging its trained experts: {what}, within noise; "
+                           f"no evidence here that the gate and the end-to-end training add robustness "
+                           f"({caveat}).")
+    lessons += [f"{text} ({scale(n, seeds)})." for text, n, seeds in _gate_alone(ablations)]
+
+    # 5 · the consistency rules: on this run, and on the paper's own tables
+    names = _rule_names()
+    found = audit(run_table(results, dataset), names)
+    if found:
+        n, seeds = v["n_test"] or dwf[next(iter(dwf))].n, v["seeds"] or dwf[next(iter(dwf))].seeds
+        flagged = _flagged(found)
+        lessons.append(f"This run breaks consistency rules beyond noise: {flagged}; those rows' robustness is "
+                       f"unproven until it is explained ({scale(n, seeds)})." if flagged else
+                       f"No model of this run breaks a consistency rule beyond noise ({len(found)} checks): "
+                       f"that proves nothing, a rule only catches numbers that contradict each other "
+                       f"({scale(n, seeds)}).")
+    ds = paper_dataset(dataset)
+    if ds in PAPER_TEST_IMAGES:
+        flagged = _flagged(audit(paper_table(ds), names))
+        if flagged:
+            lessons.append(f"The paper's own Tables 2-3 ({DATASET_LABELS[ds]}) break consistency rules beyond noise: "
+                           f"{flagged}. DWF's published numbers come from the same attacks, so they need an "
+                           f"explanation the paper does not give (published numbers, "
+                           f"{PAPER_TEST_IMAGES[ds]:,} test images each).")
+    return lessons
+
+
+def _gate_alone(ablations: Sequence[Mapping]) -> list[tuple[str, int, int]]:
+    """The gate alone: the ablation reference against the trained uniform average (:data:`GATE_ALONE`),
+    under PGD-20 and paired where both have per-image results, as (sentence, images, seeds); nothing
+    without both."""
+    if not ablations:
+        return []
+    ref, uni = ABLATION_BY_NAME["reference"].label, ABLATION_BY_NAME[GATE_ALONE].label
+    recs = validated([r for r in ablations if r.get("row") in (ref, uni)])
+    cells = run_cells(recs) if recs else {}
+    a, b = cells.get(ref, {}).get("pgd:20"), cells.get(uni, {}).get("pgd:20")
+    if a is None or b is None:
+        return []
+    cmp = _difference(recs, (ref, "pgd:20"), (uni, "pgd:20"), asdict(a), asdict(b))
+    d, se = cmp.difference, cmp.se
+    what = (f"PGD-20 {cmp.a:.1f}% for DWF (the ablation reference) vs {cmp.b:.1f}% for the trained uniform "
+            f"average (ablation `{GATE_ALONE}`: the same end-to-end training, no gate), {d:+.1f} ± {se:.1f} "
+            f"points ({'paired' if cmp.paired else 'unpaired'} SE)")
+    if d > Z * se:
+        text = f"The gate itself adds robustness: {what}"
+    elif d < -Z * se:
+        text = f"The gate itself costs robustness: {what}"
+    else:
+        text = (f"This run cannot tell the gate from equal weights: {what}, within noise; no evidence here "
+                "that the gate itself adds robustness")
+    return [(text, min(a.n, b.n), min(a.seeds, b.seeds))]
