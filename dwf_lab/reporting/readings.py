@@ -591,7 +591,7 @@ def _gate_alone(ablations: Sequence[Mapping]) -> list[tuple[str, int, int]]:
     d, se = cmp.difference, cmp.se
     what = (f"PGD-20 {cmp.a:.1f}% for DWF (the ablation reference) vs {cmp.b:.1f}% for the trained uniform "
             f"average (ablation `{GATE_ALONE}`: the same end-to-end training, no gate), {d:+.1f} ± {se:.1f} "
-            f"points ({'paired' if cmp.paired else 'unpaired'} SE)")
+            f"points, {'paired' if cmp.paired else 'unpaired'} SE")
     if d > Z * se:
         text = f"The gate itself adds robustness: {what}"
     elif d < -Z * se:
