@@ -95,6 +95,7 @@ class Banner:
     notes: list[str] = field(default_factory=list)
     costs: list[StepCost] = field(default_factory=list)
     reads_only: bool = False
+    own: str = ""                               # what the notebook trains of its own (not saved)
 
     @property
     def trains(self) -> list[str]:
@@ -119,6 +120,8 @@ class Banner:
 
     def total_line(self) -> str:
         if not self.todo:
+            if self.own:
+                return f"nothing of the run's to train, evaluate or attack; {self.own}"
             return ("nothing to train, evaluate or attack" if self.reads_only else
                     "nothing to train, evaluate or attack: the run already has what this notebook uses")
         unknown = sum(1 for c in self.costs if c.failed)
@@ -246,8 +249,10 @@ def notebook_banner(notebook: str, p: Profile, run, data, scope: str = "core", d
                      f"(course_times.json{'; it trained ' + str(len(last['trained'])) + ' stage(s) then' if last.get('trained') else ''})")
     todo = _todo(costs)
     loads = [c.step.name for c in costs if c.step.action == "train" and c.step.done]
+    own = ("it trains a quick classifier of its own (see the note)"
+           if plan.own_unless and not inv.is_trained(p.seeds[0], plan.own_unless) else "")
     return Banner(notebook, title, has, todo, list(dict.fromkeys(loads)), sum(c.seconds for c in costs),
-                  _how(costs), notes, costs, plan.reads_only)
+                  _how(costs), notes, costs, plan.reads_only, own)
 
 
 def show_banner(banner: Banner) -> None:

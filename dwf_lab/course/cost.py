@@ -27,7 +27,7 @@ from dwf_lab.core.config import Profile
 from dwf_lab.core.precision import evaluation_precision
 from dwf_lab.core.runtime import Runtime
 from dwf_lab.core.work import ATTACK_STEP, FORWARD
-from dwf_lab.course.plan import RunInventory, Step
+from dwf_lab.course.plan import RunInventory, Step, model_kind
 from dwf_lab.data import steps_per_epoch
 from dwf_lab.evaluation import keys as K
 from dwf_lab.evaluation.adaptive import AdaptiveSettings
@@ -197,9 +197,7 @@ def measured_rates(p: Profile, inv: RunInventory, n_train: int, n_test: int) -> 
     ev: dict = {}
     attack: dict = {}
     for (seed, name), rec in inv.records.items():
-        kind = str(rec.get("stage_kind") or (stages[name].kind if name in stages else name))
-        if kind == "uniform_ensemble" or name == "uniform-ensemble":
-            kind = "uniform_ensemble"
+        kind = str(rec.get("stage_kind") or model_kind(p, name))
         n = int(rec.get("n_test") or n_test)
         s = _record_settings(EvalSettings, rec.get("settings"))
         elapsed = rec.get("elapsed_s")
@@ -367,10 +365,9 @@ class Estimator:
                                                     f"and {ASSUMED_SURVIVING:.0%} surviving (none evaluated yet)")
 
     def _records_by_kind(self) -> dict[str, list[dict]]:
-        stages = {st.name: st.kind for st in plan_stages(self.p) + baseline_stages(self.p)}
         out: dict[str, list[dict]] = {}
         for (_, name), rec in self.inv.records.items():
-            out.setdefault(str(rec.get("stage_kind") or stages.get(name, name)), []).append(rec)
+            out.setdefault(str(rec.get("stage_kind") or model_kind(self.p, name)), []).append(rec)
         return out
 
     def _pick(self, table: dict, kind: str, what: str, others: str) -> Rate | None:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from dwf_lab.core.config import Profile
 from dwf_lab.evaluation.adaptive import AdaptiveSettings
+from dwf_lab.pipeline.adaptive import gets_gate_attacks
 from dwf_lab.training.recipes import recipe
 from dwf_lab.training.stages import BASELINE_ROWS, Stage, baseline_stages, plan_stages, select_stages
 from dwf_lab.training.variants import ABLATIONS, Ablation, select_ablations, skip_reason
@@ -34,11 +35,13 @@ class NotebookPlan:
     scoped: bool = False        # what it runs depends on the course scope
     reads_only: bool = False    # trains and evaluates nothing: reads the run's results
     note: str = ""              # what else it does that costs time, in one line
+    own_unless: str | None = None  # trains a model of its own (not saved) unless the run has this stage
 
 
 NOTEBOOK_PLANS: dict[str, NotebookPlan] = {
     "00": NotebookPlan(note="uses the run's benign expert if it has one, else trains a quick classifier "
-                            "for about 30 s (not saved); notebook 01 trains the benign expert"),
+                            "for about 30 s (not saved); notebook 01 trains the benign expert",
+                       own_unless="benign"),
     "01": NotebookPlan(trains="benign"),
     "02": NotebookPlan(trains="fgsm,benign"),
     "03": NotebookPlan(trains="experts"),
@@ -191,7 +194,8 @@ class Step:
     ablation: Ablation | None = None    # ablation: the variant
 
 
-def _stage_kind(p: Profile, name: str) -> str:
+def model_kind(p: Profile, name: str) -> str:
+    """The kind of the run's model ``name``: its stage's recipe, or "uniform_ensemble"."""
     for s in plan_stages(p) + baseline_stages(p):
         if s.name == name:
             return s.kind
@@ -204,7 +208,7 @@ def _train_steps(p: Profile, inv: RunInventory, which: str, seeds) -> list[Step]
 
 
 def _eval_steps(p: Profile, inv: RunInventory, names, seeds) -> list[Step]:
-    return [Step("evaluate", n, seed, (seed, n) in inv.records, kind=_stage_kind(p, n))
+    return [Step("evaluate", n, seed, (seed, n) in inv.records, kind=model_kind(p, n))
             for seed in seeds for n in names]
 
 
@@ -212,9 +216,9 @@ def _attack_steps(p: Profile, inv: RunInventory, names, seed: int) -> list[Step]
     s = AdaptiveSettings.from_profile(p)
     out = []
     for n in names:
-        kind = _stage_kind(p, n)
+        kind = model_kind(p, n)
         stored = set((inv.records.get((seed, n)) or {}).get("per_example", {}))
-        missing = tuple(k for k in s.attack_names(kind == "mixture") if k not in stored)
+        missing = tuple(k for k in s.attack_names(gets_gate_attacks(kind)) if k not in stored)
         checklist = (seed, n) not in inv.checklists
         out.append(Step("attack", n, seed, not missing and not checklist, kind=kind,
                         missing=missing, checklist=checklist))
@@ -231,7 +235,7 @@ def notebook_steps(notebook: str, p: Profile, inv: RunInventory, scope: str = "c
     if plan.trains:
         steps += _train_steps(p, inv, plan.trains, seeds)
     if plan.evaluates:
-        names = [s.name for s in plan_stages(p) if s.kind != "gate"] if plan.evaluates == "all" else key_stages(p)
+        names = adaptive_selection(p, "full") if plan.evaluates == "all" else key_stages(p)
         steps += _eval_steps(p, inv, names, seeds)
     if plan.adaptive:
         names = adaptive_selection(p, scope)

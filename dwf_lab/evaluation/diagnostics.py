@@ -141,13 +141,13 @@ def gate_statistics(mix: nn.Module, x: torch.Tensor, y: torch.Tensor,
     out = {"experts": names, "max_entropy": math.log(len(names)),
            "attacks": {"fgsm_eps": s.fgsm_eps, "pgd_eps": s.eps, "pgd_steps": s.steps},
            "inputs": {}, "rows": []}
-    for kind, label in (("clean", "clean"), ("fgsm", f"FGSM {s.fgsm_eps:.3f}"), ("pgd", f"PGD-{s.steps}")):
-        xi = x if kind == "clean" else _attack(mix, x, y, s, seed, 600, kind)
+    for inputs, label in (("clean", "clean"), ("fgsm", f"FGSM {s.fgsm_eps:.3f}"), ("pgd", f"PGD-{s.steps}")):
+        xi = x if inputs == "clean" else _attack(mix, x, y, s, seed, 600, inputs)
         w = gate_weights(mix, xi, s.batch_size)
         ent, mean = gate_entropy(w), w.mean(0).tolist()
         top = torch.bincount(w.argmax(1), minlength=len(names)).float() / max(1, len(w))
         gw = {g: float(sum(m for m, k in zip(mean, kinds) if k == g)) for g in groups}
-        st = out["inputs"][kind] = {
+        st = out["inputs"][inputs] = {
             "label": label, "entropy": ent.mean().item(),
             "entropy_std": ent.std().item() if len(ent) > 1 else 0.0,
             "mean_weights": mean, "top_share": top.tolist(), "accuracy": accuracy_pct(mix, xi, y),

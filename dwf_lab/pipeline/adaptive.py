@@ -39,7 +39,7 @@ from dwf_lab.evaluation.metrics import unpack_bits
 from dwf_lab.evaluation.records import load_checklist, merge_into_result, record_eps, settings_difference
 from dwf_lab.pipeline.reproduce import evaluate_run
 from dwf_lab.training.builders import load_run_model, uniform_ensemble
-from dwf_lab.training.recipes import recipe
+from dwf_lab.training.recipes import RECIPES, recipe
 from dwf_lab.training.stages import BASELINE_ROWS, select_stages, stages_done
 
 
@@ -59,6 +59,13 @@ def _surrogate_for(run, seed: int, name: str, done: list, data, dev) -> Callable
         other = None if is_mixture(model) else _surrogate_stage(name, done)
         return None if other is None else load_run_model(run, seed, other, data, map_location=dev)
     return surrogate
+
+
+def gets_gate_attacks(kind: str) -> bool:
+    """Whether a model of this kind is a gated mixture of the run's experts (or their uniform
+    average), which the gate-aware attacks apply to (the course's banner asks this too)."""
+    r = RECIPES.get(kind)
+    return kind == "uniform_ensemble" or (r is not None and r.model == "mixture")
 
 
 @dataclass
@@ -88,13 +95,14 @@ def _targets(run, seed: int, data, which: str | None, dev) -> list[_Target]:
         if not r.gate_only and run.is_done(seed, st.name):
             out.append(_Target(st.name, st.row, lambda st=st: load_run_model(run, seed, st, data,
                                                                              map_location=dev),
-                               r.model == "mixture"))
+                               gets_gate_attacks(st.kind)))
     for name, row in BASELINE_ROWS.items():
         if {"all", "baselines", name} & set(tokens):
             if not run.eval_path(seed, name).exists():
                 continue    # not run yet: python -m dwf_lab baselines
             if name == "uniform-ensemble":
-                out.append(_Target(name, row, lambda: uniform_ensemble(run, seed, data).to(dev), True))
+                out.append(_Target(name, row, lambda: uniform_ensemble(run, seed, data).to(dev),
+                                   gets_gate_attacks("uniform_ensemble")))
             elif run.is_done(seed, name):
                 out.append(_Target(name, row, lambda n=name: load_run_model(run, seed, n, data,
                                                                              map_location=dev), False, True))
