@@ -9,9 +9,10 @@ precision must not weaken the attacks, so bf16 is used only:
   test on a trained model shows it agreeing with fp32 within a point of robust accuracy
   (``tests/evaluation/test_precision.py``) and every run's checklist measures it again on the
   run's own models (``precision-agrees``, :mod:`dwf_lab.evaluation.checklist`);
-- with fp32 logits out of the model (:func:`compute_precision` casts them), so every loss, margin
-  and softmax of an attack, the official AutoAttack's included, is computed in fp32; only the
-  network's convolutions and matrix products run in bf16.
+- with logits computed in fp32: the experts' heads, the gate and the mixture's combination run
+  outside autocast (:mod:`dwf_lab.models.resnet`, :mod:`dwf_lab.mixture.moe`), on bf16
+  features, and every loss, margin and softmax of an attack, the official AutoAttack's
+  included, is computed in fp32; only the convolutions (and their BatchNorm) run in bf16.
 
 Every stored result records the precision it was computed in (the settings' ``precision``); a
 result in one precision is never read as the other.

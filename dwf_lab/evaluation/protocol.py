@@ -21,11 +21,12 @@ Metrics (accuracy in percent, over the same test images):
 Every attack runs on the images the model classifies correctly (a misclassified clean image
 counts as not robust under every attack, by the definition of robust accuracy), which saves
 the work a wrong image would cost. The attacks run in the settings' ``precision``: fp32, or bf16
-autocast with fp32 logits where that is checked to agree with fp32 (:mod:`dwf_lab.attacks.precision`);
+autocast (convolutions in bf16, heads, gate and combination in fp32) where that is checked to agree with fp32 (:mod:`dwf_lab.attacks.precision`);
 the stored result says which. Inputs and settings are checked once, up front (:func:`check_settings`, :func:`dwf_lab.attacks.base.check_inputs`):
 every eps of the settings, alpha, the batch size, NaN pixels, the model's input shape.
 :func:`evaluate_soe` runs it under each gradient mode; :func:`evaluate_and_write` stores it.
 """
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,7 @@ from dwf_lab.attacks.precision import check_precision, compute_precision
 from dwf_lab.core.config import Profile
 from dwf_lab.core.precision import evaluation_precision
 from dwf_lab.evaluation.metrics import over_gradient_modes, per_example, unpack_bits, worst_case_keys
+from dwf_lab.evaluation.model_checks import NOT_VALID, validity
 from dwf_lab.evaluation.records import write_result
 from dwf_lab.mixture.soe import SoE
 from dwf_lab.training.recipes import RECIPES
@@ -175,7 +177,15 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, s: EvalSe
 def evaluate_and_write(model: nn.Module, x: torch.Tensor, y: torch.Tensor, s: EvalSettings, path: Path,
                        *, name: str, row: str, seed: int, dataset: str, device=None,
                        progress: bool = True, extra: dict | None = None) -> dict:
+    """Evaluate ``model`` (:func:`evaluate_model`) and store its record at ``path``. Before any attack
+    its outputs are checked (:func:`dwf_lab.evaluation.model_checks.validity`): a model that outputs
+    probabilities or saturated logits is said to be "not a valid evaluation" on stderr, and its
+    record carries the reasons, which the report's rows and headline repeat."""
     t0 = time.time()
+    valid = validity(model, x, y)
+    if not valid["valid"]:
+        print(f"dwf-lab: warning: {name}: {NOT_VALID}: {'; '.join(valid['reasons'])}", file=sys.stderr)
+        extra = {**(extra or {}), "validity": valid}
     metrics, correct = evaluate_model(model, x, y, s, seed=seed, device=device, progress=progress,
                                       desc=f"eval {name}")
     return write_result(path, model=name, row=row, seed=seed, dataset=dataset, metrics=metrics,

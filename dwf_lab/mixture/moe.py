@@ -113,7 +113,8 @@ class MixtureOfExperts(nn.Module):
         overrides this one method: forward and the gate-aware attacks (:mod:`dwf_lab.attacks.gate`) follow."""
         if self.routing == "uniform":
             return x.new_full((x.shape[0], self.n_experts), -math.log(self.n_experts))
-        return torch.log_softmax(self.gate(x).float(), dim=1)
+        with torch.autocast(x.device.type, enabled=False):   # the gate in fp32, under bf16 autocast too
+            return torch.log_softmax(self.gate(x.float()).float(), dim=1)
 
     def gate_weights(self, x: torch.Tensor) -> torch.Tensor:
         w = self.log_weights(x).exp()
@@ -197,7 +198,8 @@ class MixtureOfExperts(nn.Module):
     def forward_details(self, x: torch.Tensor) -> MixtureOutput:
         w = self.gate_weights(x)
         z = self.expert_outputs(x)
-        y = torch.einsum("bn,bnc->bc", w.to(z.dtype), z)
+        with torch.autocast(x.device.type, enabled=False):   # the combination in fp32 (bf16 autocast too)
+            y = torch.einsum("bn,bnc->bc", w.float(), z.float())
         return MixtureOutput(y, w, z)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

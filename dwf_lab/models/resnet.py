@@ -62,7 +62,8 @@ class ResNet(nn.Module):
         out = F.relu(self.bn1(self.conv1(self.normalize(x))))
         out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
         out = F.adaptive_avg_pool2d(out, 1).flatten(1)
-        return self.linear(out)
+        with torch.autocast(out.device.type, enabled=False):   # the head in fp32, under bf16 autocast too
+            return self.linear(out.float())
 
 
 def resnet18(num_classes: int = 10, width: float = 1.0, in_channels: int = 3,

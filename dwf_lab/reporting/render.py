@@ -19,6 +19,7 @@ import plotly.graph_objects as go
 
 from dwf_lab.core.config import Profile
 from dwf_lab.core.io import atomic_write_bytes, atomic_write_text
+from dwf_lab.evaluation.model_checks import NOT_VALID
 from dwf_lab.evaluation.protocol import ablation_eval_settings
 from dwf_lab.evaluation.records import infer_dataset, load_checklist, load_results
 from dwf_lab.reporting.figures import figure_fgsm, figure_pgd
@@ -80,7 +81,7 @@ def _precision_line(precision: dict[str, list[str]]) -> str | None:
     """What arithmetic the attacks ran in, per model, when any ran in bf16 (fp32 alone goes unsaid)."""
     if set(precision) <= {"fp32"}:
         return None
-    parts = [f"{'bf16 autocast with fp32 logits' if p == 'bf16' else p} for {', '.join(rows)}"
+    parts = [f"{'bf16 autocast (convolutions in bf16; heads, gate and combination in fp32)' if p == 'bf16' else p} for {', '.join(rows)}"
              for p, rows in sorted(precision.items())]
     return ("Attack arithmetic: " + "; ".join(parts) + ". bf16 was chosen because a probe measured it "
             "faster on this CPU; the gradient-masking checklist re-runs PGD-20 in fp32 on each model it "
@@ -91,8 +92,10 @@ def _notes(meta: dict, cells: str) -> list[str]:
     ds = meta.get("dataset")
     pds = meta.get("paper_dataset")
     paper_label = DATASET_LABELS.get(pds, "none") if pds else "none"
-    notes = [f"Dataset: {ds or 'unknown'} (paper columns: {paper_label}). "
-             f"{meta.get('comparability', '')}"]
+    notes = [f"NOT A VALID EVALUATION -- {row}: {why}. Its numbers overstate its robustness and must not "
+             "be read as results." for row, why in (meta.get("invalid") or {}).items()]
+    notes.append(f"Dataset: {ds or 'unknown'} (paper columns: {paper_label}). "
+                 f"{meta.get('comparability', '')}")
     n_test = meta.get("n_test") or []
     if n_test:
         text = ", ".join(str(n) for n in n_test)
@@ -135,7 +138,8 @@ def _table_rows(table: dict, meta: dict):
         paper = entry.get("paper")
         paper_cells = [fmt_paper(paper.get(c)) for c in table["columns"]] if paper else None
         runs_text = str(runs[row]) if ours and row in runs else "paper only"
-        yield row, runs_text, ours_cells, paper_cells, ours is None
+        label = f"{row} ({NOT_VALID})" if ours and row in (meta.get("invalid") or {}) else row
+        yield label, runs_text, ours_cells, paper_cells, ours is None
 
 
 def _md_escape(text: str) -> str:

@@ -115,3 +115,16 @@ def test_the_checklist_measures_bf16_against_fp32_on_the_same_images(trained_mod
     assert "pgd-5 (fp32)" in item.evidence and "pgd-5 (bf16)" in item.evidence
     assert all(i.key != "precision-agrees" for i in run_checklist(trained_model, x, y, s, square=False))
     assert "forward" not in trained_model.__dict__
+
+
+def test_bf16_evaluation_computes_the_logits_in_fp32():
+    """The report's claim: under bf16 autocast only the convolutions run in bf16; the experts' heads,
+    the gate and the mixture's combination run in fp32, so logits are not bf16-rounded."""
+    from dwf_lab.models.registry import build_model
+    torch.manual_seed(0)
+    mix = build_model("dwf_mixture", n_experts=2, width=0.125, dataset="synthetic", gate_hidden=16).eval()
+    x = torch.rand(8, 3, 32, 32)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = mix.forward_details(x)
+    for t in (out.logits, out.weights, out.expert_logits):
+        assert t.dtype == torch.float32 and (t.bfloat16().float() != t).any()

@@ -90,7 +90,7 @@ def test_the_notes_say_which_models_were_attacked_in_bf16(results):
     assert tables["meta"]["settings_differ"] == []          # a per-model setting, not a warning
     md = to_markdown(tables)
     line = next(x for x in md.splitlines() if x.startswith("- Attack arithmetic:"))
-    assert f"bf16 autocast with fp32 logits for {last['row']}" in line and "; fp32 for " in line
+    assert f"bf16 autocast (convolutions in bf16; heads, gate and combination in fp32) for {last['row']}" in line and "; fp32 for " in line
     assert "Attack arithmetic" not in to_markdown(build_tables(results, "cifar10-subset"))   # all fp32
 
 
