@@ -1,7 +1,8 @@
 """Command line: ``python -m dwf_lab <command> [--profile P] [--run NAME] [--set key=value ...]``.
 
     course     run the numbered notebooks headlessly with papermill (the main job), then render
-               them as a static site (--scope core|full; --site-only: only the site)
+               them as a static site (--scope core|full; --site-only: only the site;
+               --student-copy DIR: only write the notebooks without their solutions to DIR)
     site       render a run's executed notebooks as a static site, runs/<run>/site/ (opens offline)
     run        train every stage, evaluate and report, without Jupyter
     train      train stages (--stage all|experts|baselines|mixture|<kind>|<name>)
@@ -64,6 +65,9 @@ def _parser() -> argparse.ArgumentParser:
                                "every model under every attack, every baseline, every ablation")
     course_p.add_argument("--site-only", action="store_true",
                           help="only (re)build runs/<run>/site/ from the executed notebooks")
+    course_p.add_argument("--student-copy", default=None, metavar="DIR",
+                          help="only write the notebooks to DIR for students: every solution cell replaced "
+                               "by a note, solutions = False (nothing is run)")
     site_p = parser("site", help="render a run's executed notebooks as a static site (runs/<run>/site/)")
     site_p.add_argument("run_name", nargs="?", default=None, metavar="RUN",
                         help="a run name under runs/ ($DWF_RUNS_DIR) or a run folder "
@@ -187,7 +191,13 @@ def _dispatch(args) -> int:
 
     if args.command == "site" or (args.command == "course" and args.site_only):
         return _site(args)
+    if args.command == "course" and args.student_copy:
+        from dwf_lab.course.exercises import student_copy
+        written = student_copy(args.student_copy)
+        print(f"student copy: {len(written)} notebook(s) without their solutions in {written[0].parent}")
+        return 0
 
+    from dwf_lab.core import distributed
     from dwf_lab.pipeline import run_all
     from dwf_lab.store.runs import Run
     from dwf_lab.training.builders import load_data
@@ -206,6 +216,8 @@ def _dispatch(args) -> int:
     data = load_data(p)
     if args.command not in ("evaluate", "adaptive"):
         run = Run(name, p)
+    if args.command in ("train", "evaluate") and distributed.world_size() == 1:
+        return _work(args, p, run, data, progress)   # each stage / model is locked on its own: processes share a run
     with run.lock(args.command):
         return _work(args, p, run, data, progress)
 

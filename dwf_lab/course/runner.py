@@ -2,7 +2,8 @@
 
 :func:`notebook_sequence` lists ``notebooks/NN_*.ipynb``; :func:`run_course` executes them in
 order (``python -m dwf_lab course``) with the parameters that rebuild the profile
-(:func:`notebook_parameters`) and the course scope, writing executed copies to
+(:func:`notebook_parameters`), the course scope and ``solutions = True`` (every exercise's
+solution runs and is checked; :mod:`dwf_lab.course.exercises`), writing executed copies to
 ``runs/<run>/notebooks/`` and stopping at the first failure with a :class:`CourseError` that
 names the notebook, the cell and the exception, and says where the partly executed copy is.
 Each notebook's wall time goes to ``runs/<run>/course_times.json`` (:func:`record_time`), and
@@ -134,24 +135,37 @@ def record_time(run_root: Path, nb: Path, seconds: float, ok: bool, profile: str
     return data
 
 
+# parameters a notebook gets only when its parameters cell declares them (papermill warns of others)
+OPTIONAL_PARAMETERS = ("scope", "solutions")
+
+
 def _declared(nb: Path, params: dict) -> dict:
-    """``params`` less ``scope`` where the notebook's parameters cell does not declare it."""
-    if "scope" in pm.inspect_notebook(str(nb)):
-        return params
-    return {k: v for k, v in params.items() if k != "scope"}
+    """``params`` less the :data:`OPTIONAL_PARAMETERS` the notebook's parameters cell does not
+    declare; ``solutions`` is False for a student copy (:func:`dwf_lab.course.exercises.student_copy`)."""
+    declared = pm.inspect_notebook(str(nb))
+    out = {k: v for k, v in params.items() if k not in OPTIONAL_PARAMETERS or k in declared}
+    if "solutions" in out:
+        import nbformat
+
+        from dwf_lab.course.exercises import is_student_copy
+        if is_student_copy(nbformat.read(str(nb), as_version=4)):
+            out["solutions"] = False
+    return out
 
 
 def run_course(profile: Profile | str | None = None, run_name: str | None = None,
                sets: Sequence[str] | None = None, notebooks: Iterable[str | Path] | None = None,
                out_dir: str | Path | None = None, kernel: str = "python3",
-               log=None, scope: str | None = None, site: bool = True) -> list[Path]:
+               log=None, scope: str | None = None, site: bool = True, solutions: bool = True) -> list[Path]:
     """Execute the course notebooks in order with papermill; returns the executed copies.
 
     Each notebook gets the parameters ``profile`` (the profile's name), ``run_name``
-    (default: the profile's name), ``overrides`` (see :func:`notebook_parameters`) and
+    (default: the profile's name), ``overrides`` (see :func:`notebook_parameters`),
     ``scope`` (:func:`dwf_lab.course.setup.course_scope`: "core" unless asked; passed only to
     the notebooks whose parameters cell declares it, and every kernel sees it as
-    ``$DWF_COURSE_SCOPE``), runs with ``notebooks/`` as its
+    ``$DWF_COURSE_SCOPE``) and ``solutions`` (True: every exercise's solution cell runs, and the
+    check it ends with; False: a learner's Run All, no answer shown; passed to the notebooks that
+    declare it, and never True to a student copy), runs with ``notebooks/`` as its
     working directory, and is written to ``out_dir`` (default ``runs/<run>/notebooks/``).
     Figures are static there (``$DWF_STATIC_FIGURES=1`` unless set), so they are stored in
     the copies. Each notebook's time goes to ``runs/<run>/course_times.json``; with ``site``
@@ -164,6 +178,7 @@ def run_course(profile: Profile | str | None = None, run_name: str | None = None
     name = run_name or p.name
     params = notebook_parameters(p, name, sets)   # everything is checked before the run folder exists
     params["scope"] = scope = course_scope(scope)
+    params["solutions"] = bool(solutions)
     nbs = _select_notebooks(notebook_sequence(), notebooks)
     if not nbs:
         raise CourseError(f"no notebooks to run in {NOTEBOOKS_DIR}")

@@ -6,7 +6,9 @@
 template), figures included. Nothing is loaded from the internet: plotly.js is written once
 beside the pages (``plotly.min.js``) and every figure is redrawn from its stored JSON with it;
 the template's require.js, MathJax and mermaid scripts (all from CDNs) are left out, so
-equations stay as TeX text; a widget, which needs a kernel, becomes a one-line note. Open
+equations stay as TeX text; a widget, which needs a kernel, becomes a one-line note; an exercise's
+solution cell (tagged ``solution``: its code and what it printed) starts collapsed, in a
+``<details>`` block the reader opens, as it does in JupyterLab. Open
 ``site/index.html`` from the file system (``file://``).
 """
 import html
@@ -35,6 +37,15 @@ TEMPLATE = """{%- extends 'index.html.j2' -%}
 {%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
 {%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
 {%- block jupyter_widgets -%}{%- endblock jupyter_widgets -%}
+{%- block any_cell scoped -%}
+{%- if 'solution' in cell.metadata.get('tags', []) -%}
+<details class="dwf-solution"><summary>Solution (click to show)</summary>
+{{ super() }}
+</details>
+{%- else -%}
+{{ super() }}
+{%- endif -%}
+{%- endblock any_cell -%}
 """.replace("PLOTLY_JS", PLOTLY_JS)
 
 WIDGET_NOTE = ("<div class='dwf-widget-note' style='padding:6px 10px;border:1px dashed #99a;color:#445;"
@@ -44,6 +55,7 @@ WIDGET_NOTE = ("<div class='dwf-widget-note' style='padding:6px 10px;border:1px 
 STYLE = """<style>
 .dwf-nav{font:14px sans-serif;padding:8px 0 12px;border-bottom:1px solid #ddd;margin-bottom:12px}
 .dwf-nav a{margin-right:1.2em}
+.dwf-solution{margin:4px 0}.dwf-solution>summary{cursor:pointer;color:#3b6ea8;font:13px sans-serif}
 </style>"""
 
 
