@@ -216,7 +216,7 @@ def _dispatch(args) -> int:
     data = load_data(p)
     if args.command not in ("evaluate", "adaptive"):
         run = Run(name, p)
-    if args.command in ("train", "evaluate") and distributed.world_size() == 1:
+    if args.command in ("train", "evaluate") and distributed.env_world_size() == 1:
         return _work(args, p, run, data, progress)   # each stage / model is locked on its own: processes share a run
     with run.lock(args.command):
         return _work(args, p, run, data, progress)
