@@ -3,7 +3,9 @@
 runs/<name>/
   config.json              the resolved profile, its digest and checksum (a run refuses a different,
                            hand-edited or damaged one, and never rewrites it then)
-  .lock, .lock.owner.json  held while a command trains or evaluates the run (pid, host, command)
+  .lock, .lock.owner.json  held while a command needs the whole run (pid, host, command)
+  .locks/seed-<k>/<part>.lock (+ .owner.json)  held while one process trains a stage or
+                           evaluates a model of a seed: processes share a run, one per part
   seed-<k>/
     metrics.jsonl          one JSON object per event (epoch ends, resumes, stage ends)
     checkpoints/<stage>/   state.safetensors (resume) + epoch-NNN.safetensors
@@ -88,6 +90,8 @@ def read_config(root: Path, name: str | None = None) -> dict | None:
         if root.exists() and not root.is_dir():
             raise RunConfigMismatch(f"the run folder {root} is a file, not a folder")
         return None
+    if cfg.is_symlink():   # never read through a link
+        raise _damaged(name, cfg, "it is a link; a run's config.json is a plain file")
     try:
         old = json.loads(cfg.read_bytes())
     except (OSError, ValueError) as e:   # a directory, unreadable, not UTF-8, not JSON
@@ -146,6 +150,8 @@ class Run:
         computed with other settings."""
         counts: dict[str, int] = {}
         for path in sorted(self.eval_dir.glob("*.json")) if self.eval_dir.is_dir() else ():
+            if path.is_symlink():
+                continue   # never read through a link (the report refuses it)
             try:
                 rec = json.loads(path.read_text(encoding="utf-8"))
             except (OSError, ValueError):
@@ -186,6 +192,19 @@ class Run:
         return old
 
     def _check_or_write_config(self, create: bool) -> None:
+        """Under a lock beside the run folder, so processes that open one run at once (seeds added,
+        stages trained side by side) read and extend one config.json, never each other's half."""
+        guard = self.root.parent / ".locks" / f"{self.root.name}.config.lock"
+        if not create:
+            return self._check_config(create)
+        try:
+            guard.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OSError(f"cannot write the run folder {self.root}: {e.strerror or e} ({type(e).__name__})") from None
+        with FileLock(guard, timeout=60, fallback_to_soft=False):
+            self._check_config(create)
+
+    def _check_config(self, create: bool) -> None:
         old = self._read_config()
         new = self.profile.to_dict()
         if old is None:
@@ -221,25 +240,34 @@ class Run:
             raise OSError(f"cannot write the run folder {self.root}: "
                           f"{e.strerror or e} ({type(e).__name__})") from None
 
-    # ---- one writer per run
+    # ---- one writer per run, or per part of it
     @contextmanager
-    def lock(self, command: str):
-        """Hold the run for this process while ``command`` trains or evaluates it.
+    def lock(self, command: str, part: str | None = None, wait: float = 0):
+        """Hold the run (``part`` None) or one part of it (``"seed-0/pgd-1"``: a stage's training,
+        ``"seed-0/eval-mixture"``: a model's evaluation) for this process while ``command`` works.
 
-        A second process (or a second lock in this one) gets a :class:`RunBusyError` naming the
-        holder, from the pid / host / command written beside the lock. The OS releases the lock
-        when its process dies, so a killed run never blocks the next one; its leftover note is
-        overwritten, and only ever read while someone really holds the lock. Under torchrun each
-        rank holds its own lock (rank 0: the same one a single process takes).
+        A second holder of the same lock (another process, or a second lock in this one) gets a
+        :class:`RunBusyError` naming the holder, from the pid / host / command written beside the
+        lock, after waiting up to ``wait`` seconds. Different parts are held by different processes
+        at once: two experts of one run train side by side. The OS releases a lock when its process
+        dies, so a killed run never blocks the next one; its leftover note is overwritten, and only
+        ever read while someone really holds the lock. Under torchrun each rank holds its own lock
+        (rank 0: the same one a single process takes).
         """
         rank = int(os.environ.get("RANK", "0"))
         stem = ".lock" if rank == 0 else f".lock-rank{rank}"
-        note = self.root / f"{stem}.owner.json"
-        lock = FileLock(self.root / stem, timeout=0, fallback_to_soft=False)
+        base = self.root if part is None else self.root / ".locks" / part
+        if part is not None:
+            base.parent.mkdir(parents=True, exist_ok=True)
+            stem = f"{base.name}{stem}"
+            base = base.parent
+        note = base / f"{stem}.owner.json"
+        lock = FileLock(base / stem, timeout=wait, fallback_to_soft=False)
         try:
             lock.acquire()
         except Timeout:
-            raise RunBusyError(f"run {self.name!r} at {self.root} is in use by {self._holder(note)}; "
+            what = f"run {self.name!r} at {self.root}" + (f" ({part})" if part else "")
+            raise RunBusyError(f"{what} is in use by {self._holder(note)}; "
                                "wait for it to finish (or stop it), or use another --run") from None
         try:
             atomic_write_text(note, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
