@@ -41,6 +41,7 @@ from dwf_lab.core.runtime import Runtime, package_versions
 from dwf_lab.data import ImageData
 from dwf_lab.evaluation.adaptive import AdaptiveSettings
 from dwf_lab.evaluation.checklist import ChecklistSettings
+from dwf_lab.evaluation.model_checks import NOT_VALID, check_logits
 from dwf_lab.evaluation.protocol import EvalSettings, evaluate_model, evaluate_soe
 from dwf_lab.evaluation.records import write_result
 from dwf_lab.models.common import normalization_for
@@ -62,6 +63,7 @@ class ExternalModel:
     model: nn.Module
     identity: dict
     warnings: list[str] = field(default_factory=list)
+    validity: dict = field(default_factory=lambda: {"valid": True})   # evaluation.model_checks.validity
 
 
 def _checked_name(name: str) -> str:
@@ -90,11 +92,12 @@ def from_checkpoint(path, data: ImageData, name: str | None = None,
                          f"evaluate it on its own dataset (--set dataset={built})")
     name = _checked_name(name or str(meta.get("stage") or path.stem))
     check_classifier(model, data.shape, data.num_classes, str(path), device)
+    validity = check_logits(model, data.x_test, data.y_test, str(path))   # probabilities: refused here
     identity = {"source": "checkpoint", "path": str(path.resolve()), "sha256": file_sha256(path),
                 "weights_sha256": meta.get("weights_sha256"), "arch": meta.get("arch"),
                 "arch_kwargs": meta.get("arch_kwargs"), "stage": meta.get("stage"),
                 "trained_on": built}
-    return ExternalModel(name, str(meta.get("row") or name), model, identity)
+    return ExternalModel(name, str(meta.get("row") or name), model, identity, validity=validity)
 
 
 def from_spec(spec: str, data: ImageData, kwargs: dict | None = None, name: str | None = None,
@@ -105,12 +108,13 @@ def from_spec(spec: str, data: ImageData, kwargs: dict | None = None, name: str 
     model = load_factory(spec, kwargs).to(device).eval()
     name = _checked_name(name or spec.rpartition(":")[2].split(".")[-1])
     check_classifier(model, data.shape, data.num_classes, f"--model {spec}", device)
+    validity = check_logits(model, data.x_test, data.y_test, f"--model {spec}")   # probabilities: refused here
     identity = {"source": "factory", "spec": spec, "kwargs": jsonable(kwargs or {}),
                 "class": f"{type(model).__module__}.{type(model).__qualname__}",
                 "state_dict_sha256": weights_digest(model.state_dict())}
     mean, std = normalization_for(data.norm_key)
     warning = normalization_warning(name, model, data.x_test[:probe], data.y_test[:probe], mean, std)
-    return ExternalModel(name, name, model, identity, [warning] if warning else [])
+    return ExternalModel(name, name, model, identity, [warning] if warning else [], validity)
 
 
 # ------------------------------------------------------------- the folder --
@@ -181,6 +185,8 @@ def evaluate_external(ext: ExternalModel, p: Profile, data: ImageData, out: Path
     model = ext.model.to(dev).eval()
     for w in ext.warnings:
         print(f"dwf-lab: warning: {w}", file=sys.stderr)
+    if not ext.validity.get("valid", True):   # said before any number, and in every row of the report
+        print(f"dwf-lab: warning: {ext.name}: {NOT_VALID}: {'; '.join(ext.validity['reasons'])}", file=sys.stderr)
     mixture = is_mixture(model)
     again = f"{command or 'python -m dwf_lab evaluate --checkpoint FILE (or --model SPEC)'} --out {out}"
     with run.lock("evaluate"):
@@ -191,10 +197,13 @@ def evaluate_external(ext: ExternalModel, p: Profile, data: ImageData, out: Path
             {"name": ext.name, "row": ext.row, "identity": ext.identity, "warnings": ext.warnings,
              "data": _data_record(data), "threat_model": p.threat_model.label(), "seed": seed,
              "versions": package_versions(), "command": command}, indent=1, default=str))
-        extra = {"stage_kind": "external", "external": ext.identity, "warnings": ext.warnings}
+        extra = {"stage_kind": "external", "external": ext.identity, "warnings": ext.warnings,
+                 **({} if ext.validity.get("valid", True) else {"validity": ext.validity})}
         if not path.exists():
             _protocol(model, data, p, path, ext, seed, dev, progress, extra)
         rec = json.loads(path.read_text())
+        if not ext.validity.get("valid", True):
+            rec["validity"] = ext.validity
         adaptive_into_record(rec, path, lambda: model, mixture, data, s, seed, dev, progress=progress,
                              desc=f"adaptive {ext.name}", redo=redo, command=again)
         atomic_write_text(path, json.dumps(rec, indent=1))

@@ -17,6 +17,7 @@ from dwf_lab.attacks.autoattack import label as official_label
 from dwf_lab.evaluation import keys as K
 from dwf_lab.evaluation.checklist import CheckItem
 from dwf_lab.evaluation.metrics import WORST
+from dwf_lab.evaluation.model_checks import invalid_reason
 from dwf_lab.evaluation.records import infer_dataset, key_n, validated
 from dwf_lab.evaluation.suite import reading_order
 from dwf_lab.reporting.paper import (
@@ -129,7 +130,13 @@ def _meta(results: list[dict], dataset: str | None) -> dict:
         if r["row"] not in rows_in:
             rows_in.append(r["row"])
     elapsed = [r["elapsed_s"] for r in results if isinstance(r.get("elapsed_s"), (int, float))]
+    invalid: dict[str, str] = {}   # rows whose model failed the output checks (evaluation.model_checks)
+    for r in results:
+        why = invalid_reason(r)
+        if why:
+            invalid.setdefault(r["row"], why)
     return {
+        "invalid": invalid,
         "dataset": dataset,
         "paper_dataset": paper_dataset(dataset),
         "comparable": is_comparable(dataset),
