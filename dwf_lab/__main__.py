@@ -294,11 +294,10 @@ def _share(args) -> int:
     from dwf_lab.pipeline.run_all import report_run
     from dwf_lab.store import archive
     if args.command == "pack":
-        root = archive.resolve_run(args.run_name)
-        run = archive.open_run(root)
-        if any(run.eval_dir.glob("*.json")):
-            report_run(run)   # the entries and model cards in the archive match the stored results
-        out = archive.pack_run(root, args.out)
+        def refresh(run):   # the entries and model cards in the archive match the stored results
+            if any(run.eval_dir.glob("*.json")):
+                report_run(run)
+        out = archive.pack_run(archive.resolve_run(args.run_name), args.out, refresh=refresh)
         print(f"packed run {out['run']}: {out['files']} files -> {out['path']} "
               f"({out['bytes'] / 1e6:.1f} MB, sha256 {out['sha256']})")
         print(f"install it with: python -m dwf_lab unpack {out['path']} --sha256 {out['sha256']}")

@@ -184,6 +184,9 @@ def load_results(eval_dir) -> list[dict]:
                                 "run the evaluation first")
     results = []
     for path in files:
+        if path.is_symlink() or not path.is_file():   # nothing of a run is read through a link
+            raise ValueError(f"{path} is a link or not a plain file; a run's results are plain files: "
+                             "replace it by a copy, or remove it")
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as err:

@@ -22,6 +22,7 @@ exists (:meth:`dwf_lab.store.runs.Run.is_done`), an evaluation when its ``eval/`
 ``python -m dwf_lab run`` and the notebooks load them instead of training.
 """
 import datetime as _dt
+import gzip
 import hashlib
 import io
 import json
@@ -33,6 +34,7 @@ import tarfile
 import tempfile
 import urllib.error
 import urllib.request
+import zlib
 from pathlib import Path, PurePosixPath
 
 from dwf_lab.core.config import NOT_IN_DIGEST, PROFILES, get_profile
@@ -51,6 +53,16 @@ _BLOCK = 1 << 20
 class ArchiveError(ValueError):
     """An archive that is refused (damaged, changed, unsafe, or clashing with an existing run);
     nothing was installed."""
+
+
+# what reading a damaged archive can raise, from tarfile, gzip, zlib and json (a manifest nested
+# thousands deep: RecursionError); each becomes one ArchiveError line "<archive> is damaged (...)"
+_DAMAGE = (tarfile.TarError, OSError, EOFError, ValueError, zlib.error, RecursionError, MemoryError)
+
+
+def _damaged(where: str, e: BaseException | str) -> ArchiveError:
+    what = e if isinstance(e, str) else f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
+    return ArchiveError(f"{where} is damaged ({what}); nothing was installed. Fetch or copy the archive again")
 
 
 # ------------------------------------------------------------ what goes in --
@@ -130,7 +142,10 @@ def stored_profile(root: Path) -> dict:
 
 
 def open_run(root: Path) -> Run:
-    """The run in folder ``root``, checked like every command checks it (config.json's checksum)."""
+    """The run in folder ``root``, checked like every command checks it (config.json's checksum).
+    A link anywhere in the run is refused first (:func:`files_to_pack`): nothing of a run is read
+    through a link."""
+    files_to_pack(root)
     settings = dict(stored_profile(root))
     name = settings.pop("name")
     return Run.open(Path(root).name, get_profile(name, **settings), root=Path(root))
@@ -198,13 +213,14 @@ def resolve_run(run: str | Path) -> Path:
     return root.resolve()
 
 
-def pack_run(run: str | Path, out: str | Path | None = None) -> dict:
+def pack_run(run: str | Path, out: str | Path | None = None, refresh=None) -> dict:
     """Write the archive of a run (a name under the runs directory, or a run folder).
 
     ``out``: the archive's path (default ``./<run>.tar.gz``; a folder: ``<folder>/<run>.tar.gz``).
     The run is held (its lock) while it is packed, so no command of the kit writes to it meanwhile;
-    the archive is written to a temporary file and renamed into place. Returns {"path", "sha256",
-    "bytes", "files", "run"}.
+    the archive is written to a temporary file and renamed into place. ``refresh(run)``, when given,
+    runs under that lock after every check has passed (``pack`` refreshes the report there: a
+    refused pack changes nothing). Returns {"path", "sha256", "bytes", "files", "run"}.
     """
     root = resolve_run(run)
     the_run = open_run(root)
@@ -214,7 +230,11 @@ def pack_run(run: str | Path, out: str | Path | None = None) -> dict:
         out = out / f"{name}{SUFFIX}"
     if out.resolve().is_relative_to(root):
         raise ArchiveError(f"{out} is inside the run it packs; write the archive elsewhere (--out PATH)")
+    if not out.parent.is_dir() and out.parent.exists():
+        raise ArchiveError(f"{out.parent} is a file, not a folder; pass another --out PATH")
     with the_run.lock("pack"):
+        if refresh is not None:
+            refresh(the_run)
         rels = files_to_pack(root)
         files = {}
         for rel in rels:
@@ -292,11 +312,13 @@ def _read_manifest(tar: tarfile.TarFile, member: tarfile.TarInfo | None, where: 
                            "(write one with python -m dwf_lab pack RUN)")
     try:
         manifest = json.loads(tar.extractfile(member).read())
-    except (ValueError, AttributeError, tarfile.TarError, OSError, EOFError) as e:
-        raise ArchiveError(f"{where}: its {MANIFEST} is unreadable ({type(e).__name__}: {e}); the "
-                           "archive is damaged") from None
+    except (AttributeError, *_DAMAGE) as e:
+        raise _damaged(where, f"its {MANIFEST} is unreadable: {type(e).__name__}: "
+                              f"{' '.join(str(e).split())[:200]}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ArchiveError(f"{where}: {MANIFEST} is not a dwf-lab run manifest")
+    if manifest.get("run") is not None and not isinstance(manifest["run"], str):
+        raise _damaged(where, f"its {MANIFEST} names the run {manifest['run']!r}, not a folder name")
     files = manifest.get("files")
     if not isinstance(manifest.get("version"), int) or manifest["version"] > VERSION:
         raise ArchiveError(f"{where}: run archive version {manifest.get('version')!r} is newer than this "
@@ -336,7 +358,41 @@ def _members(tar: tarfile.TarFile, where: str) -> tuple[str, dict[str, tarfile.T
             files[PurePosixPath(*p.parts[1:]).as_posix()] = m
     if top is None:
         raise ArchiveError(f"{where} is empty")
+    for rel in sorted(files):   # `a` and `a/b`: a file where another entry needs a folder
+        for parent in PurePosixPath(rel).parents:
+            if parent.as_posix() in files:
+                raise ArchiveError(f"{where}: the archive holds {parent.as_posix()!r} as a file and also "
+                                   f"{rel!r} inside it; refused, nothing was installed")
     return top, files
+
+
+def _check_compression(path: Path, where: str) -> None:
+    """A gzip archive decompresses to its end with the right CRC and length (tarfile alone reads only
+    as far as it needs, and stops at the first unreadable entry header without a word)."""
+    with open(path, "rb") as f:
+        if f.read(2) != b"\x1f\x8b":
+            return   # not gzip: tarfile says whether it is a tar at all
+    try:
+        with gzip.open(path, "rb") as g:
+            while g.read(_BLOCK):
+                pass
+    except _DAMAGE as e:
+        raise _damaged(where, e) from None
+
+
+def _check_end(tar: tarfile.TarFile, where: str) -> None:
+    """After the last entry tarfile read comes only the zero padding of a tar's end: anything else is
+    an entry whose header is unreadable (tarfile ends the listing there silently)."""
+    f = tar.fileobj
+    try:
+        f.seek(tar.offset)
+        while block := f.read(_BLOCK):
+            if block.strip(b"\0"):
+                raise _damaged(where, f"an unreadable tar entry header at byte {tar.offset} of the tar stream")
+    except _DAMAGE as e:
+        if isinstance(e, ArchiveError):
+            raise
+        raise _damaged(where, e) from None
 
 
 def _differs(root: Path, files: dict) -> str | None:
@@ -378,8 +434,12 @@ def unpack_archive(source: str | Path, name: str | None = None, root: str | Path
     there), "manifest"}.
     """
     runs_root = Path(root).expanduser() if root is not None else runs_dir()
-    made_root = not runs_root.exists()
-    runs_root.mkdir(parents=True, exist_ok=True)
+    made = [d for d in (runs_root, *runs_root.parents) if not d.exists() and not d.is_symlink()]
+    try:
+        runs_root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        _remove_empty(made)
+        raise OSError(f"cannot make the runs folder {runs_root}: {e.strerror or e} ({type(e).__name__})") from None
     download = None
     tmp_dir = None
     try:
@@ -391,19 +451,21 @@ def unpack_archive(source: str | Path, name: str | None = None, root: str | Path
             if got != sha256.strip().lower():
                 raise ArchiveError(f"{where} has sha256 {got}, not the {sha256} it should have: the "
                                    "download is damaged or another file; nothing was installed")
+        _check_compression(path, where)
         try:
             tar = tarfile.open(path, "r:*")
-        except (tarfile.TarError, OSError, EOFError):
-            raise ArchiveError(f"{where} is not a run archive (not a readable tar.gz file); "
+        except _DAMAGE:
+            raise ArchiveError(f"{where} is not a run archive, or is damaged (not a readable tar.gz file); "
                                "nothing was installed") from None
         with tar:
             try:
                 top, members = _members(tar, where)
+                _check_end(tar, where)
                 manifest = _read_manifest(tar, members.pop(MANIFEST, None), where)
-            except (tarfile.TarError, OSError, EOFError, ValueError) as e:
+            except _DAMAGE as e:
                 if isinstance(e, ArchiveError):
                     raise
-                raise ArchiveError(f"{where} is damaged ({type(e).__name__}: {e}); nothing was installed") from None
+                raise _damaged(where, e) from None
             files = manifest["files"]
             extra = sorted(set(members) - set(files))
             if extra:
@@ -426,16 +488,22 @@ def unpack_archive(source: str | Path, name: str | None = None, root: str | Path
             tmp_dir = Path(tempfile.mkdtemp(prefix=f".unpack-{run_name}.", dir=runs_root))
             for rel, m in sorted(members.items()):
                 dest = tmp_dir / rel
-                dest.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    out = open(dest, "xb")
+                except OSError as e:   # a clash the checks above missed: named in the archive's terms
+                    raise ArchiveError(f"{where}: the archive's file {rel!r} cannot be placed in the run's "
+                                       f"folder ({e.strerror or type(e).__name__}: another entry holds its "
+                                       "place or its folder); refused, nothing was installed") from None
                 h = hashlib.sha256()
                 try:
-                    with tar.extractfile(m) as src, open(dest, "wb") as f:
+                    with tar.extractfile(m) as src, out:
                         for block in iter(lambda: src.read(_BLOCK), b""):
                             h.update(block)
-                            f.write(block)
-                except (tarfile.TarError, OSError, EOFError, ValueError) as e:
-                    raise ArchiveError(f"{where}: {rel} cannot be read ({type(e).__name__}: {e}); the "
-                                       "archive is damaged, nothing was installed") from None
+                            out.write(block)
+                except _DAMAGE as e:
+                    raise _damaged(where, f"{rel} cannot be read: {type(e).__name__}: "
+                                          f"{' '.join(str(e).split())[:200]}") from None
                 if h.hexdigest() != files[rel]["sha256"]:
                     raise ArchiveError(f"{where}: {rel} does not match its sha256 in the manifest (it was "
                                        "changed or damaged); refused, nothing was installed")
@@ -462,8 +530,13 @@ def unpack_archive(source: str | Path, name: str | None = None, root: str | Path
             shutil.rmtree(tmp_dir, ignore_errors=True)
         if download is not None:
             download.unlink(missing_ok=True)
-        if made_root:
-            try:
-                runs_root.rmdir()   # only if nothing was installed in the folder this call made
-            except OSError:
-                pass
+        _remove_empty(made)   # only the folders this call made, and only where nothing was installed
+
+
+def _remove_empty(made: list[Path]) -> None:
+    """Remove the folders in ``made`` (deepest first) that are still empty."""
+    for d in made:
+        try:
+            d.rmdir()
+        except OSError:
+            break
