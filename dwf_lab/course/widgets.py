@@ -12,23 +12,27 @@ Each factory returns ``(ui, figure, update)``:
 - ``update(...)``: returns the numbers behind the picture as a dict (also kept as
   ``ui.result``), so tests never have to read figures.
 
-**Interactive on a CPU.** Every attack a widget runs is kept (``ui.cache``, a
-:class:`Memo`): a slider position seen once answers from memory, without running the
-model again. The ε explorer attacks one image, which takes a fraction of a second even
-the first time. The gate heatmap attacks ``n`` inputs through every expert (seconds per
-ε on a CPU), so its slider snaps to a short grid of ε values (:func:`heatmap_grid`)
-and, when a learner can drag it (live figures), the whole grid is computed once, up
-front, with a progress line that states its time; headless runs compute only the
-values they ask for. ``python benchmarks/widgets.py`` measures the moves.
+**A table of states, computed once.** Each widget computes every state its controls can
+reach up front (the ε explorer: every ε stop × both attacks × the images it offers, batched;
+the gate heatmap: every ε stop of its grid) and keeps them in ``ui.cache`` (a :class:`Memo`):
+a move answers from memory, without running the model. What a state shows is one
+:class:`~dwf_lab.course.static.Patch` (the figure's attributes and the HTML lines), made by the
+same function for a live move and for the **static twin**: ``ui.state_table()`` lists every
+state, ``ui.static_twin()`` / :func:`dwf_lab.course.static.static_twin` writes them out for a
+page without a kernel, and ``display(ui)`` carries that twin beside the widget view (the
+course's static site renders it: sliders that work offline). ``precompute=False`` computes a
+state the first time it is asked for instead (tests; the twin then fills the rest).
+A value off the grid (``update(0.09)``) is computed on demand and kept too.
+``python benchmarks/widgets.py`` measures the moves.
 
 The attacks are the package's own (:func:`attack_images`: :func:`dwf_lab.attacks.fgsm`
 and :func:`dwf_lab.attacks.pgd`): inputs in [0, 1], ε in pixel units, model in eval mode.
 
 The prediction line of the ε explorer is an HTML widget with the CSS class
 ``dwf-prediction`` whose text always starts ``prediction: <class>`` (the class
-predicted for the current adversarial image), for browser tests.
+predicted for the current adversarial image), for browser tests; its twin's line has the
+same class and text.
 """
-import contextlib
 import functools
 import html
 import time
@@ -44,6 +48,18 @@ from plotly.subplots import make_subplots
 
 from dwf_lab import attacks
 from dwf_lab.course.display import make_figure, mime_bundle, static_figures
+from dwf_lab.course.static import (
+    TWIN_MIME,
+    WIDGET_FIGURE_META,
+    Control,
+    Patch,
+    StateTable,
+    apply_patch,
+    flatten,
+    resolved_figure,
+    state_table,
+    static_twin,
+)
 from dwf_lab.evaluation.diagnostics import class_probabilities
 from dwf_lab.mixture.moe import gate_entropy
 from dwf_lab.reporting.figures import TEMPLATE, adversarial_example_figure, amplify, to_rgb_uint8
@@ -64,11 +80,6 @@ def _ipywidgets():
     except ImportError as e:  # pragma: no cover - the notebooks extra installs it
         raise ImportError("the course widgets need ipywidgets: pip install 'dwf-lab[notebooks]'") from e
     return ipywidgets
-
-
-def _batch(fig):
-    """``fig.batch_update()`` for a live widget (one message to the browser), else nothing."""
-    return fig.batch_update() if isinstance(fig, go.FigureWidget) else contextlib.nullcontext()
 
 
 def eps_label(eps: float) -> str:
@@ -112,6 +123,13 @@ class Memo:
     def values(self):
         return self.data.values()
 
+    def put(self, key: Hashable, value) -> None:
+        """Keep ``value`` under ``key`` (a state computed with others, in a batch)."""
+        self.data[key] = value
+        self.data.move_to_end(key)
+        while len(self.data) > self.maxsize:
+            self.data.popitem(last=False)
+
     def get(self, key: Hashable, compute: Callable):
         if key in self.data:
             self.hits += 1
@@ -130,7 +148,13 @@ def _panel_class():
 
     class Panel(ipw.VBox):
         """Controls plus a figure. A live figure is a child of the box; a static one is
-        displayed right after the box and re-drawn in place through its display handle."""
+        displayed right after the box and re-drawn in place through its display handle.
+
+        A widget that sets ``ui.table = (controls, state, texts, layout)`` (a function returning
+        its :class:`~dwf_lab.course.static.Control` list at their current positions, a function
+        from ``{control name: value}`` to the state's Patch, ``{line name: CSS class}`` and the
+        twin's layout changes) gets ``state_table()``, ``static_twin()`` and
+        ``static_figure()``, and its display carries the twin (:data:`TWIN_MIME`)."""
 
         def __init__(self, controls, figure, static: bool, **kw):
             children = list(controls) + ([] if static else [figure])
@@ -139,18 +163,51 @@ def _panel_class():
             self.static = static
             self.result: dict = {}
             self.cache = Memo()
+            self.table = None
             self._handle = None
 
+        def state_table(self) -> StateTable:
+            """Every state the controls reach, each as the Patch a move there applies."""
+            if self.table is None:
+                raise TypeError("this widget has no state table")
+            controls, state, texts, layout = self.table
+            return state_table(self.figure, controls(), state, texts, layout)
+
+        def static_twin(self) -> dict:
+            """The widget's static twin (:func:`dwf_lab.course.static.static_twin`)."""
+            return static_twin(self)
+
+        def static_figure(self) -> go.Figure:
+            """The twin's plotly figure as a page first draws it (controls included; their moves
+            are applied by the twin's page script, :func:`dwf_lab.course.static.twin_html`)."""
+            return resolved_figure(self.static_twin())
+
         def _ipython_display_(self):
-            display(self._repr_mimebundle_(), raw=True)
+            bundle = dict(self._repr_mimebundle_() or {})
+            if self.table is not None:
+                try:
+                    bundle[TWIN_MIME] = self.static_twin()
+                except Exception as err:   # the live widget still works; only the static site loses it
+                    print(f"(no static twin for the site: {type(err).__name__}: {err})")
+            display(bundle, raw=True)
             if self.static:
-                self._handle = display(mime_bundle(self.figure), raw=True, display_id=True)
+                self._handle = display(mime_bundle(self.figure), raw=True, metadata=WIDGET_FIGURE_META,
+                                       display_id=True)
 
         def redraw(self) -> None:
             if self.static and self._handle is not None:
-                self._handle.update(mime_bundle(self.figure), raw=True)
+                self._handle.update(mime_bundle(self.figure), raw=True, metadata=WIDGET_FIGURE_META)
 
     return Panel
+
+
+def _active(options: Sequence[tuple[str, object]], value) -> int:
+    """The index of the option nearest ``value`` (a slider's float noise aside)."""
+    values = [v for _, v in options]
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and all(
+            isinstance(v, (int, float)) for v in values):
+        return int(np.argmin([abs(float(v) - float(value)) for v in values]))
+    return values.index(value) if value in values else 0
 
 
 def _as_batch(x: torch.Tensor, y) -> tuple[torch.Tensor, torch.Tensor]:
@@ -185,21 +242,52 @@ def attack_images(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: st
 
 
 # ------------------------------------------------------------ ε explorer --
+# how many test images the ε explorer offers (its image menu), the shown one included
+EXPLORER_IMAGES = 8
+ATTACK_OPTIONS = (("FGSM (Eq. 3)", "fgsm"), ("PGD (Eq. 4-5)", "pgd"))
+
+
+def explorer_grid(eps_max: float, step: float = PIXEL) -> list[float]:
+    """The ε explorer's slider stops: 0, step, 2·step, ... below ``eps_max``, then ``eps_max``."""
+    n = int(np.floor(eps_max / step + 1e-9))
+    return [k * step for k in range(n + 1) if k * step < eps_max - 1e-9] + [float(eps_max)]
+
+
+def offered_images(index: int, n: int, images: int | Sequence[int] = EXPLORER_IMAGES) -> list[int]:
+    """The test images the ε explorer offers: ``index`` and the first others up to ``images`` in
+    all (a number), or ``index`` and the listed ones; in order."""
+    if not 0 <= index < n:
+        raise ValueError(f"index {index} is not one of the {n} images")
+    if isinstance(images, (int, np.integer)):
+        if images < 1:
+            raise ValueError(f"images must offer at least one image, got {images}")
+        chosen = {index, *[j for j in range(n) if j != index][:int(images) - 1]}
+    else:
+        chosen = {index, *(int(i) for i in images)}
+        if min(chosen) < 0 or max(chosen) >= n:
+            raise ValueError(f"images must be indices of the {n} images, got {sorted(chosen)}")
+    return sorted(chosen)
+
+
 def epsilon_explorer(model: nn.Module, x: torch.Tensor, y, classes: Sequence[str], index: int = 0,
                      attack: str = "fgsm", eps_max: float = 0.1, eps: float = 8 / 255,
-                     step: float = PIXEL, pgd_steps: int = 10, static: bool | None = None):
+                     step: float = PIXEL, pgd_steps: int = 10, images: int | Sequence[int] = EXPLORER_IMAGES,
+                     precompute: bool = True, static: bool | None = None):
     """Slide ε and watch one test image's prediction flip.
 
     ``x``, ``y``: test images in [0, 1] (N, C, H, W) and labels (or one image and
-    its label); ``index`` picks the image. Controls: ``ui.slider`` (ε, pixel units,
-    steps of 1/255), ``ui.attack`` ("fgsm" / "pgd"), ``ui.index`` (which image).
-    ``update(eps=None, attack=None, index=None)`` returns
-    ``{"eps", "attack", "index", "label", "label_name", "clean_pred", "clean_pred_name",
+    its label); ``index`` picks the image shown first. Controls: ``ui.slider`` (ε, pixel units,
+    stops :func:`explorer_grid`: steps of 1/255 up to ``eps_max``), ``ui.attack`` ("fgsm" /
+    "pgd"), ``ui.index`` (a menu of the images offered: :func:`offered_images`, ``index`` and
+    up to ``images`` in all). With ``precompute`` (default) every ε stop × attack × offered image
+    is attacked once, up front (batched: one attack per ε and attack), so every move of the
+    controls answers from ``ui.cache``; the same table is the widget's static twin.
+    ``update(eps=None, attack=None, index=None)`` (any ε and any image, on the table or not)
+    returns ``{"eps", "attack", "index", "label", "label_name", "clean_pred", "clean_pred_name",
     "clean_probs", "pred", "pred_name", "probs", "flipped", "changed", "linf", "cached"}`` where
     ``flipped`` means the clean image was classified correctly and the adversarial one
     is not, ``changed`` that the prediction differs from the clean one, and ``cached`` that
-    this (image, attack, ε) was attacked before and answered from ``ui.cache`` (one image:
-    a first visit costs one attack on one image, a fraction of a second on a laptop CPU).
+    this (image, attack, ε) was attacked before and answered from ``ui.cache``.
     """
     ipw = _ipywidgets()
     if eps_max <= 0:
@@ -208,15 +296,19 @@ def epsilon_explorer(model: nn.Module, x: torch.Tensor, y, classes: Sequence[str
     xs, ys = _as_batch(x, y)
     dev = _device(model)
     classes = list(classes)
+    offered = offered_images(index, len(xs), images)
+    stops = explorer_grid(eps_max, step)
+    pgd_name = f"PGD-{pgd_steps}"
     model.eval()
 
     slider = ipw.FloatSlider(value=min(eps, eps_max), min=0.0, max=eps_max, step=step,
                              description="ε", readout_format=".4f", continuous_update=False,
                              layout=ipw.Layout(width="420px"))
-    chooser = ipw.Dropdown(options=[("FGSM (Eq. 3)", "fgsm"), ("PGD (Eq. 4-5)", "pgd")],
-                           value=attack, description="attack", layout=ipw.Layout(width="220px"))
-    picker = ipw.BoundedIntText(value=index, min=0, max=len(xs) - 1, description="image",
-                                layout=ipw.Layout(width="160px"))
+    chooser = ipw.Dropdown(options=list(ATTACK_OPTIONS), value=attack, description="attack",
+                           layout=ipw.Layout(width="220px"))
+    image_options = [(f"{i} ({classes[int(ys[i])]})", i) for i in offered]
+    picker = ipw.Dropdown(options=image_options, value=index, description="image",
+                          layout=ipw.Layout(width="220px"))
     eps_text = ipw.HTML()
     prediction = ipw.HTML()
     prediction.add_class("dwf-prediction")
@@ -227,7 +319,9 @@ def epsilon_explorer(model: nn.Module, x: torch.Tensor, y, classes: Sequence[str
     fig.update_layout(title=dict(text=""))
     ui = _panel_class()([ipw.HBox([slider, chooser, picker]), eps_text, prediction], fig, static)
     ui.slider, ui.attack, ui.index, ui.prediction, ui.eps_text = slider, chooser, picker, prediction, eps_text
+    ui.grid, ui.images = stops, offered
     cache = ui.cache
+    cache.maxsize = max(cache.maxsize, 2 * (len(stops) + 1) * len(offered) + 1024)
 
     def clean(i: int):
         def compute():
@@ -242,10 +336,28 @@ def epsilon_explorer(model: nn.Module, x: torch.Tensor, y, classes: Sequence[str
             return x_adv, class_probabilities(model, x_adv)[0].cpu()
         return cache.get((a, i, eps_key(e)), compute)
 
-    def update(eps: float | None = None, attack: str | None = None, index: int | None = None) -> dict:
-        e = float(slider.value if eps is None else eps)
-        a = chooser.value if attack is None else attack
-        i = int(picker.value if index is None else index)
+    def fill() -> None:
+        """Every (attack, ε stop, offered image) not yet in the cache, one batched attack per (attack, ε)."""
+        t0, n_attacks = time.perf_counter(), 0
+        xb = torch.cat([clean(i)[0] for i in offered])
+        yb = ys[offered].to(dev)
+        for a in ("fgsm", "pgd"):
+            for e in stops:
+                todo = [j for j, i in enumerate(offered) if (a, i, eps_key(e)) not in cache]
+                if not todo:
+                    continue
+                x_adv = attack_images(model, xb[todo], yb[todo], a, e, pgd_steps)
+                probs = class_probabilities(model, x_adv).cpu()
+                for k, j in enumerate(todo):
+                    cache.put((a, offered[j], eps_key(e)), (x_adv[k:k + 1], probs[k]))
+                n_attacks += 1
+        if n_attacks:
+            print(f"ε explorer: FGSM and {pgd_name} on {len(offered)} images at {len(stops)} values of ε "
+                  f"({len(stops)} × 2 × {len(offered)} = {2 * len(stops) * len(offered)} states) computed in "
+                  f"{time.perf_counter() - t0:.1f} s: every move answers from memory", flush=True)
+
+    def state(a: str, i: int, e: float) -> tuple[dict, Patch]:
+        """The numbers and the picture of one (attack, image, ε): what a move there shows."""
         if a not in ("fgsm", "pgd"):
             raise ValueError(f"attack must be 'fgsm' or 'pgd', got {a!r}")
         cached = (a, i, eps_key(e)) in cache
@@ -257,27 +369,52 @@ def epsilon_explorer(model: nn.Module, x: torch.Tensor, y, classes: Sequence[str
                "pred": ap, "pred_name": classes[ap], "probs": pa.numpy(),
                "flipped": cp == label and ap != label, "changed": ap != cp,
                "linf": float((x_adv - xi).abs().max()), "cached": cached}
-        name = "FGSM" if a == "fgsm" else f"PGD-{pgd_steps}"
+        name = "FGSM" if a == "fgsm" else pgd_name
         verdict = ("fooled: the prediction changed" if res["changed"]
                    else "not fooled at this ε")
-        prediction.value = (f"prediction: {res['pred_name']} ({100 * float(pa[ap]):.0f}%)"
-                            f" | clean image: {res['clean_pred_name']} ({100 * float(pc[cp]):.0f}%)"
-                            f" | true label: {html.escape(res['label_name'])} | {verdict}")
-        eps_text.value = (f"<small>{name} at ε = {eps_label(e)} (pixel units; images in [0, 1]); "
-                          f"max |δ| = {res['linf']:.4f}</small>")
-        with _batch(fig):
-            fig.data[0].z = to_rgb_uint8(xi[0])
-            fig.data[1].z = to_rgb_uint8(x_adv[0])
-            fig.data[2].z = amplify((x_adv - xi)[0], e if e > 0 else None)
-            fig.data[3].y = pc.tolist()
-            fig.data[4].y = pa.tolist()
-            fig.layout.annotations[1].text = f"adversarial ({name}, ε = {e:.4f})"
-            fig.layout.title.text = (f"true: {res['label_name']} — clean → {res['clean_pred_name']}, "
-                                     f"adversarial → {res['pred_name']}")
+        text = {"eps": (f"<small>{name} at ε = {eps_label(e)} (pixel units; images in [0, 1]); "
+                        f"max |δ| = {res['linf']:.4f}</small>"),
+                "prediction": (f"prediction: {res['pred_name']} ({100 * float(pa[ap]):.0f}%)"
+                               f" | clean image: {res['clean_pred_name']} ({100 * float(pc[cp]):.0f}%)"
+                               f" | true label: {html.escape(res['label_name'])} | {verdict}")}
+        patch = Patch(data={0: {"z": to_rgb_uint8(xi[0])}, 1: {"z": to_rgb_uint8(x_adv[0])},
+                            2: {"z": amplify((x_adv - xi)[0], e if e > 0 else None)},
+                            3: {"y": pc.tolist()}, 4: {"y": pa.tolist()}},
+                      layout={"annotations[1].text": f"adversarial ({name}, ε = {e:.4f})",
+                              "title.text": (f"true: {res['label_name']} — clean → {res['clean_pred_name']}, "
+                                             f"adversarial → {res['pred_name']}")},
+                      text=text)
+        return res, patch
+
+    def update(eps: float | None = None, attack: str | None = None, index: int | None = None) -> dict:
+        e = float(slider.value if eps is None else eps)
+        a = chooser.value if attack is None else attack
+        i = int(picker.value if index is None else index)
+        res, patch = state(a, i, e)
+        prediction.value, eps_text.value = patch.text["prediction"], patch.text["eps"]
+        apply_patch(fig, patch)
         ui.result = res
         ui.redraw()
         return res
 
+    def controls() -> list[Control]:
+        eps_options = [(_short_label(s), s) for s in stops]
+        return [Control("eps", "ε", eps_options, "slider", _active(eps_options, slider.value)),
+                Control("attack", "attack", list(ATTACK_OPTIONS), "buttons",
+                        _active(ATTACK_OPTIONS, chooser.value)),
+                Control("index", "image", [(f"image {label}", i) for label, i in image_options], "dropdown",
+                        _active(image_options, picker.value))]
+
+    def twin_state(v: dict) -> Patch:
+        fill()
+        return state(v["attack"], v["index"], v["eps"])[1]
+
+    # the twin: the legend moves to the top right, out of the way of the controls below the figure
+    ui.table = (controls, twin_state, {"eps": "dwf-eps-line", "prediction": "dwf-prediction"},
+                {"legend": {"orientation": "h", "x": 1.0, "xanchor": "right", "y": 1.12, "yanchor": "bottom"},
+                 "margin": {"t": 90}, "controls_offset": 30})
+    if precompute:
+        fill()
     for w in (slider, chooser, picker):
         w.observe(lambda change: update(), names="value")
     update()
@@ -342,31 +479,29 @@ def _heatmap_figure(names: Sequence[str], n: int, kinds: Sequence[str], row_labe
     return fig
 
 
-def _paint(fig, res: dict, kinds: Sequence[str], titles: Sequence[str], class_name) -> None:
-    """Put ``res`` (one ε) into the heatmap figure: weights, marks, colour range, panel titles."""
+def _heatmap_patch(res: dict, kinds: Sequence[str], titles: Sequence[str], class_name) -> Patch:
+    """What the heatmap shows at one ε (``res``): weights, marks, colour range, panel titles."""
     n_exp = len(res["expert_names"])
     zmin, zmax = res["colour_range"]
     u = 1.0 / n_exp
     saturated = zmax < float(max(v.max() for v in res["weights"].values())) - 1e-9
     ticks = dict(tickvals=[zmin, u, zmax],
                  ticktext=[f"{zmin:.3f}", f"1/{n_exp} (uniform)", ("≥ " if saturated else "") + f"{zmax:.3f}"])
-    with _batch(fig):
-        for j, k in enumerate(kinds):
-            right, pred = res["expert_right"][k], res["expert_pred"][k]
-            hm = fig.data[j]
-            hm.z = res["weights"][k]
-            hm.zmin, hm.zmax, hm.zmid = zmin, zmax, u
-            hm.colorbar = dict(title="w", **ticks)
-            hm.text = np.where(right, RIGHT, "").tolist()
-            hm.customdata = [[f"alone {'right' if r else 'wrong'} ({class_name(p)})" for r, p in zip(rr, pp)]
-                             for rr, pp in zip(right, pred)]
-            verdict = fig.data[len(kinds) + j]
-            ok = res["right"][k]
-            verdict.text = [RIGHT if r else WRONG for r in ok]
-            verdict.textfont.color = [RIGHT_COLOR if r else WRONG_COLOR for r in ok]
-            verdict.customdata = [f"{'right' if r else 'wrong'} ({class_name(p)})"
-                                  for r, p in zip(ok, res["pred"][k])]
-            fig.layout.annotations[j].text = titles[j]
+    data, layout = {}, {}
+    for j, k in enumerate(kinds):
+        right, pred = res["expert_right"][k], res["expert_pred"][k]
+        data[j] = flatten({"z": res["weights"][k], "zmin": zmin, "zmax": zmax, "zmid": u,
+                           "colorbar": {"title": {"text": "w"}, **ticks},
+                           "text": np.where(right, RIGHT, "").tolist(),
+                           "customdata": [[f"alone {'right' if r else 'wrong'} ({class_name(p)})"
+                                           for r, p in zip(rr, pp)] for rr, pp in zip(right, pred)]})
+        ok = res["right"][k]
+        data[len(kinds) + j] = {"text": [RIGHT if r else WRONG for r in ok],
+                                "textfont.color": [RIGHT_COLOR if r else WRONG_COLOR for r in ok],
+                                "customdata": [f"{'right' if r else 'wrong'} ({class_name(p)})"
+                                               for r, p in zip(ok, res["pred"][k])]}
+        layout[f"annotations[{j}].text"] = titles[j]
+    return Patch(data=data, layout=layout)
 
 
 def gate_heatmap(mixture: nn.Module, x: torch.Tensor, y, expert_names: Sequence[str] | None = None,
@@ -383,10 +518,10 @@ def gate_heatmap(mixture: nn.Module, x: torch.Tensor, y, expert_names: Sequence[
 
     The slider stops at ``grid`` (default :func:`heatmap_grid`: 0, 2, 4, 8, 12, 16/255
     and ``eps_max``); every ε computed is kept in ``ui.cache``. ``precompute``
-    (default: when the figure is live, i.e. a learner can drag it) computes the whole
-    grid before the first display, printing its progress and time; otherwise each ε is
-    computed the first time it is asked for. ``classes`` (optional) names the classes in
-    the hover text and row labels.
+    (default: yes) computes the whole grid before the first display, printing its progress and
+    time, so every move answers from memory and the widget's static twin holds every stop;
+    ``precompute=False``: each ε is computed the first time it is asked for (the twin computes
+    the rest). ``classes`` (optional) names the classes in the hover text and row labels.
 
     ``update(eps)`` (any ε, on the grid or not) returns ``{"eps", "expert_names", "grid",
     "weights": {"clean", "fgsm", "pgd"} -> (n, n_experts) arrays, "expert_pred" / "expert_right":
@@ -401,7 +536,7 @@ def gate_heatmap(mixture: nn.Module, x: torch.Tensor, y, expert_names: Sequence[
     if eps_max <= 0:
         raise ValueError(f"eps_max must be > 0, got {eps_max}")
     static = static_figures() if static is None else static
-    precompute = (not static) if precompute is None else precompute
+    precompute = True if precompute is None else precompute
     xs, ys = _as_batch(x, y)
     dev = _device(mixture)
     xs, ys = xs[:n].to(dev), ys[:n].to(dev)
@@ -449,8 +584,8 @@ def gate_heatmap(mixture: nn.Module, x: torch.Tensor, y, expert_names: Sequence[
         per = f" (about {np.median(t):.0f} s on this machine)" if t else ""
         return f"Each ε is computed the first time it is shown{per}, then kept: going back is instant."
 
-    def update(eps: float | None = None) -> dict:
-        e = float(slider.value if eps is None else eps)
+    def state(e: float) -> tuple[dict, Patch]:
+        """The numbers and the picture at one ε: what a move there shows."""
         cached = eps_key(e) in cache
         v = views(e)
         ws = {k: v[k]["weights"] for k in kinds}
@@ -468,9 +603,9 @@ def gate_heatmap(mixture: nn.Module, x: torch.Tensor, y, expert_names: Sequence[
         acc = res["accuracy"]
         titles = [f"clean (mixture {acc['clean']:.0f}%)", f"FGSM ε={e:.3f} (mixture {acc['fgsm']:.0f}%)",
                   f"{pgd_name} ε={e:.3f} (mixture {acc['pgd']:.0f}%)"]
-        _paint(fig, res, kinds, titles, class_name)
+        patch = _heatmap_patch(res, kinds, titles, class_name)
         top = {k: names[int(np.argmax(res["mean"][k]))] for k in kinds}
-        summary.value = (
+        patch.text["summary"] = (
             f"<small>ε = {eps_label(e)}. White = the uniform weight 1/{len(names)}, red = more, blue = less; "
             f"{RIGHT} in a cell = that expert alone classifies the input correctly; the last column = the "
             f"mixture ({RIGHT} right, {WRONG} wrong). Mean gate entropy (nats; uniform = "
@@ -478,10 +613,25 @@ def gate_heatmap(mixture: nn.Module, x: torch.Tensor, y, expert_names: Sequence[
             f"{res['entropy']['fgsm']:.2f}, PGD {res['entropy']['pgd']:.2f}. Heaviest expert on "
             f"average: clean → {html.escape(top['clean'])}, FGSM → {html.escape(top['fgsm'])}, "
             f"PGD → {html.escape(top['pgd'])}. {note()}</small>")
+        return res, patch
+
+    def update(eps: float | None = None) -> dict:
+        res, patch = state(float(slider.value if eps is None else eps))
+        apply_patch(fig, patch)
+        summary.value = patch.text["summary"]
         ui.result = res
         ui.redraw()
         return res
 
+    def controls() -> list[Control]:
+        return [Control("eps", "ε", list(slider.options), "slider", _active(slider.options, slider.value))]
+
+    def twin_state(v: dict) -> Patch:
+        for s in stops:          # every stop first: the colour range is shared by all of them
+            views(s)
+        return state(v["eps"])[1]
+
+    ui.table = (controls, twin_state, {"summary": "dwf-gate-summary"}, {"controls_offset": 90})
     if precompute:
         _precompute(views, e0, stops, n, len(names), pgd_name)
         timing["precomputed"] = True

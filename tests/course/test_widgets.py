@@ -68,7 +68,7 @@ def test_epsilon_explorer_prediction_falls_as_eps_grows(trained_model, test_imag
     assert len(correct) >= 5, "the session's trained model should get most test images right"
     ui, fig, update = epsilon_explorer(trained_model, x, y, synthetic_data.classes,
                                                index=correct[0], attack="pgd", eps_max=0.1,
-                                               static=True)
+                                               images=correct[:8], static=True)
     assert isinstance(fig, go.Figure) and not isinstance(fig, go.FigureWidget)
     assert "dwf-prediction" in ui.prediction._dom_classes
 
@@ -98,7 +98,7 @@ def test_epsilon_explorer_prediction_falls_as_eps_grows(trained_model, test_imag
 def test_epsilon_explorer_figure_and_controls(trained_model, test_images, synthetic_data):
     x, y = test_images
     ui, fig, update = epsilon_explorer(trained_model, x, y, synthetic_data.classes,
-                                               static=True)
+                                               precompute=False, static=True)
     assert ui.attack.value == "fgsm" and ui.result["attack"] == "fgsm"
     z_clean = np.array(fig.data[1].z)           # adversarial panel at the default eps
     ui.slider.value = 0.0
@@ -120,7 +120,7 @@ def test_epsilon_explorer_live_figure_is_a_child(trained_model, test_images, syn
         pytest.skip("plotly FigureWidget needs anywidget and plotly >= 6")
     x, y = test_images
     ui, fig, _ = epsilon_explorer(trained_model, x, y, synthetic_data.classes,
-                                          static=False)
+                                          precompute=False, static=False)
     assert isinstance(fig, go.FigureWidget)
     assert fig in ui.children
     ui.slider.value = 0.05
@@ -181,7 +181,7 @@ def test_epsilon_explorer_answers_a_revisit_from_memory(trained_model, test_imag
     x, y = test_images
     calls = count_calls(trained_model)
     ui, _, update = epsilon_explorer(trained_model, x, y, synthetic_data.classes, index=2, attack="pgd",
-                                     pgd_steps=3, static=True)
+                                     pgd_steps=3, precompute=False, static=True)
     assert calls[0] > 0 and not ui.result["cached"]
     ui.slider.value = 0.05                 # a first visit attacks: PGD-3 runs the model
     before = calls[0]
@@ -205,7 +205,7 @@ def test_epsilon_explorer_answers_a_revisit_from_memory(trained_model, test_imag
 
 def test_epsilon_explorer_at_zero_is_the_clean_prediction(trained_model, test_images, synthetic_data):
     x, y = test_images
-    ui, _, update = epsilon_explorer(trained_model, x, y, synthetic_data.classes, static=True)
+    ui, _, update = epsilon_explorer(trained_model, x, y, synthetic_data.classes, precompute=False, static=True)
     with torch.no_grad():
         clean = trained_model(x[:12]).argmax(1)
     for i in range(12):
