@@ -3,7 +3,8 @@
     course     run the numbered notebooks headlessly with papermill (the main job), then render
                them as a static site (--scope core|full; --site-only: only the site;
                --student-copy DIR: only write the notebooks without their solutions to DIR)
-    site       render a run's executed notebooks as a static site, runs/<run>/site/ (opens offline)
+    site       render a run's executed notebooks as a static site, runs/<run>/site/ (opens offline;
+               --out DIR: anywhere, a folder to copy to a static host or zip)
     run        train every stage, evaluate and report, without Jupyter
     train      train stages (--stage all|experts|baselines|mixture|<kind>|<name>)
     evaluate   evaluate finished stages (Tables 2-4 protocol); with --checkpoint FILE or --model
@@ -72,6 +73,9 @@ def _parser() -> argparse.ArgumentParser:
     site_p.add_argument("run_name", nargs="?", default=None, metavar="RUN",
                         help="a run name under runs/ ($DWF_RUNS_DIR) or a run folder "
                              "(default: $DWF_PROFILE's or laptop's run)")
+    site_p.add_argument("--out", default=None, metavar="DIR",
+                        help="write the site to DIR (default runs/<run>/site/): a self-contained folder to "
+                             "copy to any static web host, or zip and hand out")
     run_p = parser("run", help="train + evaluate + report without Jupyter")
     common(run_p, stage=True)
     run_p.add_argument("--beyond", action="store_true",
@@ -282,7 +286,7 @@ def _site(args) -> int:
     if not root.is_dir():
         raise FileNotFoundError(f"no run {name!r} at {root}: run the course first (python -m dwf_lab course "
                                 f"--run {Path(name).name}), or check the name and $DWF_RUNS_DIR")
-    index = build_site(root)
+    index = build_site(root, out_dir=getattr(args, "out", None))
     print(f"site: {index} (open it in a browser; it loads nothing from the internet)")
     return 0
 
