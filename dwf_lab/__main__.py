@@ -122,11 +122,22 @@ def _parser() -> argparse.ArgumentParser:
 def _profile(args):
     from dwf_lab.core.config import get_profile, parse_sets
     sets = parse_sets(args.sets)
+    if args.seeds and "seeds" in sets:
+        raise ValueError(f"the seeds are given twice (--set seeds={sets['seeds']} and --seeds {args.seeds}); "
+                         "give them once")
     if args.seeds:
         sets["seeds"] = args.seeds
     stored = _stored_settings(args) if args.command in READS_THE_RUN and args.profile is None else None
     if stored is not None:   # the run's own settings, then --set on top (Run.open refuses a conflict)
-        return get_profile(stored.pop("name"), **{**stored, **sets})
+        name = stored.pop("name")
+        try:
+            get_profile(name, **stored)
+        except ValueError as e:   # the file's mistake, not the command's: say which file
+            from dwf_lab.store.runs import runs_dir
+            raise ValueError(f"run {args.run!r}: {runs_dir() / args.run / 'config.json'} holds settings this "
+                             f"dwf-lab cannot use ({e}); restore the file, or delete the run folder to start "
+                             "it over") from None
+        return get_profile(name, **{**stored, **sets})
     return get_profile(args.profile, **sets)
 
 
@@ -218,7 +229,12 @@ def _dispatch(args) -> int:
             print(json.dumps({k: str(v) for k, v in paths.items()}, indent=1))
             return 0
     data = load_data(p)
+    from dwf_lab.store.runs import check_not_busy, runs_dir
+    from dwf_lab.training.preflight import preflight
+    preflight(p, data, args.command, getattr(args, "stage", None), runs_dir() / name)   # device, batches, memory
     if args.command not in ("evaluate", "adaptive"):
+        if distributed.env_world_size() == 1:   # (under torchrun each rank takes its own lock)
+            check_not_busy(name, runs_dir() / name)   # a held run is refused before config.json is touched
         run = Run(name, p)
     if args.command in ("train", "evaluate") and distributed.env_world_size() == 1:
         return _work(args, p, run, data, progress)   # each stage / model is locked on its own: processes share a run

@@ -343,6 +343,14 @@ def _read_subset(path: Path) -> dict[str, np.ndarray]:
                 f"{path}: x_{split} must be uint8 (N, 32, 32, 3) with one label per image, "
                 f"got {x.dtype} {x.shape} and labels of shape {y.shape}")
         _check_labels(y, len(CIFAR10_CLASSES), f"{path} (y_{split})")
+        if len(x) and int(x.min()) == int(x.max()):
+            raise UnusableDatasetError(f"{path} (x_{split}): every pixel of its {len(x)} images is {int(x.min())} "
+                                       "(blank images): nothing can be learnt from them; check how the file was made")
+    classes = np.unique(arrays["y_train"])
+    if len(arrays["y_train"]) and len(classes) < 2:
+        raise UnusableDatasetError(f"{path} (y_train): all {len(arrays['y_train'])} training labels are class "
+                                   f"{int(classes[0])}: a classifier needs images of several classes; check how "
+                                   "the file was made")
     return arrays
 
 
@@ -365,13 +373,16 @@ def _load_cifar10(n_train, n_test, seed, root: Path, download: bool) -> ImageDat
         n_tr, n_te = len(a["y_train"]), len(a["y_test"])
         if (n_train is None or n_train <= n_tr) and (n_test is None or n_test <= n_te):
             return _load_subset(path, n_train, n_test, seed, arrays=a)
-        too_small = (f"; the subset {path} holds only {n_tr} train / {n_te} test images, "
-                     f"fewer than the {n_train} / {n_test} asked for")
+        too_small = (f"the subset {path} ({SUBSET_ENV}) holds {n_tr} train / {n_te} test images, fewer than "
+                     f"the {n_train} / {n_test} asked for: lower n_train / n_test (--set n_train=...), or use a "
+                     "bigger subset")
     try:  # 3. download
         return _load_torchvision("cifar10", n_train, n_test, seed, root, download)
     except DatasetUnavailableError as err:
-        if too_small:   # the subset asked for cannot serve this request: never a fallback
-            raise UnusableDatasetError(f"{err}{too_small}") from err
+        if too_small:   # the subset asked for cannot serve this request: never a fallback; the cause first
+            reason = " ".join(str(err).split())
+            raise UnusableDatasetError(f"{too_small} (the full CIFAR-10 is not here either: "
+                                       f"{reason[:120]}{'...' if len(reason) > 120 else ''})") from err
         raise
 
 

@@ -58,6 +58,14 @@ def check_batch_size(batch_size) -> int:
     return int(batch_size)
 
 
+def check_counts(**counts) -> None:
+    """Step counts, restarts, samples: whole numbers (``steps=2.5`` or ``True`` is one clear error,
+    not a TypeError from ``range()``)."""
+    for name, v in counts.items():
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+            raise ValueError(f"{name} must be a whole number, got {v!r}")
+
+
 def check_fits_model(x: torch.Tensor, model: nn.Module | None) -> None:
     """Refuse images of another shape than the model was built for (``model.dwf_arch``).
 
@@ -72,6 +80,10 @@ def check_fits_model(x: torch.Tensor, model: nn.Module | None) -> None:
     spec = built_for(arch.get("arch"), arch.get("kwargs") or {})
     _, c, h, w = x.shape
     want_c = spec.get("in_channels")
+    if want_c is not None and c != want_c and w == want_c and c != w:
+        raise ValueError(
+            f"this {arch.get('arch')} model takes (N, C, H, W) batches of {want_c}-channel images, got shape "
+            f"{tuple(x.shape)}: the images look channels-last (N, H, W, C); pass x.permute(0, 3, 1, 2)")
     if want_c is not None and c != want_c:
         raise ValueError(
             f"this {arch.get('arch')} model was built for {want_c}-channel images (in_channels={want_c}), "

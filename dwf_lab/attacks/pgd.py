@@ -17,7 +17,16 @@ from typing import Callable, Union
 import torch
 import torch.nn as nn
 
-from dwf_lab.attacks.base import LossFn, attack_mode, check_eps, check_inputs, input_gradient, project, resolve_loss
+from dwf_lab.attacks.base import (
+    LossFn,
+    attack_mode,
+    check_counts,
+    check_eps,
+    check_inputs,
+    input_gradient,
+    project,
+    resolve_loss,
+)
 from dwf_lab.core.config import FGSM_EPSILONS, PGD_ALPHA, PGD_EPS, PGD_STEPS
 
 
@@ -81,6 +90,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float = PGD_EPS
     """
     if check:
         x = check_inputs(x, eps, model)
+        check_counts(steps=steps, restarts=restarts, eot_samples=eot_samples)
         if steps < 0 or restarts < 1 or eot_samples < 1 or not alpha >= 0:
             raise ValueError(f"need steps >= 0, restarts >= 1, eot_samples >= 1 and alpha >= 0; "
                              f"got steps={steps}, restarts={restarts}, "
@@ -131,6 +141,7 @@ def pgd_trajectory(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: floa
     ``check=False`` skips the input checks (a caller that checked the whole data once)."""
     if check:
         x = check_inputs(x, eps, model, alpha=alpha)
+        check_counts(**{f"read_at[{i}]": k for i, k in enumerate(read_at)})
         if not read_at or any(int(k) < 1 for k in read_at):
             raise ValueError(f"read_at must list step counts >= 1, got {tuple(read_at)}")
     out: dict[int, torch.Tensor] = {}

@@ -227,12 +227,14 @@ def _type_text(name: str) -> str:
 
 
 def _parse_one(v: str, kind: type):
-    if kind is bool:
-        if v.lower() in ("1", "true", "yes", "on"):
+    if kind is bool:   # true/false only: "yes", "on" or "2" are refused, not guessed
+        if v.lower() in ("1", "true"):
             return True
-        if v.lower() in ("0", "false", "no", "off"):
+        if v.lower() in ("0", "false"):
             return False
         raise ValueError("not true or false")
+    if kind in (int, float) and not (v.isascii() and v.isprintable()):
+        raise ValueError("not ASCII")   # int("٣") is 3 in Python: digits of other scripts are refused
     if kind is int:
         return int(v)
     if kind is float:
@@ -267,6 +269,9 @@ def _coerce(value, name: str):
         v = value.strip()
         if optional and v.lower() in ("none", "null"):
             return None
+        if kind is tuple and v.strip("()[]").strip() and any(not s.strip() for s in v.strip("()[]").split(",")):
+            raise ValueError(f"{name} must be {_type_text(name)}, got {value!r} (an empty item: "
+                             "separate the values by single commas)")
         try:
             if kind is tuple:
                 return tuple(_parse_one(s.strip(), item) for s in v.strip("()[]").split(",") if s.strip())
@@ -335,6 +340,7 @@ _RULES = {
     "n_train": (lambda v: v is None or v >= 1, ">= 1 or none (the whole set)"),
     "n_test": (lambda v: v is None or v >= 1, ">= 1 or none (the whole set)"),
     "width": _POSITIVE, "gate_hidden": _AT_LEAST_1,
+    "seeds": (lambda v: 0 <= v < 2 ** 32, ">= 0 and < 2**32"),
     "n_fgsm_experts": _AT_LEAST_0, "n_pgd_experts": _AT_LEAST_0,
     "lr": _POSITIVE, "momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "weight_decay": (lambda v: _finite(v) and v >= 0, "a finite number >= 0"),
@@ -374,10 +380,16 @@ def _problem(name: str, value) -> str | None:
     return None
 
 
+MIN_WIDTH = 1 / 64
+
+
 def validate(p: Profile) -> None:
     """Every field of ``p`` has its type and an allowed value; else ONE ValueError line naming
     each wrong setting and what it allows."""
     problems = [msg for f in fields(Profile) if (msg := _problem(f.name, getattr(p, f.name)))]
+    if not problems and p.width < MIN_WIDTH:
+        problems.append(f"width must be >= 1/64 = {MIN_WIDTH} (below it the ResNet's first stage would have "
+                        f"less than one of its 64 channels), got {p.width!r}")
     if problems:
         raise ValueError("invalid profile: " + "; ".join(problems))
 
@@ -444,10 +456,15 @@ def get_profile(name: str | None = None, /, **overrides) -> Profile:
 
 def parse_sets(pairs: list[str] | None) -> dict:
     """['width=0.25', 'seeds=0,1'] -> {'width': '0.25', 'seeds': '0,1'} (typed later)."""
-    out = {}
+    out: dict[str, str] = {}
     for pair in pairs or []:
         if "=" not in pair:
             raise ValueError(f"--set expects key=value, got {pair!r}")
         k, v = pair.split("=", 1)
-        out[k.strip()] = v
+        if k != k.strip() or v != v.strip():
+            raise ValueError(f"--set {pair!r} has spaces around its {'key' if k != k.strip() else 'value'}; "
+                             f"write it as {k.strip()}={v.strip()}")
+        if k in out:
+            raise ValueError(f"{k} is set twice (--set {k}={out[k]} and --set {k}={v}); give each setting once")
+        out[k] = v
     return out

@@ -19,8 +19,10 @@ inputs. Its two rules, and what they miss:
   normalizes with other constants (ImageNet's on CIFAR-10, say) is not caught.
 """
 import ast
+import contextlib
 import importlib
 import importlib.util
+import io
 import math
 import os
 import sys
@@ -81,7 +83,8 @@ def load_factory(spec: str, kwargs: dict | None = None) -> nn.Module:
     if not colon or not where or not attr or not all(p.isidentifier() for p in attr.split(".")):
         raise ValueError(f"--model expects package.module:factory (or path/to/file.py:factory), got {spec!r}")
     try:
-        module = _import(where, spec)
+        with _users_code(f"--model {spec}: importing {where}"):
+            module = _import(where, spec)
     except ValueError:
         raise
     except Exception as e:   # the user's code: whatever it raises on import
@@ -96,15 +99,42 @@ def load_factory(spec: str, kwargs: dict | None = None) -> nn.Module:
     if not callable(factory):
         raise ValueError(f"--model {spec}: {attr} is a {type(factory).__name__}, not a factory to call")
     try:
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), _users_code(f"--model {spec}: {attr}({_show_kwargs(kwargs)})"):
             torch.manual_seed(0)
             model = factory(**(kwargs or {}))
+    except ValueError as e:
+        if str(e).startswith(f"--model {spec}: "):
+            raise
+        raise ValueError(f"--model {spec}: {attr}({_show_kwargs(kwargs)}) fails "
+                         f"({type(e).__name__}: {' '.join(str(e).split())[:300]})") from None
     except Exception as e:
         raise ValueError(f"--model {spec}: {attr}({_show_kwargs(kwargs)}) fails "
                          f"({type(e).__name__}: {' '.join(str(e).split())[:300]})") from None
     if not isinstance(model, nn.Module):
         raise ValueError(f"--model {spec}: {attr}() returned a value of type {type(model).__name__}, not a torch.nn.Module")
     return model
+
+
+@contextlib.contextmanager
+def _users_code(what: str):
+    """Run a user's module or factory: ``sys.argv`` is just the module's name meanwhile (a module that
+    parses the command line on import must not read dwf-lab's arguments), and a ``sys.exit`` inside
+    becomes one ValueError saying what called it and the last line it printed (argparse's usage
+    error would read as if dwf-lab rejected its own arguments); otherwise its output goes on as usual."""
+    argv, err = sys.argv, io.StringIO()
+    sys.argv = [sys.argv[0] if sys.argv else "model"]
+    try:
+        with contextlib.redirect_stderr(err):
+            yield
+    except SystemExit as e:
+        said = [line.strip() for line in err.getvalue().splitlines() if line.strip()]
+        printed = f"; it printed {said[-1][:200]!r}" if said else ""
+        raise ValueError(f"{what} called sys.exit({e.code!r}){printed}: a model's module and factory must "
+                         "return a model, not end the program (put command-line parsing under "
+                         "if __name__ == '__main__':)") from None
+    finally:
+        sys.argv = argv
+    sys.stderr.write(err.getvalue())
 
 
 def _show_kwargs(kwargs: dict | None) -> str:

@@ -19,6 +19,7 @@ import json
 import os
 import re
 import socket
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -119,6 +120,21 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def check_not_busy(name: str, root: Path) -> None:
+    """A :class:`RunBusyError` when another process holds the whole run ``root`` (its ``.lock``): a
+    command that needs the whole run checks it before it writes anything (config.json's seeds)."""
+    path = Path(root) / ".lock"
+    if not path.is_file():
+        return
+    lock = FileLock(path, timeout=0, fallback_to_soft=False)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise RunBusyError(f"run {name!r} at {root} is in use by {Run._holder(Path(root) / '.lock.owner.json')}; "
+                           "wait for it to finish (or stop it), or use another --run") from None
+    lock.release()
+
+
 class Run:
     """A run directory. ``Run(name, profile)`` creates it (or checks it was made with the same
     settings); :meth:`open` only opens one that exists. Either refuses a config.json that was
@@ -197,6 +213,7 @@ class Run:
         guard = self.root.parent / ".locks" / f"{self.root.name}.config.lock"
         if not create:
             return self._check_config(create)
+        self._check_config(create, dry=True)   # a refusal before the guard (or anything) is written
         try:
             guard.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -204,7 +221,8 @@ class Run:
         with FileLock(guard, timeout=60, fallback_to_soft=False):
             self._check_config(create)
 
-    def _check_config(self, create: bool) -> None:
+    def _check_config(self, create: bool, dry: bool = False) -> None:
+        """Read, check and (``create``) write config.json; ``dry``: only refuse, write nothing."""
         old = self._read_config()
         new = self.profile.to_dict()
         if old is None:
@@ -212,8 +230,21 @@ class Run:
                 raise RunNotFoundError(
                     f"no run {self.name!r} at {self.root} (no config.json there); train it first "
                     f"(python -m dwf_lab train --run {self.name}) or check --run and {RUNS_DIR_ENV}")
+            made = self._made_files()
+            if made:   # never adopted by settings its models may not match
+                raise RunConfigMismatch(
+                    f"run {self.name!r}: {self.root} holds a run's files ({made[0]}) but no config.json, so the "
+                    "settings they were made with are unknown. Nothing was changed: restore its config.json, "
+                    "or use another run name (--run NAME), or delete that folder to start it over.")
         elif old["digest"] != self.profile.digest():
             shown = _differences(old["profile"], new, set(new) - NOT_IN_DIGEST)
+            diverged = create and self._diverged_unfinished()
+            if diverged and dry:
+                return
+            if diverged:   # a run that diverged before any stage finished: corrected settings start it over
+                self._start_over(old["profile"], shown, diverged)
+                new["seeds"] = sorted(set(old["profile"]["seeds"]) | set(self.profile.seeds))
+                return self._write_config(new)
             raise RunConfigMismatch(
                 f"run {self.name!r} at {self.root} was made with other settings ({shown}). "
                 "Nothing was changed. Use another run name (--run NAME), or delete that "
@@ -222,7 +253,48 @@ class Run:
             new["seeds"] = sorted(set(old["profile"]["seeds"]) | set(self.profile.seeds))
             if not create or _same(old["profile"], new):
                 return
-        self._write_config(new)
+        if not dry:
+            self._write_config(new)
+
+    def _made_files(self) -> list[str]:
+        """What the run folder holds that a run makes (finished models, checkpoints, results)."""
+        if not self.root.is_dir():
+            return []
+        found = (p for pattern in ("seed-*/models/*.safetensors", "seed-*/checkpoints/*", "eval/*.json")
+                 for p in sorted(self.root.glob(pattern)))
+        return [p.relative_to(self.root).as_posix() for p in found][:1]
+
+    def _diverged_unfinished(self) -> str | None:
+        """The stage whose training diverged (a ``diverged`` event in a seed's log), when nothing of
+        the run has finished (no model, no result); else None."""
+        if any(self.root.glob("seed-*/models/*.safetensors")) or any(self.root.glob("eval/*.json")) \
+                or any(self.root.glob("seed-*/ablations/*")):
+            return None
+        for seed_dir in sorted(self.root.glob("seed-*")):
+            seed = seed_dir.name.removeprefix("seed-")
+            if seed.isdigit():
+                for rec in reversed(self.metrics(int(seed))):
+                    if rec.get("event") == "diverged":
+                        return str(rec.get("stage"))
+        return None
+
+    def _start_over(self, old: dict, shown: str, stage: str) -> None:
+        """The partial checkpoints of the diverged settings set aside (hidden: never resumed, never
+        packed), the change logged and said."""
+        tag, moved = settings_digest(old), []
+        for ck in sorted(self.root.glob("seed-*/checkpoints")):
+            aside, k = ck.with_name(f".checkpoints-diverged-{tag}"), 1
+            while aside.exists():
+                aside, k = ck.with_name(f".checkpoints-diverged-{tag}-{k}"), k + 1
+            ck.rename(aside)
+            moved.append(aside.relative_to(self.root).as_posix())
+        for seed_dir in sorted(self.root.glob("seed-*")):
+            with open(seed_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps({"event": "settings_changed", "after_divergence_in": stage,
+                                    "changes": shown}) + "\n")
+        aside = f"; its partial checkpoints are set aside in {', '.join(moved)}" if moved else ""
+        print(f"dwf-lab: notice: run {self.name!r} diverged in stage {stage!r} before any stage finished; it "
+              f"starts over with the new settings ({shown}){aside}", file=sys.stderr)
 
     def _write_config(self, settings: dict) -> None:
         created = not self.root.exists()

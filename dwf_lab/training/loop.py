@@ -28,8 +28,9 @@ from dwf_lab.training.recipes import default_loss, recipe
 from dwf_lab.training.stages import Stage
 
 
-class NonFiniteLossError(FloatingPointError):
-    """Training produced a NaN/inf loss; the last good checkpoint is kept."""
+class NonFiniteLossError(FloatingPointError, RuntimeError):
+    """Training produced a NaN/inf loss (it diverged): an error of the run, one line naming the stage,
+    the epoch and the setting to change; the last good checkpoint is kept."""
 
 
 # ------------------------------------------------------------- runtime --
@@ -164,10 +165,18 @@ def train_stage(model: nn.Module, data: ImageData, stage: Stage, p: Profile, *, 
     def check_finite(ep: int):
         b = distributed.first_bad_step(bad_step)
         if b >= 0:
+            log({"event": "diverged", "stage": stage.name, "epoch": b // spe + 1, "step": b % spe + 1,
+                 "lr": p.lr})
+            others = [q.stem for q in Path(final_path).parent.glob("*.safetensors")]
+            again = (f"this run has finished stages ({', '.join(sorted(others))}) made with lr={p.lr:g}: start "
+                     "a new run (--run NAME) with a lower lr" if others else
+                     "no stage of this run has finished, so the same command with a lower lr (--set lr=...) "
+                     "starts it over")
+            amp = " or turn off bf16 (--set amp=off)" if rt.amp else ""
             raise NonFiniteLossError(
-                f"non-finite loss in stage {stage.name!r}, epoch {b // spe + 1}, step {b % spe + 1} "
-                f"(global step {b}); the last good checkpoint is kept at {state_path}. Lower the "
-                "learning rate or turn off bf16 (amp=off) and re-run the same command to resume.")
+                f"training diverged: the loss became NaN or infinite in stage {stage.name!r} at epoch "
+                f"{b // spe + 1} (step {b % spe + 1} of {spe}) with lr={p.lr:g}. Lower the learning rate{amp}: "
+                f"{again}")
 
     done_steps = 0
     bar = progress_bar(total=total, initial=epoch * spe + start_step, desc=stage.name,
