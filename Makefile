@@ -31,7 +31,7 @@ help:
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[notebooks,attacks,test]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[notebooks,attacks,launch,test]"
 	@touch $(STAMP)
 
 setup: $(STAMP)
@@ -64,7 +64,7 @@ bench: setup
 lock:
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
 	.lock-venv/bin/pip install --quiet --upgrade pip
-	.lock-venv/bin/pip install --quiet -e ".[notebooks,attacks,test]"
+	.lock-venv/bin/pip install --quiet -e ".[notebooks,attacks,launch,test]"
 	{ sed -n '1,2p' constraints.txt; .lock-venv/bin/pip freeze --exclude-editable | grep -v '^dwf-lab'; } > constraints.new
 	mv constraints.new constraints.txt && rm -rf .lock-venv
 

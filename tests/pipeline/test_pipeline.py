@@ -106,7 +106,9 @@ def test_environment_yml_installs_the_package_with_the_extras_pyproject_defines(
     wanted = {r.name: r.specifier for r in map(Requirement, deps)}
     # the package asks for a range (installable into an existing environment) that holds the exact pins
     assert "2.14.1" in wanted["torch"] and "0.29.1" in wanted["torchvision"]
-    assert "2.12.0" not in wanted["torch"] and "2.15.0" not in wanted["torch"]   # untested versions stay out
+    # and the versions GPU images carry, from torch 2.11 to the newest release (2.15); 2.16 is not out
+    assert all(v in wanted["torch"] for v in ("2.11.0", "2.13.0", "2.15.0")) and "2.16.0" not in wanted["torch"]
+    assert "0.26.0" in wanted["torchvision"] and "0.30.0" in wanted["torchvision"]
 
 
 def test_a_fresh_install_is_the_tested_one():
