@@ -81,6 +81,16 @@ def _parser() -> argparse.ArgumentParser:
     run_p.add_argument("--beyond", action="store_true",
                        help="also SoE/ADVMoE/uniform ensemble, adaptive attacks and ablations")
     common(parser("train", help="train stages"), stage=True)
+    launch_p = parser("launch", help="the whole run as jobs (each stage per seed, then the mixture, the "
+                                     "evaluations, the report) through submitit: on SLURM or on this machine")
+    common(launch_p)
+    launch_p.add_argument("--executor", choices=("local", "slurm"), default="local",
+                          help="local: processes on this machine, --slots at once; slurm: one job per node "
+                               "of the graph with afterok dependencies and requeue")
+    launch_p.add_argument("--slots", type=int, default=2, help="local: jobs at once (one per GPU or CPU slot)")
+    launch_p.add_argument("--gpus", type=int, default=0, help="GPUs per job")
+    launch_p.add_argument("--hours", type=float, default=24.0, help="each job's time limit (requeued past it)")
+    launch_p.add_argument("--partition", default=None, help="slurm: the partition")
     evaluate_p = parser("evaluate", help="evaluate finished stages, or a model from elsewhere")
     common(evaluate_p, stage=True)
     evaluate_p.add_argument("--checkpoint", default=None, metavar="FILE",
@@ -125,8 +135,10 @@ def _profile(args):
     if args.seeds and "seeds" in sets:
         raise ValueError(f"the seeds are given twice (--set seeds={sets['seeds']} and --seeds {args.seeds}); "
                          "give them once")
-    if args.seeds:
-        sets["seeds"] = args.seeds
+    if args.seeds:   # "0,1,2" or a range "0-4"
+        lo, dash, hi = args.seeds.partition("-")
+        ranged = dash and lo.isdigit() and hi.isdigit() and int(lo) <= int(hi)
+        sets["seeds"] = ",".join(map(str, range(int(lo), int(hi) + 1))) if ranged else args.seeds
     stored = _stored_settings(args) if args.command in READS_THE_RUN and args.profile is None else None
     if stored is not None:   # the run's own settings, then --set on top (Run.open refuses a conflict)
         name = stored.pop("name")
@@ -212,6 +224,12 @@ def _dispatch(args) -> int:
         print(f"student copy: {len(written)} notebook(s) without their solutions in {written[0].parent}")
         return 0
 
+    if args.command == "launch":
+        from dwf_lab.pipeline.launch import launch
+        p = _profile(args)
+        states = launch(p, args.run or p.name, args.executor, args.slots, args.gpus, args.hours, args.partition)
+        print(json.dumps(states, indent=1))
+        return 0
     from dwf_lab.core import distributed
     from dwf_lab.pipeline import run_all
     from dwf_lab.store.runs import Run
@@ -237,6 +255,8 @@ def _dispatch(args) -> int:
             check_not_busy(name, runs_dir() / name)   # a held run is refused before config.json is touched
         run = Run(name, p)
     if args.command in ("train", "evaluate") and distributed.env_world_size() == 1:
+        with run.lock(args.command):   # not while a command holds the whole run (pack, adaptive, ...)
+            pass
         return _work(args, p, run, data, progress)   # each stage / model is locked on its own: processes share a run
     with run.lock(args.command):
         return _work(args, p, run, data, progress)
