@@ -13,7 +13,8 @@ CONF=/etc/slurm/slurm.conf
 if [ "${1:-}" = stop ]; then
     for d in slurmd slurmctld munged; do
         f=$STATE/$d.pid; [ "$d" = munged ] && f=/run/munge/munged.pid
-        [ -s "$f" ] && kill "$(cat "$f")" 2>/dev/null
+        [ -s "$f" ] && pid=$(cat "$f") && kill "$pid" 2>/dev/null \
+            && for _ in $(seq 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
     done
     exit 0
 fi
