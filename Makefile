@@ -1,6 +1,7 @@
 # dwf-lab: two commands do all set-up on a fresh machine.
 #   make run    the course, headlessly (papermill), at PROFILE (default: laptop)
-#   make test   the layout checks + the whole test suite (unit, real-data, pipeline, notebooks via nbval, browser)
+#   make test   the layout checks + the whole test suite (unit, real-data, pipeline, notebooks via nbval, browser,
+#               the launcher on a single-node SLURM cluster started for it)
 # Both create (or reuse) ./.venv unless a virtual environment is already active.
 
 PYTHON  ?= python3
@@ -52,9 +53,13 @@ lint: setup
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/ruff check dwf_lab tests
 
+# A single-node SLURM cluster on localhost for the launcher's SLURM test (Debian's slurm-wlm + munge;
+# as root only: elsewhere that test skips and says why); stopped when the tests end.
 test: setup browser-deps lint
+	@bash tests/slurm/start_cluster.sh || echo "make test: no SLURM cluster here; tests/slurm will skip"
 	OMP_NUM_THREADS=1 DWF_PROFILE=smoke DWF_RUNS_DIR=$$(mktemp -d) $(PY) -m pytest tests notebooks \
-	  --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider --durations=15
+	  --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider --durations=15; \
+	  rc=$$?; bash tests/slurm/start_cluster.sh stop >/dev/null 2>&1; exit $$rc
 
 bench: setup
 	$(PY) benchmarks/bench.py
