@@ -345,16 +345,33 @@ if (!window.dwfTwin) {
       }).join(',');
     };
     var moves = 0;
+    var shown = {};   // what each trace attribute and layout path shows now, as JSON: set only what changes
+    var changed = function (key, v) {
+      var j = JSON.stringify(v);
+      if (shown[key] === j) { return false; }
+      shown[key] = j;
+      return true;
+    };
     var show = function (k) {
       var st = spec.states[k];
       var t0 = performance.now();
       if (!st) { return Promise.resolve(); }
-      var traces = st.data.map(function (d) { return d[0]; });
-      var update = {};
-      st.data.forEach(function (d, j) {
+      var byTrace = {};
+      st.data.forEach(function (d) {
         Object.keys(d[1]).forEach(function (path) {
+          if (changed(d[0] + ':' + path, d[1][path])) { (byTrace[d[0]] = byTrace[d[0]] || {})[path] = d[1][path]; }
+        });
+      });
+      var layout = {};
+      Object.keys(st.layout).forEach(function (path) {
+        if (changed('layout:' + path, st.layout[path])) { layout[path] = st.layout[path]; }
+      });
+      var traces = Object.keys(byTrace).map(Number);
+      var update = {};
+      traces.forEach(function (t, j) {
+        Object.keys(byTrace[t]).forEach(function (path) {
           if (!update[path]) { update[path] = traces.map(function () { return undefined; }); }
-          update[path][j] = resolve(d[1][path]);
+          update[path][j] = resolve(byTrace[t][path]);
         });
       });
       Object.keys(st.text).forEach(function (name) {
@@ -362,7 +379,9 @@ if (!window.dwfTwin) {
         if (el) { el.innerHTML = st.text[name]; }
       });
       root.setAttribute('data-state', k);
-      return Plotly.update(gd, update, st.layout, traces).then(function () {
+      var drawn = traces.length || Object.keys(layout).length
+        ? Plotly.update(gd, update, layout, traces) : Promise.resolve();
+      return drawn.then(function () {
         // data-shown: the state drawn; data-ms: that move, from the event to the frame that shows it
         return new Promise(function (done) {
           requestAnimationFrame(function () {

@@ -20,8 +20,11 @@ The static site (:mod:`dwf_lab.course.site`) of the whole course run headlessly 
 profile (the session's ``smoke_course``, tests/course/conftest.py: ``run_course``, which then
 builds ``runs/<run>/site/``): Chromium opens the index and each page from ``file://`` with every
 http(s) request aborted, and checks that none was made, that every figure the executed notebook
-holds is on its page and drew its SVG (``.main-svg``), that every image decoded
-(``naturalWidth > 0``) and that each notebook page shows its cost banner.
+holds is on its page and drew its SVG (``.main-svg``), widgets as their static twins, that every
+image decoded (``naturalWidth > 0``), that every equation is typeset (MathML, no raw ``$$``) and
+that each notebook page shows its cost banner; then it moves the ε slider of notebook 00's twin
+stop by stop until the displayed prediction names another class. It prints each page's open
+time and each slider move's time (from the slider event to the frame drawn).
 """
 from __future__ import annotations
 
@@ -326,31 +329,89 @@ def test_eps_slider_flips_the_prediction_in_jupyterlab(browser_deps, jupyter_lab
 
 # ------------------------------------------------------------------ static site --
 FIGURE_TIMEOUT = 30_000   # ms: plotly drawing every figure of a page
+MOVE_TIMEOUT = 10_000     # ms: a twin applying one slider move
+TWIN_MIME = "application/vnd.dwf-lab.twin+json"
 
-def _plotly_outputs(notebook: Path) -> int:
+
+def _figures_on_page(notebook: Path) -> int:
+    """How many plotly figures the site's page of an executed notebook draws: each stored figure,
+    less those a widget re-drew where the widget's twin stands in for them, plus each twin."""
     nb = json.loads(notebook.read_text(encoding="utf-8"))
-    return sum("application/vnd.plotly.v1+json" in out.get("data", {})
-               for cell in nb["cells"] if cell["cell_type"] == "code" for out in cell.get("outputs", []))
+    n = 0
+    for cell in nb["cells"]:
+        outs = cell.get("outputs", []) if cell["cell_type"] == "code" else []
+        twin = any(TWIN_MIME in o.get("data", {}) for o in outs)
+        for o in outs:
+            data = o.get("data", {})
+            redrawn = ((o.get("metadata") or {}).get("dwf_lab") or {}).get("widget_figure")
+            n += ("application/vnd.plotly.v1+json" in data and not (twin and redrawn)) + (TWIN_MIME in data)
+    return n
 
 
 _FIGURES_JS = """() => {
   const divs = [...document.querySelectorAll('.plotly-graph-div')];
   const images = [...document.images];
+  const maths = [...document.querySelectorAll('math')];
   return {figures: divs.length, drawn: divs.filter(d => d.querySelector('.main-svg')).length,
           images: images.length, decoded: images.filter(i => i.complete && i.naturalWidth > 0).length,
           banners: document.querySelectorAll('.dwf-banner').length,
-          links: [...document.querySelectorAll('a[href$=".html"]')].map(a => a.getAttribute('href'))};
+          twins: document.querySelectorAll('.dwf-twin').length,
+          twins_shown: document.querySelectorAll('.dwf-twin[data-shown]').length,
+          maths: maths.length,
+          maths_typeset: maths.filter(m => m instanceof MathMLElement && m.getBoundingClientRect().height > 0).length,
+          raw_tex: (document.body.innerText.match(/\\$\\$|\\$\\\\[a-zA-Z]/g) || []).length,
+          map: [...document.querySelectorAll('.dwf-map a')].map(a => a.getAttribute('href'))};
 }"""
+_DRAWN_JS = ("() => [...document.querySelectorAll('.plotly-graph-div')].every(d => d.querySelector('.main-svg'))"
+             " && [...document.querySelectorAll('.dwf-twin')].every(d => d.getAttribute('data-shown'))")
 
 
-def test_static_site_opens_offline_with_its_figures(browser_deps, smoke_course):
+def _slide_until_the_prediction_changes(page, twin) -> dict:
+    """Click the ε slider of the ε explorer's twin at each stop, from 0 up, until the prediction line
+    names another class (FGSM, then PGD if FGSM never flips it); returns the lines before and after,
+    the ε shown and each move's time in the page (``data-ms``: the slider event to the frame drawn)."""
+    prediction = twin.locator(".dwf-prediction")
+    rail = twin.locator(".slider-rail-touch-rect").first
+    ticks = twin.locator(".slider-tick-rect")
+    moves_ms: list[float] = []
+
+    def click_stop(k: int) -> str:
+        before = int(twin.get_attribute("data-moves") or 0)
+        box, tick = rail.bounding_box(), ticks.nth(k).bounding_box()
+        page.mouse.click(tick["x"] + tick["width"] / 2, box["y"] + box["height"] / 2)
+        page.wait_for_function("([el, n]) => +(el.getAttribute('data-moves') || 0) > n",
+                               arg=[twin.element_handle(), before], timeout=MOVE_TIMEOUT)
+        moves_ms.append(float(twin.get_attribute("data-ms")))
+        return prediction.inner_text().strip()
+
+    for button in (None, "PGD"):
+        if button:
+            before = int(twin.get_attribute("data-moves") or 0)
+            twin.locator(".updatemenu-button", has_text=button).first.click()
+            page.wait_for_function("([el, n]) => +(el.getAttribute('data-moves') || 0) > n",
+                                   arg=[twin.element_handle(), before], timeout=MOVE_TIMEOUT)
+        at_zero = click_stop(0)
+        for k in range(1, ticks.count()):
+            now = click_stop(k)
+            if _predicted_class(now) != _predicted_class(at_zero):
+                eps = twin.locator(".dwf-eps-line").inner_text().strip()
+                return {"at_zero": at_zero, "flipped": now, "eps": eps, "moves_ms": moves_ms}
+    raise AssertionError(f"no ε stop of the site's ε slider changed the prediction ({at_zero!r})")
+
+
+def test_static_site_opens_offline_with_its_figures(browser_deps, smoke_course, tmp_path):
+    """The smoke course's site from file://, every http(s) request aborted and recorded: every page
+    draws its figures and its widgets' twins, typesets its equations (MathML, no raw TeX), and on
+    notebook 00's page the ε slider, moved stop by stop, changes the displayed prediction."""
     chromium, sync_playwright = browser_deps
     t0 = time.monotonic()
     site = smoke_course.root / "site"
     pages = [site / f"{p.stem}.html" for p in smoke_course.done]
     assert all(p.exists() for p in pages) and (site / "index.html").exists()
-    figures = {p.stem: _plotly_outputs(p) for p in smoke_course.done}
+    figures = {p.stem: _figures_on_page(p) for p in smoke_course.done}
     assert sum(figures.values()) > 0
+    size = sum(f.stat().st_size for f in site.rglob("*") if f.is_file())
+    print(f"\n[site] {site}: {size / 1e6:.1f} MB in {sum(1 for f in site.rglob('*') if f.is_file())} files")
     requested: list[str] = []
     problems: list[str] = []
     with sync_playwright() as pw:
@@ -364,20 +425,47 @@ def test_static_site_opens_offline_with_its_figures(browser_deps, smoke_course):
             page.on("console", lambda m: problems.append(f"[console] {m.text}") if m.type == "error" else None)
             page.goto((site / "index.html").as_uri(), wait_until="load")
             index = page.evaluate(_FIGURES_JS)
-            assert index["links"] == [p.name for p in pages], index["links"]
+            assert index["map"] == [p.name for p in pages], index["map"]
+            assert page.locator(".verdict .num").count() == 3
             for path in pages:
+                start = time.monotonic()
                 page.goto(path.as_uri(), wait_until="load")
-                page.wait_for_function(
-                    "() => [...document.querySelectorAll('.plotly-graph-div')]"
-                    ".every(d => d.querySelector('.main-svg'))", timeout=FIGURE_TIMEOUT)
+                page.wait_for_function(_DRAWN_JS, timeout=FIGURE_TIMEOUT)
+                opened = time.monotonic() - start
                 state = page.evaluate(_FIGURES_JS)
-                print(f"[site] {path.name}: {state['figures']} figures drawn, {state['images']} images, "
+                print(f"[site] {path.name}: opened and drawn in {opened:.2f} s; {state['figures']} figures "
+                      f"({state['twins']} widget twins), {state['images']} images, {state['maths']} equations, "
                       f"{state['banners']} banner")
-                # every figure the executed notebook holds is on its page, and drawn
+                # every figure the executed notebook holds is on its page, and drawn; every widget's twin too
                 assert state["figures"] == figures[path.stem] and state["drawn"] == state["figures"], \
                     (path.name, figures[path.stem], state)
+                assert state["twins_shown"] == state["twins"], (path.name, state)
                 assert state["decoded"] == state["images"], (path.name, state)
                 assert state["banners"] == 1, f"{path.name}: no cost banner on the page"
+                # equations: typeset as MathML, no TeX left in the text
+                assert state["maths_typeset"] == state["maths"] and state["raw_tex"] == 0, (path.name, state)
+
+            # notebook 00: its equations and its ε explorer, with nothing but the folder
+            page.goto(pages[0].as_uri(), wait_until="load")
+            page.wait_for_function(_DRAWN_JS, timeout=FIGURE_TIMEOUT)
+            state = page.evaluate(_FIGURES_JS)
+            assert state["maths_typeset"] >= 10 and state["twins"] >= 1, state
+            twin = page.locator(".dwf-twin:has(.dwf-prediction)")
+            assert twin.count() == 1, "expected exactly one ε explorer on notebook 00's page"
+            twin.scroll_into_view_if_needed()
+            moved = _slide_until_the_prediction_changes(page, twin)
+            shot = tmp_path / "site_eps_slider.png"
+            twin.screenshot(path=str(shot))
+            if os.environ.get("DWF_SCREENSHOT_DIR"):
+                dest = Path(os.environ["DWF_SCREENSHOT_DIR"])
+                dest.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(shot, dest / shot.name)
+            ms = sorted(moved["moves_ms"])
+            print(f"[site] ε = 0: {moved['at_zero']}\n[site] {moved['eps']}: {moved['flipped']}")
+            print(f"[site] {len(ms)} slider moves, each from the event to the frame drawn: median "
+                  f"{ms[len(ms) // 2]:.0f} ms, max {ms[-1]:.0f} ms; screenshot {shot}")
+            assert "not fooled" in moved["at_zero"], moved
+            assert moved["flipped"] != moved["at_zero"] and "fooled: the prediction changed" in moved["flipped"]
         finally:
             browser.close()
     assert requested == [], f"the site asked the network for {requested}"
