@@ -314,7 +314,8 @@ def official_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, e
     settings = planned_settings(eps=eps, norm=norm, version=version, seed=seed, budget=budget)
     attacks = settings["attacks"]
     cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
-    with _Quiet(checks, cuda) as log, attack_mode(model):
+    with _Quiet(checks, cuda) as log, attack_mode(model), torch.random.fork_rng(devices=cuda):
+        # the library seeds torch's global generators: fork_rng gives the caller's state back after
         aa, _, _ = _configured(model, device, eps, norm, version, seed, budget)
         aa.verbose = True   # its per-batch counts are how the stages are read (into the capture only)
         if n == 0 or eps == 0:
@@ -328,7 +329,11 @@ def official_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, e
         clean = 100.0 * clean_ok.float().mean().item() if n else 0.0
         return AutoAttackResult(clean_ok, {"clean": clean, **{a: clean for a in attacks}}, settings, x_adv)
     lib_ok = (y_adv == y).to(clean_ok.device)
-    stages = _stages(log, attacks, int(lib_ok.sum()), n)
+    try:
+        stages = _stages(log, attacks, int(lib_ok.sum()), n)
+    except RuntimeError as e:   # the stage-by-stage figures are lost, never the finished per-example result
+        stages = {}
+        settings["stage_error"] = str(e)
     ok = correctness(model, x_adv, x, y, eps, batch_size)
     rechecked = int((lib_ok & ~ok).sum())
     seconds, before = {}, 0.0
@@ -353,7 +358,8 @@ def official_square(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: flo
     x, y = x.detach().to(device), y.detach().to(device).long()
     if len(x) == 0 or eps == 0:
         return correctness(model, x, x, y, eps, batch_size)
-    with attack_mode(model), torch.no_grad():
+    cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    with attack_mode(model), torch.no_grad(), torch.random.fork_rng(devices=cuda):   # it reseeds torch's generators
         atk = SquareAttack(model, p_init=.8, n_queries=int(max_iter), eps=float(eps), norm="Linf", n_restarts=1,
                            seed=int(seed), verbose=False, device=device, resc_schedule=False)
         x_adv = torch.cat([atk.perturb(x[i:i + batch_size], y[i:i + batch_size])

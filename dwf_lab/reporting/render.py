@@ -378,6 +378,10 @@ def autoattack_section(eval_dir) -> dict | None:
              "targeted) and none at APGD-CE means cross-entropy is a poor objective for the model; a "
              "drop at Square (no gradients) after the white-box stages means its gradients hide "
              "adversarial examples."]
+    for r in records:   # what the library itself warned about (Square beating the gradient attacks, ...)
+        warned = ((r.get("attack_settings") or {}).get("autoattack") or {}).get("library_warnings") or []
+        notes += [f"pyautoattack warned on {r.get('row') or r.get('model')} (seed {r.get('seed')}): {w}"
+                  for w in warned]
     return {"title": "AutoAttack (the official suite) stage by stage (%)", "notes": notes,
             "columns": ["model", "seed", "suite", *(AA_STAGE_LABELS[k] for k in stages), "AutoAttack"],
             "rows": [[r["model"], r["seed"], r["suite"], *(fmt(r.get(k)) for k in stages), fmt(r["AutoAttack"])]

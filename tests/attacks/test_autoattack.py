@@ -142,3 +142,29 @@ def test_the_official_square_alone_lowers_accuracy_inside_the_ball():
     assert ok.sum() < clean.sum(), "a black-box attack still breaks some images of a tiny model"
     again = official.official_square(model, x, y, eps=8 / 255, max_iter=50, batch_size=16, seed=1)
     assert torch.equal(ok, again), "the seed fixes the result"
+
+
+@needs_aa
+def test_the_library_leaves_torchs_global_generator_as_it_found_it():
+    model, data = tiny_trained(0)
+    x, y = data.x_test[:16], data.y_test[:16]
+    torch.manual_seed(1234)
+    before = torch.random.get_rng_state()
+    official.official_square(model, x, y, 8 / 255, max_iter=5, seed=7)
+    official_autoattack(model, x, y, eps=8 / 255, seed=7, budget=Budget(n_iter=2, n_target_classes=1, n_queries=3))
+    assert torch.equal(torch.random.get_rng_state(), before)
+
+
+@needs_aa
+def test_a_log_it_cannot_read_loses_the_stages_never_the_per_example_result(monkeypatch):
+    model, data = tiny_trained(0)
+    x, y = data.x_test[:16], data.y_test[:16]
+    budget = Budget(n_iter=2, n_target_classes=1, n_queries=3)
+    good = official_autoattack(model, x, y, eps=8 / 255, seed=3, budget=budget)
+
+    def unreadable(*a, **k):
+        raise RuntimeError("could not read AutoAttack's stage by stage accuracies (test)")
+    monkeypatch.setattr(official, "_stages", unreadable)
+    r = official_autoattack(model, x, y, eps=8 / 255, seed=3, budget=budget)
+    assert torch.equal(r.correct, good.correct) and r.stages == {}
+    assert "could not read" in r.settings["stage_error"]
