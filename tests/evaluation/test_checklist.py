@@ -4,6 +4,7 @@ The second half is the point: a model whose gradients vanish (a detached output,
 a rounding step on the input) looks perfectly robust to PGD and FGSM; the
 checklist must say so, with the numbers.
 """
+import copy
 import dataclasses
 import importlib.util
 import json
@@ -236,3 +237,23 @@ def test_the_checklist_reads_the_protocols_pgd_instead_of_attacking_again(tmp_pa
     assert stored_pgd(rec, dataclasses.replace(s, eps=4 / 255), len(x)) is None
     assert stored_pgd(rec, dataclasses.replace(s, long_steps=s.long_steps + 1), len(x)) is None
     assert stored_pgd(rec, s, 49) is None
+
+
+class TrainsItsBatchNorm(nn.Module):
+    """A model that switches its BatchNorm layers to train mode inside its own forward pass."""
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        for m in self.inner.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.train()
+        return self.inner(x)
+
+
+def test_batchnorm_check_fails_a_model_that_trains_its_batchnorm_inside_forward():
+    model, data = tiny_trained(0)
+    wrapped = TrainsItsBatchNorm(copy.deepcopy(model)).eval()
+    item = check_bn_eval(wrapped, data.x_test[:8], data.y_test[:8], eps=EPS, alpha=ALPHA)   # the kit's own attacks
+    assert item.passed is False and item.evidence["calls_in_train_mode"] > 0
