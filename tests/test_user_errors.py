@@ -464,3 +464,19 @@ def test_api_mistakes_are_one_clear_error(call, message):
     with pytest.raises(ValueError) as err:
         call(model, x, y)
     assert str(err.value) == message
+
+
+def test_evaluating_into_a_folder_another_process_holds_changes_nothing(runs, tmp_path, capsys):
+    out = runs / "external" / "tiny"
+    Run("tiny", get_profile("smoke"), root=out)
+    ckpt = tmp_path / "tiny.safetensors"
+    save_model(ckpt, build_model("resnet18", width=0.0625, dataset="synthetic"))
+    holder = lock_holder(out, "tiny")
+    try:
+        before = tree(runs)
+        line = one_error(capsys, ["evaluate", "--checkpoint", str(ckpt), *SMOKE, "--set", "seeds=0,1"])
+        assert line.startswith(f"run 'tiny' at {out} is in use by another process ('train', pid {holder.pid}")
+        assert tree(runs) == before
+    finally:
+        holder.kill()
+        holder.wait()

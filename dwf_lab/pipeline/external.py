@@ -49,7 +49,7 @@ from dwf_lab.models.external import check_classifier, load_factory, normalizatio
 from dwf_lab.pipeline.adaptive import adaptive_into_record, check_redo, check_stored_settings, write_checklist
 from dwf_lab.pipeline.run_all import report_run
 from dwf_lab.store.checkpoints import load_model, weights_digest
-from dwf_lab.store.runs import Run, runs_dir
+from dwf_lab.store.runs import Run, check_not_busy, runs_dir
 
 IDENTITY_FILE = "model.json"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -179,6 +179,7 @@ def evaluate_external(ext: ExternalModel, p: Profile, data: ImageData, out: Path
     s = adaptive_settings or AdaptiveSettings.from_profile(p)
     s = dataclasses.replace(s, precision=precision_for(ext.model, s.precision))   # a user's model: fp32
     check_redo(s, redo)
+    check_not_busy(out.name, out)   # another process evaluating into it: refused before config.json is touched
     run = Run(_checked_name(out.resolve().name), p, root=out)   # writes config.json; refuses other settings
     dev = torch.device(device) if device else Runtime.from_profile(p).device
     seed = p.seeds[0]
