@@ -276,6 +276,8 @@ def _evaluate_external(args) -> int:
     if args.model_args and not args.model:
         raise ValueError("--model-arg goes with --model package.module:factory")
     if args.n_test is not None:
+        if any(s.partition("=")[0] == "n_test" for s in args.sets):
+            raise ValueError(f"n_test is given twice (--n-test {args.n_test} and --set n_test=...); give it once")
         args.sets.append(f"n_test={args.n_test}")
     kwargs = parse_model_args(args.model_args)
     p = _profile(args)

@@ -395,6 +395,8 @@ CASES = [   # (command, the one line it must give (a regex after the literal tex
      "{tmp}/blank.npz (x_train): every pixel of its 40 images is 0 (blank images): nothing can be learnt from them; "
      "check how the file was made", _blank),
     # a model from elsewhere
+    (["evaluate", "--model", "dwf_lab.models.examples:torchvision_resnet18", "--n-test", "16", "--set", "n_test=8",
+      *SMOKE], "n_test is given twice (--n-test 16 and --set n_test=...); give it once", None),
     (["evaluate", "--model", "{tmp}/mymodel.py:make", *SMOKE],
      "--model {tmp}/mymodel.py:make: make() called sys.exit(3): a model's module and factory must return a model, "
      "not end the program (put command-line parsing under if __name__ == '__main__':)",
