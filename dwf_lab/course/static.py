@@ -1,10 +1,11 @@
 """A widget's static twin: the same figure, with the same controls, answering from a table.
 
-A course widget (:mod:`dwf_lab.course.widgets`) computes a **state table** up front: one
-:class:`Patch` per combination of its controls' stops (ε stops × attacks × images for the ε
-explorer, ε stops for the gate heatmap). A move of a live control looks its state up in that
-table and applies it to the live figure (:func:`apply_patch`); the static twin is the same table
-written out for a page without a kernel:
+A course widget (:mod:`dwf_lab.course.widgets`) computes every state its controls reach up
+front (ε stops × attacks × images for the ε explorer, ε stops for the gate heatmap) and shows a
+state as one :class:`Patch` (figure attributes and HTML lines), made by one function of the
+widget: a move of a live control answers from the computed table and applies that Patch to the
+live figure (:func:`apply_patch`); the static twin is every Patch of the same table (a
+:class:`StateTable`), written out for a page without a kernel:
 
 - :func:`static_twin` (the one function from a widget to its twin) returns a JSON-able dict:
   the widget's figure, its controls as plotly ``sliders`` / ``updatemenus`` (``method: "skip"``:
@@ -18,8 +19,9 @@ written out for a page without a kernel:
   (the static site ships it beside the pages) and nothing from the network.
 
 Any widget gets a twin by having ``state_table()`` return a :class:`StateTable` (the course
-widgets' panel does: :func:`dwf_lab.course.widgets` ``Panel``); the notebook output of a widget
-carries its twin under :data:`TWIN_MIME` beside the widget view, and the site renders that.
+widgets' panel builds one from its controls and its state function: :func:`state_table`); the
+notebook output of a widget carries its twin under :data:`TWIN_MIME` beside the widget view, and
+the site (:mod:`dwf_lab.course.site`) renders that, with no code of its own per widget.
 """
 from __future__ import annotations
 
@@ -301,6 +303,7 @@ def _place_controls(layout: dict, table: StateTable) -> None:
         layout["sliders"].append({
             "active": c.active, "x": 0.0, "len": 1.0, "xanchor": "left", "y": y, "yanchor": "top",
             "pad": {"t": 30, "b": 0}, "currentvalue": {"prefix": f"{c.label} = ", "xanchor": "left"},
+            "transition": {"duration": 0},   # the grip jumps: its animation would compete with the redraw
             "steps": [{"label": label, "method": "skip", "args": [], "name": f"{c.name}:{k}"}
                       for k, (label, _) in enumerate(c.options)]})
         y -= SLIDER_ROW / plot_h
