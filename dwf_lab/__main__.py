@@ -219,7 +219,7 @@ def _dispatch(args) -> int:
     if args.command == "site" or (args.command == "course" and args.site_only):
         return _site(args)
     if args.command == "course" and args.student_copy:
-        from dwf_lab.course.exercises import student_copy
+        from dwf_lab.course.student import student_copy
         written = student_copy(args.student_copy)
         print(f"student copy: {len(written)} notebook(s) without their solutions in {written[0].parent}")
         return 0

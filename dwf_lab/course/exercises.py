@@ -21,14 +21,12 @@ model handed over in train mode, watches it with hooks, and compares its images 
 attack (:func:`dwf_lab.attacks.fgsm` / :func:`~dwf_lab.attacks.pgd`: images in [0, 1],
 normalisation inside the model, ε in pixels, eval mode). :func:`diagnose_attack` returns the
 verdict as a :class:`Diagnosis` (the key of :data:`MISTAKES`) without printing or raising. The other
-``check_*`` functions grade the notebooks' other exercises. :func:`student_copy` writes the course
+``check_*`` functions grade the notebooks' other exercises. :mod:`dwf_lab.course.student` writes the course
 with every solution removed (``python -m dwf_lab course --student-copy DIR``).
 """
 from __future__ import annotations
 
 import copy
-import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -41,9 +39,7 @@ from dwf_lab import attacks
 from dwf_lab.models.common import Normalize
 
 NOT_ATTEMPTED = "not attempted"
-SOLUTION_TAG = "solution"
 EXERCISE_TAG = "exercise"
-REMOVED_NOTE = "(solution removed in the student copy)"
 
 # the mistakes a write-it-yourself attack is checked for: key -> what the one line says first
 MISTAKES = {
@@ -648,70 +644,8 @@ def check_fixed_eps_run(n, answer, run, seed: int, eps: float = 0.09, stage: str
                                  f"fixed ε = {eps}"))
 
 
-# ======================================================== student copy ==
-def _force_no_solutions(source: str) -> str:
-    line = "solutions = False  # the student copy has no solutions"
-    if re.search(r"^solutions\s*=", source, flags=re.M):
-        return re.sub(r"^solutions\s*=.*$", line, source, flags=re.M)
-    return source.rstrip("\n") + "\n" + line
-
-
-def student_notebook(nb):
-    """A copy of notebook ``nb`` for students: every cell tagged ``solution`` replaced by the
-    markdown note :data:`REMOVED_NOTE`, ``solutions = False`` in its parameters cell, no outputs."""
-    import nbformat
-    nb = nbformat.from_dict(json.loads(json.dumps(nb)))   # a deep copy
-    cells = []
-    for cell in nb.cells:
-        tags = cell.metadata.get("tags", [])
-        if SOLUTION_TAG in tags:
-            cells.append(nbformat.v4.new_markdown_cell(REMOVED_NOTE, metadata={"tags": ["solution-removed"]}))
-            continue
-        if cell.cell_type == "code":
-            cell.outputs, cell.execution_count = [], None
-            if "parameters" in tags:
-                cell.source = _force_no_solutions(cell.source)
-        cells.append(cell)
-    nb.cells = cells
-    nb.metadata.pop("papermill", None)
-    nb.metadata.setdefault("dwf_lab", {})["student_copy"] = True
-    nbformat.validate(nb)
-    return nb
-
-
-def is_student_copy(nb) -> bool:
-    return bool((nb.metadata.get("dwf_lab") or {}).get("student_copy"))
-
-
-def student_copy(out_dir: str | Path, notebooks_dir: str | Path | None = None) -> list[Path]:
-    """Write the course's notebooks to ``out_dir`` with their solutions removed
-    (:func:`student_notebook`); returns the written paths. Refuses to write over the course itself."""
-    import nbformat
-
-    from dwf_lab.course.runner import NOTEBOOKS_DIR, notebook_sequence
-    src = Path(notebooks_dir) if notebooks_dir is not None else NOTEBOOKS_DIR
-    out = Path(out_dir)
-    if out.exists() and out.resolve() == src.resolve():
-        raise ValueError(f"the student copy would overwrite the course's own notebooks in {src}: give another folder")
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"{out} exists and is not a folder")
-    nbs = notebook_sequence(src)
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for path in nbs:
-        nb = student_notebook(nbformat.read(str(path), as_version=4))
-        target = out / path.name
-        nbformat.write(nb, str(target))
-        written.append(target)
-    return written
-
-
-def count_solutions(nb) -> int:
-    return sum(SOLUTION_TAG in c.metadata.get("tags", []) for c in nb.cells)
-
-
-__all__ = ["ATTACK_KINDS", "Diagnosis", "ExerciseFailed", "MISTAKES", "NOT_ATTEMPTED", "REMOVED_NOTE",
+__all__ = ["ATTACK_KINDS", "Diagnosis", "ExerciseFailed", "MISTAKES", "NOT_ATTEMPTED",
            "attempted", "check_attack", "check_first_flip", "check_fixed_eps_run", "check_fgsm_accuracies",
            "check_images", "check_pgd_readings", "check_routing", "check_topk_logits", "check_upper_bounds",
            "diagnose_attack", "fgsm_accuracies", "first_flip", "pgd_readings", "reference_attack", "same_images",
-           "signed_steps", "softmax_ce", "student_copy", "student_notebook", "upper_bounds"]
+           "signed_steps", "softmax_ce", "upper_bounds"]

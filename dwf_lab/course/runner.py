@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Iterable, Sequence
 
+import nbformat
 import papermill as pm
 
 from dwf_lab.core.config import PROFILES, Profile, get_profile, parse_sets
@@ -139,17 +140,20 @@ def record_time(run_root: Path, nb: Path, seconds: float, ok: bool, profile: str
 OPTIONAL_PARAMETERS = ("scope", "solutions")
 
 
+STUDENT_COPY_KEY = "student_copy"   # in a notebook's "dwf_lab" metadata: a copy without solutions
+
+
+def is_student_copy(nb) -> bool:
+    return bool((nb.metadata.get("dwf_lab") or {}).get(STUDENT_COPY_KEY))
+
+
 def _declared(nb: Path, params: dict) -> dict:
     """``params`` less the :data:`OPTIONAL_PARAMETERS` the notebook's parameters cell does not
-    declare; ``solutions`` is False for a student copy (:func:`dwf_lab.course.exercises.student_copy`)."""
+    declare; ``solutions`` is False for a student copy (:func:`dwf_lab.course.student.student_copy`)."""
     declared = pm.inspect_notebook(str(nb))
     out = {k: v for k, v in params.items() if k not in OPTIONAL_PARAMETERS or k in declared}
-    if "solutions" in out:
-        import nbformat
-
-        from dwf_lab.course.exercises import is_student_copy
-        if is_student_copy(nbformat.read(str(nb), as_version=4)):
-            out["solutions"] = False
+    if "solutions" in out and is_student_copy(nbformat.read(str(nb), as_version=4)):
+        out["solutions"] = False
     return out
 
 

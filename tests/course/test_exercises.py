@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from tinymodels import tiny_trained
 
 from dwf_lab import attacks
-from dwf_lab.course import exercises
+from dwf_lab.course import exercises, runner, student
 from dwf_lab.course.exercises import ExerciseFailed, check_attack, diagnose_attack
 from dwf_lab.course.runner import notebook_sequence
 from dwf_lab.mixture.moe import Gate, MixtureOfExperts
@@ -382,18 +382,18 @@ def test_the_kit_reference_variants_equal_the_package(setting):
 
 # --------------------------------------------------------- student copy --
 def test_the_student_copy_has_no_solutions(tmp_path):
-    written = exercises.student_copy(tmp_path / "students")
+    written = student.student_copy(tmp_path / "students")
     assert [p.name for p in written] == [p.name for p in notebook_sequence()]
     for path in written:
         nb = nbformat.read(str(path), as_version=4)
         nbformat.validate(nb)
-        assert exercises.count_solutions(nb) == 0 and exercises.is_student_copy(nb)
+        assert student.count_solutions(nb) == 0 and runner.is_student_copy(nb)
         params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
         ns: dict = {}
         exec(params.source, ns)  # noqa: S102 - the copy's own parameter defaults
         assert ns["solutions"] is False
         original = nbformat.read(str(notebook_sequence()[[p.name for p in written].index(path.name)]), as_version=4)
-        removed = sum(c.cell_type == "markdown" and c.source == exercises.REMOVED_NOTE for c in nb.cells)
-        assert removed == exercises.count_solutions(original)
+        removed = sum(c.cell_type == "markdown" and c.source == student.REMOVED_NOTE for c in nb.cells)
+        assert removed == student.count_solutions(original)
     with pytest.raises(ValueError, match="overwrite"):
-        exercises.student_copy(notebook_sequence()[0].parent)
+        student.student_copy(notebook_sequence()[0].parent)

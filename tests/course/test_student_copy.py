@@ -15,7 +15,7 @@ import pytest
 
 from dwf_lab.__main__ import main
 from dwf_lab.core.config import get_profile
-from dwf_lab.course import exercises
+from dwf_lab.course import runner, student
 from dwf_lab.course.runner import run_course
 from dwf_lab.course.site import build_site
 
@@ -29,14 +29,14 @@ def test_the_command_writes_the_student_copy(tmp_path, capsys):
     assert main(["course", "--student-copy", str(tmp_path / "students")]) == 0
     assert "without their solutions" in capsys.readouterr().out
     nb = nbformat.read(str(tmp_path / "students" / "00_threat_models.ipynb"), as_version=4)
-    assert exercises.count_solutions(nb) == 0 and exercises.is_student_copy(nb)
-    assert any(c.cell_type == "markdown" and c.source == exercises.REMOVED_NOTE for c in nb.cells)
+    assert student.count_solutions(nb) == 0 and runner.is_student_copy(nb)
+    assert any(c.cell_type == "markdown" and c.source == student.REMOVED_NOTE for c in nb.cells)
 
 
 def test_the_student_copy_of_00_runs_unanswered_at_smoke(tmp_path, monkeypatch):
     monkeypatch.setenv("DWF_RUNS_DIR", str(tmp_path / "runs"))
     monkeypatch.delenv("DWF_PROFILE", raising=False)
-    copy = exercises.student_copy(tmp_path / "students")
+    copy = student.student_copy(tmp_path / "students")
     done = run_course(get_profile("smoke"), run_name="students", notebooks=[copy[0]], site=False)
     nb = nbformat.read(str(done[0]), as_version=4)
     assert nb.metadata["papermill"]["parameters"]["solutions"] is False
