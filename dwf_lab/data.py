@@ -373,9 +373,9 @@ def _load_cifar10(n_train, n_test, seed, root: Path, download: bool) -> ImageDat
         n_tr, n_te = len(a["y_train"]), len(a["y_test"])
         if (n_train is None or n_train <= n_tr) and (n_test is None or n_test <= n_te):
             return _load_subset(path, n_train, n_test, seed, arrays=a)
-        too_small = (f"the subset {path} ({SUBSET_ENV}) holds {n_tr} train / {n_te} test images, fewer than "
-                     f"the {n_train} / {n_test} asked for: lower n_train / n_test (--set n_train=...), or use a "
-                     "bigger subset")
+        too_small = (f"the subset {path} ({SUBSET_ENV}) holds only {n_tr} train / {n_te} test images, fewer "
+                     f"than the {n_train or 'all'} / {n_test or 'all'} asked for: lower n_train / n_test "
+                     "(--set n_train=...), or use a bigger subset")
     try:  # 3. download
         return _load_torchvision("cifar10", n_train, n_test, seed, root, download)
     except DatasetUnavailableError as err:

@@ -227,6 +227,10 @@ def _a_and_a_slash_b(packed: Path, tmp: Path) -> Path:
     return craft(tmp / "clash.tar.gz", [("eval", b"x"), ("eval/b.json", b"{}")], base=packed)
 
 
+def _a_file_where_the_run_has_a_folder(packed: Path, tmp: Path) -> Path:
+    return craft(tmp / "clash2.tar.gz", [("seed-0", b"x")], base=packed)
+
+
 @pytest.mark.parametrize("make, message", [
     (_header_damaged, r"{a} is damaged \(an unreadable tar entry header at byte \d+ of the tar stream\); nothing "
                       r"was installed\. Fetch or copy the archive again"),
@@ -236,6 +240,8 @@ def _a_and_a_slash_b(packed: Path, tmp: Path) -> Path:
     (_run_as_a_list, r"{a} is damaged \(its manifest.json names the run \['a', 'b'\], not a folder name\)"),
     (_a_and_a_slash_b, r"{a}: the archive holds 'eval' as a file and also 'eval/b.json' inside it; refused, "
                        r"nothing was installed"),
+    (_a_file_where_the_run_has_a_folder, r"{a}: the archive holds 'seed-0' as a file and also "
+                                         r"'seed-0/metrics.jsonl' inside it; refused, nothing was installed"),
 ])
 def test_a_damaged_or_clashing_archive_is_one_line_naming_it(packed, runs, tmp_path, capsys, make, message):
     bad = make(packed, tmp_path)
@@ -385,7 +391,7 @@ CASES = [   # (command, the one line it must give (a regex after the literal tex
      "folder to start it over", _stored(name="paper2")),
     # data
     (T + ["--set", "dataset=cifar10", "--set", "n_train=100", "--set", "n_test=20"],
-     f"the subset {{tmp}}/subset.npz ({SUBSET}) holds 40 train / 20 test images, fewer than the 100 / 20 asked for: "
+     f"the subset {{tmp}}/subset.npz ({SUBSET}) holds only 40 train / 20 test images, fewer than the 100 / 20 asked for: "
      "lower n_train / n_test (--set n_train=...), or use a bigger subset (the full CIFAR-10 is not here either: ~",
      _real_subset),
     (T + ["--set", "dataset=cifar10-subset", "--set", "n_train=40", "--set", "expert_batch=8"],
