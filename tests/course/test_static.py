@@ -25,6 +25,7 @@ from dwf_lab.course.static import (
     Patch,
     StateTable,
     apply_patch,
+    page_twin,
     png_data_uri,
     resolved_figure,
     state_table,
@@ -202,3 +203,19 @@ def test_twin_html_is_safe_inside_a_page():
     assert "class='dwf-twin-plot plotly-graph-div'" in page
     fig = resolved_figure(static_twin(ToyWidget()))
     assert list(fig.data[0].y) == [1, 1] and fig.layout.title.text == "k = 1"
+
+
+def test_a_page_draws_pictures_as_layout_images(trained_model, test_images, synthetic_data):
+    x, y = test_images
+    ui, _, _ = epsilon_explorer(trained_model, x, y, synthetic_data.classes, images=2, eps_max=0.02,
+                                pgd_steps=1, static=True)
+    twin = static_twin(ui)
+    page = page_twin(twin)
+    layout = page["figure"]["layout"]
+    assert [t["type"] for t in page["figure"]["data"][:3]] == ["scatter"] * 3 and len(layout["images"]) == 3
+    assert layout["images"][1]["xref"] == "x2" and layout["images"][1]["sizex"] == 32
+    assert layout["yaxis2"]["range"] == [31.5, -0.5] and layout["yaxis2"]["scaleanchor"] == "x2"
+    for key, st in page["states"].items():
+        assert [i for i, _ in st["data"]] == [3, 4]                       # the bars; the pictures are layout
+        assert st["layout"]["images[1].source"] == dict(twin["states"][key]["data"])[1]["source"]
+    assert "images[1].source" in twin_html(twin, "p")
