@@ -13,15 +13,19 @@ from __future__ import annotations
 
 import copy
 import os
+import socket
 import sys
 import time
+import urllib.request
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from dwf_lab.data import ImageData, iterate_batches, load_dataset
+from dwf_lab.data import DATA_DIR_ENV, SUBSET_ENV, ImageData, iterate_batches, load_dataset
 from dwf_lab.models.registry import build_model
+from dwf_lab.store.runs import RUNS_DIR_ENV
 
 # tests/<package>/ import the shared helpers in tests/ (tinymodels)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -95,3 +99,20 @@ def make_mixture():
 def images() -> torch.Tensor:
     """A small batch of random images in [0, 1] (seeded, independent of the global RNG)."""
     return torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+
+
+@pytest.fixture
+def runs(tmp_path, monkeypatch) -> Path:
+    """An empty runs folder, no dataset settings, no network."""
+    root = tmp_path / "runs"
+    root.mkdir()
+    monkeypatch.setenv(RUNS_DIR_ENV, str(root))
+    monkeypatch.delenv(SUBSET_ENV, raising=False)
+    monkeypatch.delenv(DATA_DIR_ENV, raising=False)
+
+    def refuse(*args, **kwargs):
+        raise OSError("network blocked by the test")
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+    return root

@@ -6,7 +6,6 @@ import json
 import socket
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -19,23 +18,6 @@ from dwf_lab.data import DATA_DIR_ENV, SUBSET_ENV
 from dwf_lab.store.runs import RUNS_DIR_ENV, Run
 
 SMOKE = ["--profile", "smoke", "--quiet"]
-
-
-@pytest.fixture
-def runs(tmp_path, monkeypatch) -> Path:
-    """An empty runs folder, no dataset settings, no network."""
-    root = tmp_path / "runs"
-    root.mkdir()
-    monkeypatch.setenv(RUNS_DIR_ENV, str(root))
-    monkeypatch.delenv(SUBSET_ENV, raising=False)
-    monkeypatch.delenv(DATA_DIR_ENV, raising=False)
-
-    def refuse(*args, **kwargs):
-        raise OSError("network blocked by the test")
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
-    monkeypatch.setattr(urllib.request, "urlopen", refuse)
-    return root
 
 
 def snapshot(root: Path) -> dict[str, bytes]:

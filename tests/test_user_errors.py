@@ -10,10 +10,8 @@ import io
 import json
 import random
 import re
-import socket
 import sys
 import tarfile
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -35,25 +33,8 @@ from dwf_lab.store.runs import RUNS_DIR_ENV, Run
 
 HERE = Path(__file__).resolve().parent
 FACTORIES = HERE / "pipeline" / "external_factories.py"
-SMOKE = ["--profile", "smoke", "--quiet"]
 sys.path.insert(0, str(HERE / "pipeline"))
-
-
-@pytest.fixture
-def runs(tmp_path, monkeypatch) -> Path:
-    """An empty runs folder, no dataset settings, no network."""
-    root = tmp_path / "runs"
-    root.mkdir()
-    monkeypatch.setenv(RUNS_DIR_ENV, str(root))
-    monkeypatch.delenv(SUBSET_ENV, raising=False)
-    monkeypatch.delenv(DATA_DIR_ENV, raising=False)
-
-    def refuse(*args, **kwargs):
-        raise OSError("network blocked by the test")
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
-    monkeypatch.setattr(urllib.request, "urlopen", refuse)
-    return root
+SMOKE = ["--profile", "smoke", "--quiet"]   # (runs: the offline runs-folder fixture of tests/conftest.py)
 
 
 def tree(root: Path) -> dict[str, bytes]:
