@@ -19,7 +19,15 @@ import torch
 import torch.nn as nn
 
 from dwf_lab import attacks
-from dwf_lab.course.exercises import NOT_ATTEMPTED, Diagnosis, ExerciseFailed, attempted, differing_share, same_images
+from dwf_lab.course.exercises import (
+    NOT_ATTEMPTED,
+    Diagnosis,
+    attempted,
+    differing_share,
+    not_attempted,
+    same_images,
+    verdict,
+)
 from dwf_lab.evaluation.keys import DERIVED
 from dwf_lab.evaluation.metrics import worst_case, worst_case_keys
 from dwf_lab.evaluation.steering import gate_steering_pgd as gate_steering
@@ -28,20 +36,6 @@ from dwf_lab.reporting.noise import paired_difference
 
 
 # ============================================================ verdicts ==
-def _not_attempted(n) -> bool:
-    print(f"Exercise {n}: {NOT_ATTEMPTED}")
-    return False
-
-
-def _verdict(n, d: Diagnosis) -> bool:
-    if d.key == "not_attempted":
-        return _not_attempted(n)
-    if d.ok:
-        print(f"Exercise {n}: correct — {d.line}")
-        return True
-    raise ExerciseFailed(f"Exercise {n}: {d.line}")
-
-
 def _call(fn: Callable, *args):
     """(result, None) or (None, Diagnosis) for a learner's function that is not written yet or fails."""
     try:
@@ -123,31 +117,31 @@ def check_worst_case(n, fn, correct: Mapping[str, torch.Tensor], eps: float) -> 
     """``fn(correct) -> bool per image``: the per-image worst case over the attacks of ``correct``
     (``{metric key: bool per image}``) inside the ε-ball, against :func:`~dwf_lab.evaluation.metrics.worst_case`."""
     if not attempted(fn):
-        return _not_attempted(n)
-    return _verdict(n, diagnose_worst_case(fn, correct, eps))
+        return not_attempted(n)
+    return verdict(n, diagnose_worst_case(fn, correct, eps))
 
 
 def check_survivor_counts(n, answer, a: torch.Tensor, b: torch.Tensor, names: tuple[str, str] = ("DWF", "PGD-AT")) -> bool:
     """``{"only <A>": k, "only <B>": k, "both": k, "neither": k}`` from the per-image worst cases
     ``a`` and ``b`` of two models on the same images."""
     if not attempted(answer):
-        return _not_attempted(n)
+        return not_attempted(n)
     keys = [f"only {names[0]}", f"only {names[1]}", "both", "neither"]
     if not isinstance(answer, Mapping) or set(answer) != set(keys):
-        return _verdict(n, Diagnosis("shape", f"give a dict with the keys {keys}"))
+        return verdict(n, Diagnosis("shape", f"give a dict with the keys {keys}"))
     a, b = a.bool().cpu(), b.bool().cpu()
     want = dict(zip(keys, (int((a & ~b).sum()), int((b & ~a).sum()), int((a & b).sum()), int((~a & ~b).sum()))))
     got = {k: int(answer[k]) for k in keys}
     if sum(got.values()) != len(a):
-        return _verdict(n, Diagnosis("sum", f"your four counts add up to {sum(got.values())}: every one of the {len(a)} "
+        return verdict(n, Diagnosis("sum", f"your four counts add up to {sum(got.values())}: every one of the {len(a)} "
                                      "images falls in exactly one of them"))
     if got[keys[0]] == want[keys[1]] and got[keys[1]] == want[keys[0]] and want[keys[0]] != want[keys[1]]:
-        return _verdict(n, Diagnosis("swapped", f"'only {names[0]}' and 'only {names[1]}' are swapped: 'only "
+        return verdict(n, Diagnosis("swapped", f"'only {names[0]}' and 'only {names[1]}' are swapped: 'only "
                                      f"{names[0]}' counts the images {names[0]} survives and {names[1]} does not"))
     if got != want:
         k = next(k for k in keys if got[k] != want[k])
-        return _verdict(n, Diagnosis("differs", f"{k}: you have {got[k]}, the per-image results give {want[k]}"))
-    return _verdict(n, Diagnosis("ok", ", ".join(f"{k}: {v}" for k, v in want.items()) + f" of {len(a)} images"))
+        return verdict(n, Diagnosis("differs", f"{k}: you have {got[k]}, the per-image results give {want[k]}"))
+    return verdict(n, Diagnosis("ok", ", ".join(f"{k}: {v}" for k, v in want.items()) + f" of {len(a)} images"))
 
 
 def check_stronger_attack(n, answer, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
@@ -156,23 +150,23 @@ def check_stronger_attack(n, answer, model: nn.Module, x: torch.Tensor, y: torch
     image, pixels in [0, 1]); says how many the attack broke and what that does to the worst case
     (``survivors`` of ``n_test`` images survived the protocol)."""
     if not attempted(answer):
-        return _not_attempted(n)
+        return not_attempted(n)
     if len(x) == 0:
-        return _verdict(n, Diagnosis("ok", "no image survived the protocol: there is nothing left to break"))
+        return verdict(n, Diagnosis("ok", "no image survived the protocol: there is nothing left to break"))
     x_adv = torch.as_tensor(answer).detach().to(x.device).float()
     if x_adv.shape != x.shape:
-        return _verdict(n, Diagnosis("shape", f"give the attacked images, shaped like x_s {tuple(x.shape)}, got "
+        return verdict(n, Diagnosis("shape", f"give the attacked images, shaped like x_s {tuple(x.shape)}, got "
                                      f"{tuple(x_adv.shape)}"))
     lo, hi = float(x_adv.min()), float(x_adv.max())
     if lo < -1e-6 or hi > 1 + 1e-6:
-        return _verdict(n, Diagnosis("clamp", f"pixels range over [{lo:.3f}, {hi:.3f}]: images stay in [0, 1]"))
+        return verdict(n, Diagnosis("clamp", f"pixels range over [{lo:.3f}, {hi:.3f}]: images stay in [0, 1]"))
     linf = float((x_adv - x).abs().max())
     if linf > eps + 1e-6:
-        return _verdict(n, Diagnosis("projection", f"max |x_adv - x| = {linf:.4f} > ε = {eps:.4f}: outside the threat "
+        return verdict(n, Diagnosis("projection", f"max |x_adv - x| = {linf:.4f} > ε = {eps:.4f}: outside the threat "
                                      "model, so a broken image proves nothing"))
     with torch.no_grad():
         broken = int((model(x_adv).argmax(1) != y).sum())
-    return _verdict(n, Diagnosis("ok", f"inside the ε-ball; {broken} of the {len(x)} survivors broken: the worst case "
+    return verdict(n, Diagnosis("ok", f"inside the ε-ball; {broken} of the {len(x)} survivors broken: the worst case "
                                  f"falls from {100 * survivors / n_test:.1f}% to at most "
                                  f"{100 * (survivors - broken) / n_test:.1f}%"))
 
@@ -214,33 +208,33 @@ def check_dlr(n, fn, z: torch.Tensor, y: torch.Tensor) -> bool:
     :func:`dwf_lab.attacks.base.dlr_from_logits`; also tried on the logits scaled by 10 (DLR's
     point: the same value)."""
     if not attempted(fn):
-        return _not_attempted(n)
+        return not_attempted(n)
     z, y = z.detach().float().cpu(), y.detach().cpu()
     out, bad = _call(fn, z.clone(), y.clone())
     if bad is not None:
-        return _verdict(n, bad)
+        return verdict(n, bad)
     got = torch.as_tensor(out).detach().float().cpu()
     if got.dim() == 0:
-        return _verdict(n, Diagnosis("reduced", f"give one loss per image, shape ({len(y)},): you returned one number "
+        return verdict(n, Diagnosis("reduced", f"give one loss per image, shape ({len(y)},): you returned one number "
                                      "(a mean or sum over the batch?)"))
     if got.shape != (len(y),):
-        return _verdict(n, Diagnosis("shape", f"give one loss per image, shape ({len(y)},), got {tuple(got.shape)}"))
+        return verdict(n, Diagnosis("shape", f"give one loss per image, shape ({len(y)},), got {tuple(got.shape)}"))
     variants = dlr_mistakes(z, y)
     close = lambda a, b: torch.allclose(a, b, rtol=1e-4, atol=1e-5)   # noqa: E731
     if close(got, variants["ok"]):
         scaled, bad = _call(fn, 10 * z, y.clone())
         if bad is None and close(torch.as_tensor(scaled).detach().float().cpu(), variants["ok"]):
             wrong = (z.argmax(1) != y)
-            return _verdict(n, Diagnosis("ok", f"your DLR equals attacks.dlr_from_logits on {len(y)} images (and on the "
+            return verdict(n, Diagnosis("ok", f"your DLR equals attacks.dlr_from_logits on {len(y)} images (and on the "
                                          f"logits ×10: scale-free); it is > 0 on exactly the {int(wrong.sum())} "
                                          "misclassified ones"))
-        return _verdict(n, Diagnosis("scale", "right on these logits, but not on the same logits ×10: DLR must not "
+        return verdict(n, Diagnosis("scale", "right on these logits, but not on the same logits ×10: DLR must not "
                                      "depend on the logits' scale"))
     for key, line in DLR_LINES.items():
         if close(got, variants[key]):
-            return _verdict(n, Diagnosis(key, line))
+            return verdict(n, Diagnosis(key, line))
     off = float((got - variants["ok"]).abs().max())
-    return _verdict(n, Diagnosis("differs", f"your values differ from attacks.dlr_from_logits by up to {off:.4f} and "
+    return verdict(n, Diagnosis("differs", f"your values differ from attacks.dlr_from_logits by up to {off:.4f} and "
                                  "match none of the usual mistakes: −(z_y − max_{j≠y} z_j) / (z_π1 − z_π3)"))
 
 
@@ -317,8 +311,8 @@ def check_gate_attack(n, fn, mixture: nn.Module, x: torch.Tensor, y: torch.Tenso
     """The gate-steering PGD ``fn(model, x, y, k, lam, eps, alpha, steps, generator)``, against
     :func:`dwf_lab.evaluation.steering.gate_steering_pgd` (:func:`diagnose_gate_attack`)."""
     if not attempted(fn):
-        return _not_attempted(n)
-    return _verdict(n, diagnose_gate_attack(fn, mixture, x, y, k, lam, eps, alpha, steps, seed))
+        return not_attempted(n)
+    return verdict(n, diagnose_gate_attack(fn, mixture, x, y, k, lam, eps, alpha, steps, seed))
 
 
 # =============================================== 06: masking, randomness ==
@@ -326,49 +320,49 @@ def check_masked_model(n, answer, model: nn.Module, x: torch.Tensor, y: torch.Te
     """A copy of ``model`` with the same predictions on ``x`` and a zero input gradient, ``model``
     itself left as it was."""
     if not attempted(answer):
-        return _not_attempted(n)
+        return not_attempted(n)
     if not isinstance(answer, nn.Module):
-        return _verdict(n, Diagnosis("shape", f"give a model (an nn.Module), got {type(answer).__name__}"))
+        return verdict(n, Diagnosis("shape", f"give a model (an nn.Module), got {type(answer).__name__}"))
     if answer is model:
-        return _verdict(n, Diagnosis("same_object", "that is the model itself: mask a copy (copy.deepcopy(model))"))
+        return verdict(n, Diagnosis("same_object", "that is the model itself: mask a copy (copy.deepcopy(model))"))
     g_orig = attacks.input_gradient(copy.deepcopy(model).eval(), x, y)
     if float(g_orig.abs().sum()) == 0:
-        return _verdict(n, Diagnosis("original_masked", "the original model's gradient is zero too: the hook went on "
+        return verdict(n, Diagnosis("original_masked", "the original model's gradient is zero too: the hook went on "
                                      "it (or on modules it shares): register it on a deep copy"))
     with torch.no_grad():
         same = bool((answer.eval()(x).argmax(1) == model(x).argmax(1)).all())
     if not same:
-        return _verdict(n, Diagnosis("predictions", "your model's predictions differ from the original's: masking "
+        return verdict(n, Diagnosis("predictions", "your model's predictions differ from the original's: masking "
                                      "must leave the forward values alone (z * 0 + z.detach() has z's value)"))
     g = attacks.input_gradient(answer, x, y)
     if float(g.abs().sum()) != 0:
-        return _verdict(n, Diagnosis("gradient", f"its input gradient is not zero (mean |g| = {float(g.abs().mean()):.2e}):"
+        return verdict(n, Diagnosis("gradient", f"its input gradient is not zero (mean |g| = {float(g.abs().mean()):.2e}):"
                                      " the gradient must not flow back through the logits"))
-    return _verdict(n, Diagnosis("ok", f"same predictions on {len(x)} images, input gradient exactly 0"))
+    return verdict(n, Diagnosis("ok", f"same predictions on {len(x)} images, input gradient exactly 0"))
 
 
 def check_noisy_model(n, answer, model: nn.Module, x: torch.Tensor) -> bool:
     """A copy of ``model`` whose forward pass is random (two passes on ``x`` differ) but mostly
     keeps its predictions, ``model`` itself left deterministic."""
     if not attempted(answer):
-        return _not_attempted(n)
+        return not_attempted(n)
     if not isinstance(answer, nn.Module):
-        return _verdict(n, Diagnosis("shape", f"give a model (an nn.Module), got {type(answer).__name__}"))
+        return verdict(n, Diagnosis("shape", f"give a model (an nn.Module), got {type(answer).__name__}"))
     if answer is model:
-        return _verdict(n, Diagnosis("same_object", "that is the mixture itself: add the noise to a copy"))
+        return verdict(n, Diagnosis("same_object", "that is the mixture itself: add the noise to a copy"))
     with torch.no_grad():
         if not torch.equal(model(x), model(x)):
-            return _verdict(n, Diagnosis("original_noisy", "the original mixture is random too: the hook went on it; "
+            return verdict(n, Diagnosis("original_noisy", "the original mixture is random too: the hook went on it; "
                                          "register it on a deep copy"))
         a, b, clean = answer(x), answer(x), model(x).argmax(1)
     if torch.equal(a, b):
-        return _verdict(n, Diagnosis("deterministic", "two forward passes give the same logits: draw new noise at every "
+        return verdict(n, Diagnosis("deterministic", "two forward passes give the same logits: draw new noise at every "
                                      "call (torch.randn_like inside the hook)"))
     kept = 100.0 * float((a.argmax(1) == clean).float().mean())
     if kept < 50:
-        return _verdict(n, Diagnosis("too_noisy", f"the noise changes {100 - kept:.0f}% of the predictions: keep it "
+        return verdict(n, Diagnosis("too_noisy", f"the noise changes {100 - kept:.0f}% of the predictions: keep it "
                                      "small (a standard deviation of about 0.03)"))
-    return _verdict(n, Diagnosis("ok", f"random (two passes differ), {kept:.0f}% of the predictions kept on {len(x)} "
+    return verdict(n, Diagnosis("ok", f"random (two passes differ), {kept:.0f}% of the predictions kept on {len(x)} "
                                  "images"))
 
 
@@ -394,22 +388,22 @@ def check_uniform_logits(n, fn, experts: Sequence[nn.Module], x: torch.Tensor) -
     """``fn(experts, x) -> logits``: the uniform average of the experts' logits, against
     ``MixtureOfExperts(experts, None, routing="uniform")``."""
     if not attempted(fn):
-        return _not_attempted(n)
+        return not_attempted(n)
     out, bad = _call(fn, list(experts), x.clone())
     if bad is not None:
-        return _verdict(n, bad)
+        return verdict(n, bad)
     v = uniform_mistakes(experts, x)
     got = torch.as_tensor(out).detach().float()
     if got.shape != v["ok"].shape:
-        return _verdict(n, Diagnosis("shape", f"give the logits of the {len(x)} images, shape {tuple(v['ok'].shape)}, "
+        return verdict(n, Diagnosis("shape", f"give the logits of the {len(x)} images, shape {tuple(v['ok'].shape)}, "
                                      f"got {tuple(got.shape)}"))
     if torch.allclose(got, v["ok"], atol=1e-5, rtol=1e-4):
-        return _verdict(n, Diagnosis("ok", f"your average equals MixtureOfExperts(experts, None, routing='uniform') on "
+        return verdict(n, Diagnosis("ok", f"your average equals MixtureOfExperts(experts, None, routing='uniform') on "
                                      f"{len(x)} images ({len(experts)} experts)"))
     for key, line in UNIFORM_LINES.items():
         if torch.allclose(got, v[key], atol=1e-5, rtol=1e-4):
-            return _verdict(n, Diagnosis(key, line))
-    return _verdict(n, Diagnosis("differs", f"your logits differ from the uniform average by up to "
+            return verdict(n, Diagnosis(key, line))
+    return verdict(n, Diagnosis("differs", f"your logits differ from the uniform average by up to "
                                  f"{float((got - v['ok']).abs().max()):.4f}: (1/n) Σ_i f_i(x), the experts' logits"))
 
 
@@ -427,26 +421,26 @@ def check_average_without(n, answer, experts: Mapping[str, nn.Module], leave_out
     """The PGD accuracy (%) of the uniform average of every expert but ``leave_out``, against
     :func:`average_pgd_accuracy` (computed only once an answer is given)."""
     if not attempted(answer):
-        return _not_attempted(n)
+        return not_attempted(n)
     try:
         v = float(answer)
     except (TypeError, ValueError):
-        return _verdict(n, Diagnosis("shape", f"give one accuracy in %, got {type(answer).__name__}"))
+        return verdict(n, Diagnosis("shape", f"give one accuracy in %, got {type(answer).__name__}"))
     kept = [m for name, m in experts.items() if name != leave_out]
     want = average_pgd_accuracy(kept, x, y, eps, alpha, steps, seed)
     tol = 1e-4
     if abs(v - want) <= tol:
-        return _verdict(n, Diagnosis("ok", f"the average of the {len(kept)} experts without {leave_out} keeps "
+        return verdict(n, Diagnosis("ok", f"the average of the {len(kept)} experts without {leave_out} keeps "
                                      f"{want:.1f}% of {len(x)} images under PGD-{steps}"))
     if abs(100 * v - want) <= tol:
-        return _verdict(n, Diagnosis("fraction", "a fraction: give the accuracy in % (100 × attacks.accuracy(...))"))
+        return verdict(n, Diagnosis("fraction", "a fraction: give the accuracy in % (100 × attacks.accuracy(...))"))
     clean = 100.0 * attacks.accuracy(MixtureOfExperts(kept, None, routing="uniform").eval(), x, y)
     if abs(v - clean) <= tol and abs(clean - want) > tol:
-        return _verdict(n, Diagnosis("clean", "that is its clean accuracy: attack the average with PGD first"))
+        return verdict(n, Diagnosis("clean", "that is its clean accuracy: attack the average with PGD first"))
     every = average_pgd_accuracy(list(experts.values()), x, y, eps, alpha, steps, seed)
     if abs(v - every) <= tol and abs(every - want) > tol:
-        return _verdict(n, Diagnosis("all_experts", f"that is the average of every expert: leave {leave_out} out"))
-    return _verdict(n, Diagnosis("differs", f"you have {v:.2f}%, the average without {leave_out} keeps {want:.2f}% "
+        return verdict(n, Diagnosis("all_experts", f"that is the average of every expert: leave {leave_out} out"))
+    return verdict(n, Diagnosis("differs", f"you have {v:.2f}%, the average without {leave_out} keeps {want:.2f}% "
                                  f"(PGD-{steps}, ε = {eps * 255:.0f}/255, α = {alpha * 255:.0f}/255, "
                                  f"torch.Generator().manual_seed({seed}))"))
 
@@ -456,21 +450,21 @@ def check_paired_rows(n, answer, paired: Mapping[str, tuple[float, float]], unpa
     """``answer``: the set of names whose difference exceeds ``z`` paired standard errors, where
     ``paired = {name: (difference, paired se)}`` (``unpaired``: each name's unpaired se)."""
     if not attempted(answer):
-        return _not_attempted(n)
+        return not_attempted(n)
     try:
         got = set(answer)
     except TypeError:
-        return _verdict(n, Diagnosis("shape", "give the names of the differences beyond noise, as a set or list"))
+        return verdict(n, Diagnosis("shape", "give the names of the differences beyond noise, as a set or list"))
     want = {k for k, (d, se) in paired.items() if abs(d) > z * se}
     by_unpaired = {k for k, (d, _) in paired.items() if abs(d) > z * unpaired.get(k, math.inf)}
     if got == want:
-        return _verdict(n, Diagnosis("ok", f"{len(want)} of {len(paired)} beyond {z:g} paired standard errors"
+        return verdict(n, Diagnosis("ok", f"{len(want)} of {len(paired)} beyond {z:g} paired standard errors"
                                      + (f": {', '.join(sorted(want))}" if want else "")))
     if got == by_unpaired:
-        return _verdict(n, Diagnosis("unpaired", "you used the unpaired error √(se₁² + se₂²): on the same images use the "
+        return verdict(n, Diagnosis("unpaired", "you used the unpaired error √(se₁² + se₂²): on the same images use the "
                                      "paired one, sd(a_i − b_i)/√n (reporting.noise.paired_difference)"))
     extra, missing = sorted(got - want), sorted(want - got)
-    return _verdict(n, Diagnosis("differs", ("not beyond noise: " + ", ".join(extra) if extra else "")
+    return verdict(n, Diagnosis("differs", ("not beyond noise: " + ", ".join(extra) if extra else "")
                                  + ("; " if extra and missing else "")
                                  + ("beyond noise too: " + ", ".join(missing) if missing else "")))
 
@@ -491,16 +485,16 @@ def check_paired_se(n, fn, pairs: Sequence[tuple[torch.Tensor, torch.Tensor]] = 
     against :func:`dwf_lab.reporting.noise.paired_difference` (the sample std; the population one,
     dividing by n, is accepted), on ``pairs`` (the run's) and three generated pairs."""
     if not attempted(fn):
-        return _not_attempted(n)
+        return not_attempted(n)
     cases = [(a.bool().cpu(), b.bool().cpu()) for a, b in pairs if len(a) >= 2] + _pair_cases()
     for a, b in cases:
         out, bad = _call(fn, a.clone(), b.clone())
         if bad is not None:
-            return _verdict(n, bad)
+            return verdict(n, bad)
         try:
             d, se = (float(v) for v in out)
         except (TypeError, ValueError):
-            return _verdict(n, Diagnosis("shape", f"return two numbers, (difference, se) in points, got {out!r}"))
+            return verdict(n, Diagnosis("shape", f"return two numbers, (difference, se) in points, got {out!r}"))
         want_d, want_se, m = paired_difference(a, b)
         pop = want_se * math.sqrt((m - 1) / m)
 
@@ -513,21 +507,21 @@ def check_paired_se(n, fn, pairs: Sequence[tuple[torch.Tensor, torch.Tensor]] = 
         pa, pb = 100 * float(a.float().mean()), 100 * float(b.float().mean())
         unpaired = math.hypot(math.sqrt(pa * (100 - pa) / m), math.sqrt(pb * (100 - pb) / m))
         if ok_d and near(se, unpaired):
-            return _verdict(n, Diagnosis("unpaired", "you combined the two models' own errors as if independent "
+            return verdict(n, Diagnosis("unpaired", "you combined the two models' own errors as if independent "
                                          "(√(SE₁² + SE₂²)): on the same images pair them, image by image: "
                                          "sd(a_i − b_i)/√n"))
         if near(d, want_d, 0.01) and (near(se, want_se, 0.01) or near(se, pop, 0.01)) and not ok_d:
-            return _verdict(n, Diagnosis("fraction", "these are fractions: give points (× 100)"))
+            return verdict(n, Diagnosis("fraction", "these are fractions: give points (× 100)"))
         if near(d, -want_d) and want_d != 0:
-            return _verdict(n, Diagnosis("sign", "the difference has the wrong sign: a − b (the first model minus the "
+            return verdict(n, Diagnosis("sign", "the difference has the wrong sign: a − b (the first model minus the "
                                          "second)"))
         if ok_d and (near(se, want_se, math.sqrt(m)) or near(se, pop, math.sqrt(m))):
-            return _verdict(n, Diagnosis("no_sqrt_n", "that is the standard deviation of the per-image differences: "
+            return verdict(n, Diagnosis("no_sqrt_n", "that is the standard deviation of the per-image differences: "
                                          "divide by √n for the standard error of their mean"))
         what, yours, paired = ("difference", d, want_d) if not ok_d else ("standard error", se, want_se)
-        return _verdict(n, Diagnosis("differs", f"on {m} images your {what} is {yours:.4f}, the paired one "
+        return verdict(n, Diagnosis("differs", f"on {m} images your {what} is {yours:.4f}, the paired one "
                                      f"{paired:.4f} (difference 100·mean(a_i − b_i), SE 100·sd(a_i − b_i)/√n)"))
-    return _verdict(n, Diagnosis("ok", f"your paired difference and standard error equal reporting.noise."
+    return verdict(n, Diagnosis("ok", f"your paired difference and standard error equal reporting.noise."
                                  f"paired_difference on {len(cases)} pairs of per-image results"))
 
 
@@ -536,20 +530,20 @@ def check_number(n, answer, expected: float, what: str, tol: float = 1e-6, rel: 
     """One number against ``expected`` (``what`` names it), within ``tol`` (absolute) or ``rel``
     (relative); ``mistakes``: ``{key: (what that mistake gives, the line naming it)}``."""
     if not attempted(answer):
-        return _not_attempted(n)
+        return not_attempted(n)
     try:
         v = float(answer)
     except (TypeError, ValueError):
-        return _verdict(n, Diagnosis("shape", f"give {what} as one number, got {type(answer).__name__}"))
+        return verdict(n, Diagnosis("shape", f"give {what} as one number, got {type(answer).__name__}"))
 
     def near(a, b):
         return abs(a - b) <= max(tol, rel * abs(b))
     if near(v, expected):
-        return _verdict(n, Diagnosis("ok", f"{what}: {expected:.4g}"))
+        return verdict(n, Diagnosis("ok", f"{what}: {expected:.4g}"))
     for key, (value, line) in (mistakes or {}).items():
         if near(v, value) and not near(value, expected):
-            return _verdict(n, Diagnosis(key, line))
-    return _verdict(n, Diagnosis("differs", f"{what}: you have {v:.4g}, it is {expected:.4g}"))
+            return verdict(n, Diagnosis(key, line))
+    return verdict(n, Diagnosis("differs", f"{what}: you have {v:.4g}, it is {expected:.4g}"))
 
 
 def check_numbers(n, answer: Mapping, expected: Mapping, what: str, rel: float = 0.0, tol: float = 1e-6,
@@ -557,15 +551,15 @@ def check_numbers(n, answer: Mapping, expected: Mapping, what: str, rel: float =
     """A dict of numbers (one per key of ``expected``), each within ``tol`` or ``rel``;
     ``mistakes``: ``{key: (the dict that mistake gives, the line naming it)}``."""
     if not attempted(answer):
-        return _not_attempted(n)
+        return not_attempted(n)
     expected = {str(k): float(v) for k, v in expected.items()}
     if not isinstance(answer, Mapping) or {str(k) for k in answer} != set(expected):
-        return _verdict(n, Diagnosis("shape", f"give a dict with the keys {sorted(expected)}" if expected else
+        return verdict(n, Diagnosis("shape", f"give a dict with the keys {sorted(expected)}" if expected else
                                      "nothing to give here: this run has no such case (give {})"))
     try:
         got = {str(k): float(v) for k, v in answer.items()}
     except (TypeError, ValueError):
-        return _verdict(n, Diagnosis("shape", "give one number per key"))
+        return verdict(n, Diagnosis("shape", "give one number per key"))
 
     def near(a, b):
         return abs(a - b) <= max(tol, rel * abs(b))
@@ -573,13 +567,13 @@ def check_numbers(n, answer: Mapping, expected: Mapping, what: str, rel: float =
     def matches(d):
         return all(near(got[str(k)], float(v)) for k, v in d.items())
     if matches(expected):
-        return _verdict(n, Diagnosis("ok", f"{what}: " + (", ".join(f"{k}: {v:.4g}" for k, v in expected.items())
+        return verdict(n, Diagnosis("ok", f"{what}: " + (", ".join(f"{k}: {v:.4g}" for k, v in expected.items())
                                                           or "nothing to compute in this run")))
     for key, (values, line) in (mistakes or {}).items():
         if values and matches(values) and not all(near(float(values[k]), expected[str(k)]) for k in values):
-            return _verdict(n, Diagnosis(key, line))
+            return verdict(n, Diagnosis(key, line))
     k = next(k for k, v in expected.items() if not near(got[k], v))
-    return _verdict(n, Diagnosis("differs", f"{what}, {k}: you have {got[k]:.4g}, it is {expected[k]:.4g}"))
+    return verdict(n, Diagnosis("differs", f"{what}, {k}: you have {got[k]:.4g}, it is {expected[k]:.4g}"))
 
 
 __all__ = ["DLR_LINES", "UNIFORM_LINES", "average_pgd_accuracy", "check_average_without", "check_dlr", "check_gate_attack", "check_masked_model", "check_noisy_model",

@@ -88,15 +88,15 @@ def attempted(answer) -> bool:
     return answer is not None and answer is not Ellipsis
 
 
-def _not_attempted(n) -> bool:
+def not_attempted(n) -> bool:
     print(f"Exercise {n}: {NOT_ATTEMPTED}")
     return False
 
 
-def _verdict(n, d: Diagnosis) -> bool:
+def verdict(n, d: Diagnosis) -> bool:
     """Print or raise: the one place a check's verdict reaches the learner."""
     if d.key == "not_attempted":
-        return _not_attempted(n)
+        return not_attempted(n)
     if d.ok:
         print(f"Exercise {n}: correct — {d.line}")
         return True
@@ -394,8 +394,8 @@ def check_attack(n, fn: Callable, model: nn.Module, x: torch.Tensor, y: torch.Te
     """Exercise ``n``, a write-it-yourself attack: prints "not attempted" or "correct", or raises
     :class:`ExerciseFailed` naming the mistake (:func:`diagnose_attack`). Returns True when correct."""
     if not attempted(fn):
-        return _not_attempted(n)
-    return _verdict(n, diagnose_attack(fn, model, x, y, eps, kind=kind, alpha=alpha, steps=steps, seed=seed,
+        return not_attempted(n)
+    return verdict(n, diagnose_attack(fn, model, x, y, eps, kind=kind, alpha=alpha, steps=steps, seed=seed,
                                        train_mode=train_mode, restores_mode=restores_mode))
 
 
@@ -426,12 +426,12 @@ def check_fgsm_accuracies(n, answer, model: nn.Module, x: torch.Tensor, y: torch
                           eps_grid: Sequence[float], tol: float = 1e-6) -> bool:
     """FGSM accuracy (%) at each ε of ``eps_grid``, in that order, against :func:`fgsm_accuracies`."""
     if not attempted(answer):
-        return _not_attempted(n)
+        return not_attempted(n)
     values = list(answer.values()) if isinstance(answer, Mapping) else list(answer)
     if len(values) != len(eps_grid):
-        return _verdict(n, Diagnosis("shape", f"give one accuracy per ε: {len(eps_grid)} numbers, got {len(values)}"))
+        return verdict(n, Diagnosis("shape", f"give one accuracy per ε: {len(eps_grid)} numbers, got {len(values)}"))
     expected = fgsm_accuracies(model, x, y, eps_grid)
-    return _verdict(n, _compare_percentages(values, expected, [f"ε = {e:g}" for e in eps_grid], tol, "FGSM accuracy"))
+    return verdict(n, _compare_percentages(values, expected, [f"ε = {e:g}" for e in eps_grid], tol, "FGSM accuracy"))
 
 
 def pgd_readings(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float,
@@ -448,16 +448,16 @@ def check_pgd_readings(n, answer, model: nn.Module, x: torch.Tensor, y: torch.Te
     """``{k: accuracy % after k steps}`` of one PGD trajectory, against :func:`pgd_readings`
     (``tol``: default one image, for a GPU that sums gradients in another order)."""
     if not attempted(answer):
-        return _not_attempted(n)
+        return not_attempted(n)
     if not isinstance(answer, Mapping) or sorted(int(k) for k in answer) != sorted(read_at):
         got = sorted(answer) if isinstance(answer, Mapping) else type(answer).__name__
-        return _verdict(n, Diagnosis("shape", f"give a dict {{steps: accuracy %}} for steps {list(read_at)}, got {got}"))
+        return verdict(n, Diagnosis("shape", f"give a dict {{steps: accuracy %}} for steps {list(read_at)}, got {got}"))
     expected = pgd_readings(model, x, y, eps, alpha, read_at, seed)
     values = [answer[k] for k in sorted(read_at)]
     tol = 100 / max(1, len(x)) + 1e-6 if tol is None else tol
     d = _compare_percentages(values, [expected[k] for k in sorted(read_at)],
                              [f"PGD-{k}" for k in sorted(read_at)], tol, "PGD accuracy")
-    return _verdict(n, d)
+    return verdict(n, d)
 
 
 def first_flip(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: str, max_k: int = 25) -> int | None:
@@ -478,45 +478,45 @@ def first_flip(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: str, 
 def check_first_flip(n, answer, model: nn.Module, x: torch.Tensor, y: torch.Tensor, max_k: int = 25) -> bool:
     """``{"FGSM": k, "PGD": k}`` (k: ε = k/255, None for no change up to max_k), against :func:`first_flip`."""
     if not attempted(answer):
-        return _not_attempted(n)
+        return not_attempted(n)
     if not isinstance(answer, Mapping) or set(answer) != {"FGSM", "PGD"}:
-        return _verdict(n, Diagnosis("shape", 'give a dict {"FGSM": k, "PGD": k} (ε = k/255; None: no change up '
+        return verdict(n, Diagnosis("shape", 'give a dict {"FGSM": k, "PGD": k} (ε = k/255; None: no change up '
                                      f"to {max_k}/255)"))
     expected = {a: first_flip(model, x, y, a, max_k) for a in ("FGSM", "PGD")}
     for a in ("FGSM", "PGD"):
         got = answer[a]
         if got is not None and not isinstance(got, (int, float)):
-            return _verdict(n, Diagnosis("shape", f"{a}: give k as a number, got {got!r}"))
+            return verdict(n, Diagnosis("shape", f"{a}: give k as a number, got {got!r}"))
         if got is not None and 0 < got < 1 and expected[a] is not None and abs(got * 255 - expected[a]) < 0.5:
-            return _verdict(n, Diagnosis("units", f"{a}: {got:.4f} is ε; give k, the number of pixel levels "
+            return verdict(n, Diagnosis("units", f"{a}: {got:.4f} is ε; give k, the number of pixel levels "
                                          f"(ε = k/255)"))
         if got != expected[a]:
             say = "no change up to 25/255" if expected[a] is None else f"{expected[a]}/255"
-            return _verdict(n, Diagnosis("differs", f"{a}: you have {got}, the kit's attack first changes the "
+            return verdict(n, Diagnosis("differs", f"{a}: you have {got}, the kit's attack first changes the "
                                          f"prediction at {say} (clean prediction compared, not the label?)"))
     line = ", ".join(f"{a} at {'no ε up to 25/255' if k is None else f'{k}/255'}" for a, k in expected.items())
-    return _verdict(n, Diagnosis("ok", line))
+    return verdict(n, Diagnosis("ok", line))
 
 
 def check_images(n, answer, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_list: Sequence[float]) -> bool:
     """One FGSM image (C, H, W) of the one image x per ε of ``eps_list`` (0: x itself), in order."""
     if not attempted(answer):
-        return _not_attempted(n)
+        return not_attempted(n)
     answer = list(answer)
     if len(answer) != len(eps_list):
-        return _verdict(n, Diagnosis("shape", f"give {len(eps_list)} images, one per ε, got {len(answer)}"))
+        return verdict(n, Diagnosis("shape", f"give {len(eps_list)} images, one per ε, got {len(answer)}"))
     for img, e in zip(answer, eps_list):
         want = attacks.fgsm(model, x, y, e)[0].cpu()
         img = torch.as_tensor(img).detach().cpu().float()
         if img.dim() == 4 and img.shape[0] == 1:
             img = img[0]
         if img.shape != want.shape:
-            return _verdict(n, Diagnosis("shape", f"at ε = {e:g}: an image is {tuple(want.shape)}, got {tuple(img.shape)}"))
+            return verdict(n, Diagnosis("shape", f"at ε = {e:g}: an image is {tuple(want.shape)}, got {tuple(img.shape)}"))
         if not same_images(img, want):
             linf = float((img - x[0].cpu()).abs().max())
-            return _verdict(n, Diagnosis("differs", f"at ε = {e:g} your image differs from attacks.fgsm's "
+            return verdict(n, Diagnosis("differs", f"at ε = {e:g} your image differs from attacks.fgsm's "
                                          f"(its largest change is {linf:.4f}, FGSM's is {e:.4f} or less)"))
-    return _verdict(n, Diagnosis("ok", f"{len(answer)} images, ε = " + ", ".join(f"{e:.3f}" for e in eps_list)))
+    return verdict(n, Diagnosis("ok", f"{len(answer)} images, ε = " + ", ".join(f"{e:.3f}" for e in eps_list)))
 
 
 UPPER_BOUND_KEYS = ("FGSM", "PGD-10", "PGD-10, 3 restarts", "worst case")
@@ -540,43 +540,43 @@ def check_upper_bounds(n, answer, model: nn.Module, x: torch.Tensor, y: torch.Te
                        seed: int = 0) -> bool:
     """``{"FGSM": %, "PGD-10": %, "PGD-10, 3 restarts": %, "worst case": %}``, against :func:`upper_bounds`."""
     if not attempted(answer):
-        return _not_attempted(n)
+        return not_attempted(n)
     if not isinstance(answer, Mapping) or set(answer) != set(UPPER_BOUND_KEYS):
-        return _verdict(n, Diagnosis("shape", f"give a dict with the keys {list(UPPER_BOUND_KEYS)}"))
+        return verdict(n, Diagnosis("shape", f"give a dict with the keys {list(UPPER_BOUND_KEYS)}"))
     masks = upper_bounds(model, x, y, eps, alpha, seed)
     expected = {k: 100 * float(v.float().mean()) for k, v in masks.items()}
     values = {k: float(answer[k]) for k in UPPER_BOUND_KEYS}
     attacks_only = [values[k] for k in UPPER_BOUND_KEYS[:3]]
     if abs(values["worst case"] - min(attacks_only)) < 1e-6 < abs(expected["worst case"] - min(expected[k] for k in UPPER_BOUND_KEYS[:3])):
-        return _verdict(n, Diagnosis("min_not_and", "the worst case is not the lowest of the three accuracies: an "
+        return verdict(n, Diagnosis("min_not_and", "the worst case is not the lowest of the three accuracies: an "
                                      "image counts only if every attack failed on it (the per-image AND of the masks)"))
     d = _compare_percentages([values[k] for k in UPPER_BOUND_KEYS], [expected[k] for k in UPPER_BOUND_KEYS],
                              UPPER_BOUND_KEYS, 1e-6, "accuracy; PGD from torch.Generator().manual_seed(0)")
     if d.ok:
         d.line += f" on {len(x)} images: the worst case is the tightest upper bound"
-    return _verdict(n, d)
+    return verdict(n, d)
 
 
 # ============================================================ mixtures ==
 def check_routing(n, answer, mixture: nn.Module, routing: str, k: int | None = None) -> bool:
     """A copy of ``mixture`` switched to ``routing`` ("uniform", or "topk" with ``k``)."""
     if not attempted(answer):
-        return _not_attempted(n)
+        return not_attempted(n)
     if answer is mixture:
-        return _verdict(n, Diagnosis("same_object", "that is the trained mixture itself: switch a copy "
+        return verdict(n, Diagnosis("same_object", "that is the trained mixture itself: switch a copy "
                                      "(copy.deepcopy(mixture)), or every later cell uses the changed one"))
     if getattr(mixture, "routing", None) != "soft":
-        return _verdict(n, Diagnosis("changed", f"the trained mixture's routing is now {mixture.routing!r}: you "
+        return verdict(n, Diagnosis("changed", f"the trained mixture's routing is now {mixture.routing!r}: you "
                                      "changed the original, set it back to 'soft' and switch a copy"))
     if getattr(answer, "routing", None) != routing or (k is not None and getattr(answer, "k", None) != k):
-        return _verdict(n, Diagnosis("differs", f"routing should be {routing!r}" + (f" with k = {k}" if k else "")
+        return verdict(n, Diagnosis("differs", f"routing should be {routing!r}" + (f" with k = {k}" if k else "")
                                      + f", got {getattr(answer, 'routing', None)!r}"
                                      + (f" with k = {getattr(answer, 'k', None)}" if k else "")))
     same = all(torch.equal(a, b) for a, b in zip(answer.state_dict().values(), mixture.state_dict().values()))
     if not same:
-        return _verdict(n, Diagnosis("differs", "your copy's weights differ from the trained mixture's: copy it, "
+        return verdict(n, Diagnosis("differs", "your copy's weights differ from the trained mixture's: copy it, "
                                      "change only the routing"))
-    return _verdict(n, Diagnosis("ok", f"a copy with routing {routing!r}" + (f", k = {k}" if k else "")))
+    return verdict(n, Diagnosis("ok", f"a copy with routing {routing!r}" + (f", k = {k}" if k else "")))
 
 
 def topk_by_hand(mixture: nn.Module, x: torch.Tensor, k: int = 2, renormalise: bool = True,
@@ -599,17 +599,17 @@ def check_topk_logits(n, answer, mixture: nn.Module, x: torch.Tensor, k: int = 2
     """The logits of top-``k`` routing written by hand on ``x``, against the package's
     ``routing = "topk"`` on a copy of the mixture."""
     if not attempted(answer):
-        return _not_attempted(n)
+        return not_attempted(n)
     want_model = copy.deepcopy(mixture).eval()
     want_model.routing, want_model.k = "topk", k
     with torch.no_grad():
         want = want_model(x)
     got = torch.as_tensor(answer).detach().to(want.device).float()
     if got.shape != want.shape:
-        return _verdict(n, Diagnosis("shape", f"give the logits of the {len(x)} images, shape {tuple(want.shape)}, "
+        return verdict(n, Diagnosis("shape", f"give the logits of the {len(x)} images, shape {tuple(want.shape)}, "
                                      f"got {tuple(got.shape)}"))
     if torch.allclose(got, want, atol=1e-5):
-        return _verdict(n, Diagnosis("ok", f"your top-{k} equals the package's routing='topk', k={k}"))
+        return verdict(n, Diagnosis("ok", f"your top-{k} equals the package's routing='topk', k={k}"))
     named = [("not_renormalised", topk_by_hand(mixture, x, k, renormalise=False),
               "the kept weights are not renormalised: divide them by their sum, so they sum to 1"),
              ("probabilities", topk_by_hand(mixture, x, k, probabilities=True),
@@ -617,8 +617,8 @@ def check_topk_logits(n, answer, mixture: nn.Module, x: torch.Tensor, k: int = 2
              ("soft", mixture(x).detach(), f"this is the soft mixture of every expert: keep only the {k} largest weights")]
     for key, variant, line in named:
         if torch.allclose(got, variant.to(got.device), atol=1e-5):
-            return _verdict(n, Diagnosis(key, line))
-    return _verdict(n, Diagnosis("differs", f"your logits differ from routing='topk', k={k} by up to "
+            return verdict(n, Diagnosis(key, line))
+    return verdict(n, Diagnosis("differs", f"your logits differ from routing='topk', k={k} by up to "
                                  f"{float((got - want).abs().max()):.4f}"))
 
 
@@ -626,26 +626,26 @@ def check_topk_logits(n, answer, mixture: nn.Module, x: torch.Tensor, k: int = 2
 def check_fixed_eps_run(n, answer, run, seed: int, eps: float = 0.09, stage: str = "fgsm-1") -> bool:
     """A separate run (another name than ``run``) whose FGSM expert ``stage`` trained with ε fixed at ``eps``."""
     if not attempted(answer):
-        return _not_attempted(n)
+        return not_attempted(n)
     prof = getattr(answer, "profile", None)
     if prof is None or not hasattr(answer, "is_done"):
-        return _verdict(n, Diagnosis("shape", f"give the Run you trained in (Run(name, profile)), got "
+        return verdict(n, Diagnosis("shape", f"give the Run you trained in (Run(name, profile)), got "
                                      f"{type(answer).__name__}"))
     if Path(answer.root).resolve() == Path(run.root).resolve():
-        return _verdict(n, Diagnosis("same_run", "that is this notebook's run: train in a run of another name, "
+        return verdict(n, Diagnosis("same_run", "that is this notebook's run: train in a run of another name, "
                                      "or its FGSM experts are replaced"))
     if tuple(prof.fgsm_eps_choices) != (eps,):
-        return _verdict(n, Diagnosis("eps", f"its FGSM ε is drawn from {tuple(prof.fgsm_eps_choices)}: fix it with "
+        return verdict(n, Diagnosis("eps", f"its FGSM ε is drawn from {tuple(prof.fgsm_eps_choices)}: fix it with "
                                      f"p.replace(fgsm_eps_choices=({eps},))"))
     if not answer.is_done(seed, stage):
-        return _verdict(n, Diagnosis("untrained", f"its {stage} is not trained yet: train_run(run_fixed, seed, data, "
+        return verdict(n, Diagnosis("untrained", f"its {stage} is not trained yet: train_run(run_fixed, seed, data, "
                                      "'fgsm')"))
-    return _verdict(n, Diagnosis("ok", f"run {answer.name!r}: {stage} trained {prof.expert_epochs} epoch(s) at "
+    return verdict(n, Diagnosis("ok", f"run {answer.name!r}: {stage} trained {prof.expert_epochs} epoch(s) at "
                                  f"fixed ε = {eps}"))
 
 
 __all__ = ["ATTACK_KINDS", "Diagnosis", "ExerciseFailed", "MISTAKES", "NOT_ATTEMPTED",
            "attempted", "check_attack", "check_first_flip", "check_fixed_eps_run", "check_fgsm_accuracies",
            "check_images", "check_pgd_readings", "check_routing", "check_topk_logits", "check_upper_bounds",
-           "diagnose_attack", "fgsm_accuracies", "first_flip", "pgd_readings", "reference_attack", "same_images",
+           "diagnose_attack", "fgsm_accuracies", "not_attempted", "verdict", "first_flip", "pgd_readings", "reference_attack", "same_images",
            "signed_steps", "softmax_ce", "upper_bounds"]
