@@ -264,6 +264,8 @@ def diagnose_gate_attack(fn: Callable, mixture: nn.Module, x: torch.Tensor, y: t
     gate (λ = 0: plain PGD), a reversed λ term and no gradient at all produce."""
     ref_model = copy.deepcopy(mixture).eval()
     m = copy.deepcopy(mixture).train()
+    if getattr(m, "expert_batching", None) == "vmap":   # the BatchNorm hooks see each expert in the loop
+        m.expert_batching = "loop"
     x = attacks.check_inputs(x, eps, mixture).detach()
     with _BatchNormWatch(m) as watch:
         out, bad = _call(fn, m, x.clone(), y.clone(), k, lam, eps, alpha, steps,

@@ -134,6 +134,10 @@ def test_gate_attack(make_mixture, images, capsys):
     _fails("detached gate / zero gradient", cl.check_gate_attack, 2, _gate_pgd(at="x"), *args)
     _fails("sign of λ term reversed", cl.check_gate_attack, 2, _gate_pgd(sign=-1.0), *args)
     _fails("BatchNorm in train mode", cl.check_gate_attack, 2, _gate_pgd(evaluate=False), *args)
+    stacked = copy.deepcopy(mix)
+    stacked.expert_batching = "vmap"        # the evaluation layout: the check still sees each expert's BatchNorm
+    _fails("BatchNorm in train mode", cl.check_gate_attack, 2, _gate_pgd(evaluate=False),
+           stacked, images, y, 0, 2.0, EPS, ALPHA, 3)
     _fails("missing clamp", cl.check_gate_attack, 2, _gate_pgd(clamp=False),
            mix, torch.ones_like(images) * 0.999, y, 0, 2.0, EPS, ALPHA, 3)
     _fails("zero gradient", cl.check_gate_attack, 2,
