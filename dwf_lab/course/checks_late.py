@@ -318,15 +318,24 @@ def check_gate_attack(n, fn, mixture: nn.Module, x: torch.Tensor, y: torch.Tenso
 
 
 # =============================================== 06: masking, randomness ==
-def check_masked_model(n, answer, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> bool:
-    """A copy of ``model`` with the same predictions on ``x`` and a zero input gradient, ``model``
-    itself left as it was."""
+def _a_copy(n, answer, model: nn.Module, same_object: str) -> bool | None:
+    """The verdict when ``answer`` is not yet a model of its own (not attempted, not a module, ``model``
+    itself); None when the check goes on."""
     if not attempted(answer):
         return not_attempted(n)
     if not isinstance(answer, nn.Module):
         return verdict(n, Diagnosis("shape", f"give a model (an nn.Module), got {type(answer).__name__}"))
     if answer is model:
-        return verdict(n, Diagnosis("same_object", "that is the model itself: mask a copy (copy.deepcopy(model))"))
+        return verdict(n, Diagnosis("same_object", same_object))
+    return None
+
+
+def check_masked_model(n, answer, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> bool:
+    """A copy of ``model`` with the same predictions on ``x`` and a zero input gradient, ``model``
+    itself left as it was."""
+    early = _a_copy(n, answer, model, "that is the model itself: mask a copy (copy.deepcopy(model))")
+    if early is not None:
+        return early
     g_orig = attacks.input_gradient(copy.deepcopy(model).eval(), x, y)
     if float(g_orig.abs().sum()) == 0:
         return verdict(n, Diagnosis("original_masked", "the original model's gradient is zero too: the hook went on "
@@ -346,12 +355,9 @@ def check_masked_model(n, answer, model: nn.Module, x: torch.Tensor, y: torch.Te
 def check_noisy_model(n, answer, model: nn.Module, x: torch.Tensor) -> bool:
     """A copy of ``model`` whose forward pass is random (two passes on ``x`` differ) but mostly
     keeps its predictions, ``model`` itself left deterministic."""
-    if not attempted(answer):
-        return not_attempted(n)
-    if not isinstance(answer, nn.Module):
-        return verdict(n, Diagnosis("shape", f"give a model (an nn.Module), got {type(answer).__name__}"))
-    if answer is model:
-        return verdict(n, Diagnosis("same_object", "that is the mixture itself: add the noise to a copy"))
+    early = _a_copy(n, answer, model, "that is the mixture itself: add the noise to a copy")
+    if early is not None:
+        return early
     with torch.no_grad():
         if not torch.equal(model(x), model(x)):
             return verdict(n, Diagnosis("original_noisy", "the original mixture is random too: the hook went on it; "

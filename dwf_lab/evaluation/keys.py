@@ -53,11 +53,6 @@ class MetricKey:
         return self.text in DERIVED
 
     @property
-    def is_pgd_k(self) -> bool:
-        """PGD-k read at the k-th iterate (protocol or adaptive), one random start."""
-        return self.attack in ("pgd", "pgd-adaptive") and self.variant is None
-
-    @property
     def label(self) -> str:
         """The column label: 'FGSM 0.03', 'PGD-20', 'PGD-100 (MS)', 'PGD-500 x 5'."""
         if self.attack == "fgsm":

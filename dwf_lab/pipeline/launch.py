@@ -79,7 +79,7 @@ def run_job(profile: Profile, run_name: str, job: Job) -> str:
     return job.name
 
 
-def _executor(kind: str, folder: Path, gpus: int, hours: float, partition: str | None, slots: int):
+def _executor(kind: str, folder: Path, gpus: int, hours: float, partition: str | None):
     try:
         import submitit  # optional: the "launch" extra
     except ImportError:
@@ -96,15 +96,15 @@ def _executor(kind: str, folder: Path, gpus: int, hours: float, partition: str |
 
 def launch(profile: Profile, run_name: str, executor: str = "local", slots: int = 2, gpus: int = 0,
            hours: float = 24.0, partition: str | None = None, poll_s: float = 2.0) -> dict[str, str]:
-    """Submit the run's graph (:func:`job_graph`); wait for it; ``{job: state}``. ``slots``: local jobs
+    """Submit the run's graph (:func:`job_graph`). Local: wait for it, ``{job: state}``; slurm: ``{job:
+    SLURM job id}`` at once (``squeue`` shows the graph). ``slots``: local jobs
     at once. A job that fails stops what depends on it, and :func:`launch` raises naming it."""
     if executor not in EXECUTORS:
         raise ValueError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
     if slots < 1:
         raise ValueError(f"slots must be at least 1, got {slots}")
-    Run(run_name, profile)          # the run's folder and config.json, before any job starts
-    folder = Run.open(run_name, profile).root / "launch"
-    ex = _executor(executor, folder, gpus, hours, partition, slots)
+    folder = Run(run_name, profile).root / "launch"   # the run's folder and config.json, before any job starts
+    ex = _executor(executor, folder, gpus, hours, partition)
     jobs = job_graph(profile)
     if executor == "slurm":
         return _slurm(ex, profile, run_name, jobs)
@@ -112,7 +112,11 @@ def launch(profile: Profile, run_name: str, executor: str = "local", slots: int 
     while pending or running:
         for name, sub in list(running.items()):
             if sub.done():
-                sub.result()        # raises the job's own error, naming it below
+                try:
+                    sub.result()
+                except Exception as e:   # submitit's error carries the job's traceback: name the job first
+                    raise RuntimeError(f"launch: job {name} failed ({type(e).__name__}); its log: "
+                                       f"{folder}; what depends on it was not started") from e
                 done[name] = "done"
                 del running[name]
         ready = [j for j in pending if all(d in done for d in j.after)]

@@ -17,7 +17,7 @@ import json
 import numpy as np
 import plotly.graph_objects as go
 import pytest
-import torch
+from test_widgets import NAMES, count_calls  # the forward-call counter and the experts' names, once
 
 from dwf_lab.course.static import (
     ASSET,
@@ -33,18 +33,6 @@ from dwf_lab.course.static import (
     twin_html,
 )
 from dwf_lab.course.widgets import epsilon_explorer, explorer_grid, gate_heatmap, heatmap_grid, offered_images
-
-NAMES = ["benign", "fgsm-1", "pgd-1"]
-
-
-def count_calls(*modules: torch.nn.Module) -> list[int]:
-    calls = [0]
-
-    def hook(module, args):
-        calls[0] += 1
-    for m in modules:
-        m.register_forward_pre_hook(hook)
-    return calls
 
 
 @pytest.fixture
