@@ -6,6 +6,7 @@ before the run has its own, and the checks behind the "write it here" cells (a h
 training step against the package's, :func:`same_state`). Disagreement, transfer and gate
 statistics are in :mod:`dwf_lab.evaluation.diagnostics`; readings in :mod:`dwf_lab.reporting.readings`.
 """
+import copy
 import math
 import re
 import time
@@ -19,6 +20,7 @@ from dwf_lab import attacks
 from dwf_lab.attacks.pgd import pgd_trajectory
 from dwf_lab.core.config import Profile
 from dwf_lab.core.runtime import Runtime
+from dwf_lab.course.exercises import ExerciseFailed
 from dwf_lab.course.setup import fgsm_label, pgd_label
 from dwf_lab.course.widgets import attack_images
 from dwf_lab.data import ImageData, iterate_batches, steps_per_epoch
@@ -301,3 +303,47 @@ def same_state(a: nn.Module, b: nn.Module, rtol: float = 1e-5, atol: float = 1e-
         elif not torch.equal(ta, tb):
             return False
     return True
+
+
+def _first_difference(a: nn.Module, b: nn.Module) -> str | None:
+    """The name of the first parameter or buffer in which two models differ (None: none)."""
+    sa, sb = a.state_dict(), b.state_dict()
+    for k in sa:
+        if k not in sb or sa[k].shape != sb[k].shape:
+            return k
+        ta, tb = sa[k], sb[k].to(sa[k].dtype)
+        same = torch.allclose(ta, tb, rtol=1e-5, atol=1e-7) if torch.is_floating_point(ta) else torch.equal(ta, tb)
+        if not same:
+            return k
+    return None
+
+
+def check_matches_package(kind: str, by_hand: nn.Module, loss: torch.Tensor, start: nn.Module,
+                          xb: torch.Tensor, yb: torch.Tensor, ctx, step: int = 0) -> float:
+    """A training step written by hand against the package's: ``start`` is the model before the
+    step, ``by_hand`` after the learner's step, ``loss`` the loss it minimised. The package's
+    :func:`~dwf_lab.training.loop.train_step` of ``kind`` runs on a copy of ``start`` with the
+    same batch, learning rate and the draws of ``ctx.step_draws(kind, step)``, on the CPU in
+    fp32; the two must agree in loss and in every weight and BatchNorm statistic, and the step
+    must have moved something. A disagreement raises one line naming what differs. Returns the
+    package's loss."""
+    p = ctx.profile
+    by_package = copy.deepcopy(start).cpu()
+    opt = torch.optim.SGD(by_package.parameters(), lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay)
+    gen, gen_dev = ctx.step_draws(kind, step)
+    loss_package, _, _ = train_step(kind, by_package, opt, xb.cpu(), yb.cpu(), p, reference_runtime(p),
+                                    gen, gen_dev, lr=p.lr)
+    if all(torch.equal(a, b.to(a.device)) for a, b in zip(by_hand.parameters(), start.parameters())):
+        raise ExerciseFailed("your step changed no weight: is the optimizer's step() missing, or did it "
+                             "run on another copy of the model?")
+    if not torch.allclose(loss.detach().cpu().float(), loss_package.detach().cpu().float(), rtol=1e-5, atol=1e-6):
+        raise ExerciseFailed(f"your loss {loss.item():.6f} differs from the package's {loss_package.item():.6f}: "
+                             "check the batch (which images, in which mode), the draws' order and the loss")
+    where = _first_difference(by_hand, by_package)
+    if where is not None:
+        raise ExerciseFailed(f"same loss, but after the step {where!r} differs from the package's: check the "
+                             "optimizer's settings and that the update ran in train mode")
+    n = sum(q.numel() for q in by_hand.parameters())
+    print(f"your step equals dwf_lab's train_step({kind!r}): loss {loss_package.item():.4f}, "
+          f"{n:,} parameters and every BatchNorm statistic the same")
+    return float(loss_package)

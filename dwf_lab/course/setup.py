@@ -20,11 +20,12 @@ from dwf_lab.core.runtime import Runtime
 from dwf_lab.course.banner import notebook_banner, show_banner
 from dwf_lab.course.display import configure_display, static_figures
 from dwf_lab.course.plan import selection
+from dwf_lab.pipeline.reproduce import train_run
 from dwf_lab.store.checkpoints import load_model
 from dwf_lab.store.runs import Run
 from dwf_lab.training.builders import load_data
 from dwf_lab.training.fast_path import for_evaluation
-from dwf_lab.training.stages import of_kind, plan_stages
+from dwf_lab.training.stages import of_kind, plan_stages, select_stages
 
 # ============================================================ notebook setup ==
 SCOPE_ENV = "DWF_COURSE_SCOPE"
@@ -84,11 +85,53 @@ def configure_threads(p: Profile) -> int:
     return n
 
 
+class Lesson(SimpleNamespace):
+    """A notebook's ``ctx``: the run it works on, and the few verbs a lesson needs from it.
+
+    The attributes are set by :func:`setup_notebook`; the methods keep the pipeline's plumbing
+    (which stages a kind has, where a model is stored, which runtime a hand-written step is
+    compared under) out of the lessons, so a notebook imports only what it teaches with."""
+
+    def names(self, which: str) -> list[str]:
+        """The stage names of a kind or group ("fgsm", "pgd", "experts", "mixture", "pgd-2", ...)."""
+        return [s.name for s in select_stages(self.profile, which)]
+
+    def train(self, which: str) -> dict[str, nn.Module]:
+        """Train what ``which`` selects (finished stages are loaded, never retrained) and return
+        those models by stage name, in eval mode on ``ctx.device``."""
+        train_run(self.run, self.seed, self.data, which)
+        return self.load(self.names(which))
+
+    def load(self, stages: str | Sequence[str]) -> dict[str, nn.Module]:
+        """Finished stages' models by name (a name or a list of names)."""
+        return load_stages(self.run, self.seed, [stages] if isinstance(stages, str) else stages, self.device)
+
+    def model(self, stage: str) -> nn.Module:
+        """One finished stage's model."""
+        return load_stage(self.run, self.seed, stage, self.device)
+
+    def batch(self, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first ``n`` test images and labels (all if None), on ``ctx.device``."""
+        return quick_batch(self.data, n, self.device)
+
+    def train_batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first ``n`` training images and labels, on the CPU (where a hand-written training
+        step is compared with the package's: every operation there is deterministic)."""
+        return self.data.x_train[:n].cpu(), self.data.y_train[:n].cpu()
+
+    def step_draws(self, which: str, step: int = 0) -> tuple[torch.Generator, torch.Generator]:
+        """The random generators the package's training step number ``step`` of the first stage
+        of ``which`` draws from (ε, iterations, random starts), on the CPU: a hand-written step
+        that draws from them in the same order makes the same draws."""
+        stage = select_stages(self.profile, which)[0]
+        return Runtime.from_profile(self.profile.replace(device="cpu")).step_generators(self.seed, stage.sid, step)
+
+
 def setup_notebook(profile: str | Profile | None = None, run_name: str | None = None,
                    overrides: Mapping | None = None, seed: int | None = None,
                    verbose: bool = True, notebook: str | None = None,
-                   scope: str | None = None) -> SimpleNamespace:
-    """Everything a course notebook starts from, as ``ctx``.
+                   scope: str | None = None) -> Lesson:
+    """Everything a course notebook starts from, as ``ctx`` (a :class:`Lesson`).
 
     ``profile``: a name, a Profile, or None = ``$DWF_PROFILE`` if set, else "laptop"
     (papermill passes the name explicitly, so the environment never overrides it).
@@ -118,11 +161,11 @@ def setup_notebook(profile: str | Profile | None = None, run_name: str | None = 
     configure_display()
     static = static_figures()
     quick = quick_settings(p, device)
-    ctx = SimpleNamespace(profile=p, run=run, data=data, seed=seed, device=device, notebook=notebook,
-                          scope=scope, selection=selection(p, scope), banner=None,
-                          threads=threads, static=static, quick=quick,
-                          n_quick=min(len(data.x_test), quick["n"]),
-                          n_small=min(len(data.x_test), quick["n_small"]))
+    ctx = Lesson(profile=p, run=run, data=data, seed=seed, device=device, notebook=notebook,
+                 scope=scope, selection=selection(p, scope), banner=None,
+                 threads=threads, static=static, quick=quick,
+                 n_quick=min(len(data.x_test), quick["n"]),
+                 n_small=min(len(data.x_test), quick["n_small"]))
     if verbose:
         print(f"profile  {p.name}: {p.description}")
         print(f"run      {run.name} at {run.root}")

@@ -112,3 +112,52 @@ def test_same_state_sees_weights_and_batchnorm_statistics():
 def test_reference_runtime_is_fp32_on_the_cpu():
     rt = reference_runtime(get_profile("laptop", amp="bf16", channels_last="on"))
     assert rt.device.type == "cpu" and not rt.amp and not rt.channels_last
+
+
+class _Ctx:
+    """What check_matches_package asks of a notebook's ctx: the profile and the step's draws."""
+
+    def __init__(self, p, seed=0):
+        from dwf_lab.course.setup import Lesson
+        self.lesson = Lesson(profile=p, seed=seed)
+
+    def __getattr__(self, name):
+        return getattr(self.lesson, name)
+
+
+def _fgsm_step_by_hand(start, p, x, y, ctx, mode="train", lr_scale=1.0, step=True):
+    mine = copy.deepcopy(start)
+    gen, _ = ctx.step_draws("fgsm")
+    eps = attacks.pick(p.fgsm_eps_choices, gen)
+    x_adv = attacks.fgsm(mine, x, y, eps)
+    mine.train(mode == "train")
+    opt = torch.optim.SGD(mine.parameters(), lr=p.lr * lr_scale, momentum=p.momentum, weight_decay=p.weight_decay)
+    loss = F.cross_entropy(mine(x_adv), y)
+    opt.zero_grad()
+    loss.backward()
+    if step:
+        opt.step()
+    return mine, loss
+
+
+def test_check_matches_package_passes_the_right_step_and_names_each_wrong_one(synthetic_data, capsys):
+    from dwf_lab.course.analyses import check_matches_package
+    from dwf_lab.course.exercises import ExerciseFailed
+    p = get_profile("smoke")
+    ctx = _Ctx(p)
+    x, y = synthetic_data.x_train[:16], synthetic_data.y_train[:16]
+    start = _net(2)
+    mine, loss = _fgsm_step_by_hand(start, p, x, y, ctx)
+    check_matches_package("fgsm", mine, loss, start, x, y, ctx)
+    assert "equals dwf_lab's train_step('fgsm')" in capsys.readouterr().out
+    cases = {"changed no weight": dict(step=False),
+             "differs from the package's": dict(mode="eval"),           # BatchNorm in eval mode: another loss
+             "after the step": dict(lr_scale=2.0)}                      # same loss, another update
+    for words, kw in cases.items():
+        mine, loss = _fgsm_step_by_hand(start, p, x, y, ctx, **kw)
+        try:
+            check_matches_package("fgsm", mine, loss, start, x, y, ctx)
+        except ExerciseFailed as e:
+            assert words in str(e) and "\n" not in str(e), (kw, str(e))
+        else:
+            raise AssertionError(f"{kw}: the check passed a wrong step")
