@@ -17,6 +17,13 @@ manifest, a file of the manifest missing, absolute paths, ``..``, links or devic
 a run of the same name with other content (install it under another name with ``name=``). A run
 of the same name with the same files is left as it is.
 
+Nothing of an archive is read into memory before its size is known to be bounded
+(:func:`max_archive_bytes`, ``$DWF_MAX_ARCHIVE_BYTES``, default 64 GiB): a download stops at the
+bound (a server announcing more is refused before a byte is fetched), a local file over it is
+refused before it is opened, a gzip stream is decompressed (in blocks, to check it) only up to it,
+and the manifest, the one member read whole, must be under :data:`MAX_MANIFEST_BYTES`. Each is one
+:class:`ArchiveError` line naming the bound and how to raise it.
+
 A run installed this way counts as trained: a stage is done when its ``models/<stage>.safetensors``
 exists (:meth:`dwf_lab.store.runs.Run.is_done`), an evaluation when its ``eval/`` file exists, so
 ``python -m dwf_lab run`` and the notebooks load them instead of training.
@@ -48,6 +55,9 @@ MANIFEST = "manifest.json"
 SUFFIX = ".tar.gz"
 _URL = re.compile(r"^(https?|file)://", re.IGNORECASE)
 _BLOCK = 1 << 20
+MAX_BYTES_ENV = "DWF_MAX_ARCHIVE_BYTES"
+MAX_BYTES_DEFAULT = 64 << 30       # a paper run with every epoch's checkpoints is a few GiB
+MAX_MANIFEST_BYTES = 64 << 20      # a manifest lists sha256 and size per file: far below this
 
 
 class ArchiveError(ValueError):
@@ -58,6 +68,23 @@ class ArchiveError(ValueError):
 # what reading a damaged archive can raise, from tarfile, gzip, zlib and json (a manifest nested
 # thousands deep: RecursionError); each becomes one ArchiveError line "<archive> is damaged (...)"
 _DAMAGE = (tarfile.TarError, OSError, EOFError, ValueError, zlib.error, RecursionError, MemoryError)
+
+
+def max_archive_bytes() -> int:
+    """The most bytes an archive may hold, compressed or not, and a download may bring:
+    ``$DWF_MAX_ARCHIVE_BYTES`` (a whole number of bytes), else :data:`MAX_BYTES_DEFAULT`."""
+    raw = os.environ.get(MAX_BYTES_ENV, "").strip()
+    if not raw:
+        return MAX_BYTES_DEFAULT
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"${MAX_BYTES_ENV} must be a whole number of bytes >= 1, got {raw!r}")
+    return int(raw)
+
+
+def _too_big(where: str, what: str, limit: int) -> ArchiveError:
+    return ArchiveError(f"{where}: {what} is over the bound of {limit} bytes ({limit / 2**30:.3g} GiB) on what "
+                        f"an archive may hold; nothing was installed. Raise it with {MAX_BYTES_ENV}=BYTES "
+                        "if you trust the archive")
 
 
 def _damaged(where: str, e: BaseException | str) -> ArchiveError:
@@ -285,7 +312,9 @@ def _safe_rel(name: str, what: str) -> PurePosixPath:
 
 
 def fetch(source: str, into: Path) -> Path:
-    """``source`` as a local file: a path as it is, an http(s) or file URL downloaded into ``into``."""
+    """``source`` as a local file: a path as it is, an http(s) or file URL downloaded into ``into``;
+    either refused past :func:`max_archive_bytes`."""
+    limit = max_archive_bytes()
     if not _URL.match(source):
         if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", source):
             raise ArchiveError(f"{source}: only http://, https:// and file:// URLs are fetched; "
@@ -293,11 +322,24 @@ def fetch(source: str, into: Path) -> Path:
         path = Path(source).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"no archive at {path}" + (" (it is a folder)" if path.is_dir() else ""))
+        if path.stat().st_size > limit:
+            raise _too_big(source, f"the file ({path.stat().st_size} bytes)", limit)
         return path
     fd, tmp = tempfile.mkstemp(prefix=".download.", suffix=SUFFIX, dir=into)
     try:
         with os.fdopen(fd, "wb") as f, urllib.request.urlopen(source, timeout=60) as r:
-            shutil.copyfileobj(r, f, _BLOCK)
+            announced = r.headers.get("Content-Length") if getattr(r, "headers", None) else None
+            if announced is not None and announced.isdigit() and int(announced) > limit:
+                raise _too_big(source, f"the download (announced {announced} bytes)", limit)
+            got = 0
+            while block := r.read(_BLOCK):
+                got += len(block)
+                if got > limit:
+                    raise _too_big(source, "the download", limit)
+                f.write(block)
+    except ArchiveError:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     except (urllib.error.URLError, OSError, ValueError) as e:
         Path(tmp).unlink(missing_ok=True)
         reason = getattr(e, "reason", None) or e
@@ -310,6 +352,8 @@ def _read_manifest(tar: tarfile.TarFile, member: tarfile.TarInfo | None, where: 
     if member is None:
         raise ArchiveError(f"{where} has no {MANIFEST}: it is not a dwf-lab run archive "
                            "(write one with python -m dwf_lab pack RUN)")
+    if member.size > MAX_MANIFEST_BYTES:
+        raise _too_big(where, f"its {MANIFEST} ({member.size} bytes)", MAX_MANIFEST_BYTES)
     try:
         manifest = json.loads(tar.extractfile(member).read())
     except (AttributeError, *_DAMAGE) as e:
@@ -371,12 +415,17 @@ def _check_compression(path: Path, where: str) -> None:
     as far as it needs, and stops at the first unreadable entry header without a word)."""
     with open(path, "rb") as f:
         if f.read(2) != b"\x1f\x8b":
-            return   # not gzip: tarfile says whether it is a tar at all
+            return   # not gzip: tarfile says whether it is a tar at all (its size is bounded by fetch)
+    limit, total = max_archive_bytes(), 0
     try:
         with gzip.open(path, "rb") as g:
-            while g.read(_BLOCK):
-                pass
+            while block := g.read(_BLOCK):
+                total += len(block)
+                if total > limit:
+                    raise _too_big(where, "its decompressed content", limit)
     except _DAMAGE as e:
+        if isinstance(e, ArchiveError):
+            raise
         raise _damaged(where, e) from None
 
 

@@ -17,7 +17,16 @@ from dwf_lab.__main__ import main
 from dwf_lab.core.config import get_profile, parse_sets
 from dwf_lab.pipeline.reproduce import evaluate_run, train_run
 from dwf_lab.pipeline.run_all import report_run
-from dwf_lab.store.archive import MANIFEST, ArchiveError, files_to_pack, pack_run, run_command, unpack_archive
+from dwf_lab.store import archive as archive_module
+from dwf_lab.store.archive import (
+    MANIFEST,
+    MAX_BYTES_ENV,
+    ArchiveError,
+    files_to_pack,
+    pack_run,
+    run_command,
+    unpack_archive,
+)
 from dwf_lab.store.runs import RUNS_DIR_ENV, Run
 from dwf_lab.training.builders import load_data
 from dwf_lab.training.stages import plan_stages
@@ -219,6 +228,54 @@ def test_not_an_archive_is_refused(runs, tmp_path):
     with pytest.raises(FileNotFoundError, match="no archive at"):
         unpack_archive(tmp_path / "missing.tar.gz")
     assert not runs.exists()
+
+
+def test_an_archive_or_download_over_the_size_bound_is_refused_before_it_is_read(archive, runs, tmp_path,
+                                                                                  monkeypatch):
+    size = archive.stat().st_size
+    monkeypatch.setenv(MAX_BYTES_ENV, str(size - 1))
+    with pytest.raises(ArchiveError, match=rf"the file \({size} bytes\) is over the bound of {size - 1} bytes"
+                                           rf".*{MAX_BYTES_ENV}=BYTES"):
+        unpack_archive(archive)
+    body = archive.read_bytes()
+
+    class Unannounced(http.server.BaseHTTPRequestHandler):   # no Content-Length: counted as it comes
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+    for handler, message in ((Unannounced, "the download is over the bound"),
+                             (lambda *a, **kw: http.server.SimpleHTTPRequestHandler(
+                                 *a, directory=str(archive.parent), **kw),
+                              rf"the download \(announced {size} bytes\) is over the bound")):
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        server.RequestHandlerClass.log_message = lambda *a: None
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            with pytest.raises(ArchiveError, match=message):
+                unpack_archive(f"http://127.0.0.1:{server.server_address[1]}/{archive.name}")
+        finally:
+            server.shutdown()
+            server.server_close()
+    # compressed small, decompressed over the bound (a gzip bomb): refused while decompressing
+    with tarfile.open(archive) as tar:
+        unpacked = sum(m.size for m in tar.getmembers())
+    monkeypatch.setenv(MAX_BYTES_ENV, str(max(size, unpacked // 2)))
+    with pytest.raises(ArchiveError, match="its decompressed content is over the bound"):
+        unpack_archive(archive)
+    monkeypatch.setenv(MAX_BYTES_ENV, "lots")
+    with pytest.raises(ValueError, match=f"{MAX_BYTES_ENV} must be a whole number of bytes"):
+        unpack_archive(archive)
+    assert not runs.exists() or not list(runs.iterdir()), "nothing installed, no download left"
+
+
+def test_a_manifest_over_its_bound_is_refused_unread(archive, runs, tmp_path, monkeypatch):
+    monkeypatch.setattr(archive_module, "MAX_MANIFEST_BYTES", 10)
+    with pytest.raises(ArchiveError, match=f"its {MANIFEST} .* is over the bound of 10 bytes"):
+        unpack_archive(archive)
 
 
 # ------------------------------------------------------------------- CLI --
