@@ -64,7 +64,7 @@ def notebook_plan(notebook: str) -> NotebookPlan:
 # core: what fits an evening on a laptop; full: every model under every attack, every
 # baseline, the whole ablation sweep (python -m dwf_lab course --scope full)
 CORE_BASELINES = ("uniform-ensemble",)
-CORE_ABLATIONS = ("reference", "uniform-untrained", "frozen-experts")
+CORE_ABLATIONS = ("reference", "uniform-untrained", "routing-uniform")
 
 
 def key_stages(p: Profile) -> list[str]:
@@ -88,8 +88,8 @@ def baseline_selection(scope: str) -> tuple[str, ...]:
 
 def ablation_selection(p: Profile, scope: str) -> list[str]:
     """The ablation variants notebook 07 runs (those that apply to the profile): core, the
-    reference, the untrained uniform average and the frozen experts (what end-to-end training
-    adds); full, every default variant."""
+    reference, the untrained uniform average and the trained one (the same end-to-end training with
+    equal weights: the gate alone, which notebook 08's lessons read); full, every default variant."""
     chosen = select_ablations(None if scope == "full" else list(CORE_ABLATIONS))
     return [a.name for a in chosen if skip_reason(a, p) is None]
 
@@ -218,7 +218,7 @@ def _attack_steps(p: Profile, inv: RunInventory, names, seed: int) -> list[Step]
     for n in names:
         kind = model_kind(p, n)
         stored = set((inv.records.get((seed, n)) or {}).get("per_example", {}))
-        missing = tuple(k for k in s.attack_names(gets_gate_attacks(kind)) if k not in stored)
+        missing = tuple(k for k in s.attack_names(gets_gate_attacks(kind) or kind) if k not in stored)
         checklist = (seed, n) not in inv.checklists
         out.append(Step("attack", n, seed, not missing and not checklist, kind=kind,
                         missing=missing, checklist=checklist))
