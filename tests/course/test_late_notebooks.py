@@ -25,7 +25,7 @@ from dwf_lab.course.runner import notebook_sequence
 
 LATE = ("05", "06", "07", "08")
 NOTEBOOKS = [p for p in notebook_sequence() if p.name[:2] in LATE]
-MAX_KIT_NAMES = {"05": 13, "06": 11, "07": 12, "08": 7}
+MAX_KIT_NAMES = {"05": 12, "06": 10, "07": 11, "08": 7}
 WRITTEN = {"05": {"my_worst_case"}, "06": {"my_dlr", "my_gate_pgd"}, "07": {"my_uniform"}, "08": {"my_paired"}}
 READINGS = ("protocol_reading(", 'shown["reading"]', "verdict_reading(", "audit.audit_reading(findings,",
             "audit.audit_reading(findings_run", "course_lessons(", "noise.paired_difference(a, b)")
