@@ -1,16 +1,21 @@
-"""The cost banner at the top of every notebook: what the run has, what this notebook will do,
-and about how long it will take on this machine.
+"""The cost banner at the top of every notebook: what this notebook will do and about how long
+it will take on this machine, in one or two lines; what the run has, how the estimate was made
+and "about this run" (profile, scope, precision, seed, threads) collapsed below them.
 
 :func:`notebook_banner` reads the run directory (:func:`dwf_lab.course.plan.inventory`), lists
 the notebook's steps (:func:`dwf_lab.course.plan.notebook_steps`) and estimates each
 (:func:`dwf_lab.course.cost.estimate`); :class:`Banner` renders it as plain text (printed
-outside a notebook, and the ``text/plain`` of the notebook output) and as a small HTML box.
-:func:`show_banner` displays it. It runs before anything trains, so opening a notebook first
+outside a notebook, and the ``text/plain`` of the notebook output: :meth:`Banner.headline`
+first, the details indented below) and as a small HTML box whose details are an HTML
+``<details>`` block, closed until the reader opens it (in JupyterLab and in the static site
+alike). :func:`show_banner` displays it; :func:`about_block` is the same collapsed block alone,
+for a notebook without a banner. It runs before anything trains, so opening a notebook first
 tells the learner what it is about to do.
 """
 import html
 import re
 from dataclasses import dataclass, field
+from typing import Sequence
 
 from IPython.display import display
 
@@ -96,32 +101,61 @@ class Banner:
     costs: list[StepCost] = field(default_factory=list)
     reads_only: bool = False
     own: str = ""                               # what the notebook trains of its own (not saved)
+    about: list[tuple[str, str]] = field(default_factory=list)   # "about this run": profile, scope, ...
 
     @property
     def trains(self) -> list[str]:
         """Stage names this notebook will train (for tests and the runner)."""
         return [c.step.name for c in self.costs if c.step.action == "train" and not c.step.done]
 
-    def text(self) -> str:
-        lines = [self.title]
-        lines += [f"  {label:<{W}}{value}" for label, value in self.has]
+    def headline(self) -> list[str]:
+        """What the notebook will do and about how long, in one or two lines: the part of the
+        banner that is always visible (the rest is collapsed)."""
+        first = f"Notebook {self.notebook}: "
         if self.todo:
-            last = None
-            for action, what, seconds, detail in self.todo:
-                label = ACTIONS[action] if action != last else ""
-                last = action
-                lines.append(f"  {label:<{W}}{what}: {about(seconds)}" + (f" [{detail}]" if detail else ""))
+            verbs = []
+            for action in dict.fromkeys(a for a, *_ in self.todo):
+                names = [c.step.name for c in self.costs if c.step.action == action and not c.step.done]
+                verbs.append(f"{ACTIONS[action]} {compact(dict.fromkeys(names))}")
+            first += "; ".join(verbs) + f" — {self.total_line()}"
+        elif self.own:
+            first += f"{self.own}; nothing of the run's is trained, evaluated or attacked"
+        elif self.reads_only:
+            first += "trains and evaluates nothing: it reads the run's results"
+        else:
+            first += "nothing to train, evaluate or attack: the run already has what it uses"
+        lines = [first]
         if self.loads:
-            lines.append(f"  {'will load':<{W}}{compact(self.loads)} (already trained: loaded, not retrained)")
-        lines.append(f"  {'time':<{W}}{self.total_line()}")
-        lines += [f"  {'how' if i == 0 else '':<{W}}{h}" for i, h in enumerate(self.how)]
-        lines += [f"  {'note':<{W}}{n}" for n in self.notes]
-        return "\n".join(lines)
+            lines.append(f"It loads {compact(self.loads)} (already trained: loaded, not retrained).")
+        elif self.reads_only and not any(label == "evaluated" and value != "nothing yet" for label, value in self.has):
+            lines.append("The run has no evaluation results yet: notebook 05 makes them.")
+        return lines
+
+    def details(self) -> list[tuple[str, str]]:
+        """The collapsed part, as (label, text) rows: about this run, what the run has, each step
+        with its estimate, how the estimate was made, and the notes."""
+        rows = list(self.about) + [(label, value) for label, value in self.has
+                                   if not (self.about and label == "run")]   # "about" names the run
+        last = None
+        for action, what, seconds, detail in self.todo:
+            label = ACTIONS[action] if action != last else ""
+            last = action
+            rows.append((label, f"{what}: {about(seconds)}" + (f" [{detail}]" if detail else "")))
+        if self.loads:
+            rows.append(("will load", f"{compact(self.loads)} (already trained: loaded, not retrained)"))
+        rows.append(("time", self.total_line()))
+        rows += [("how" if i == 0 else "", h) for i, h in enumerate(self.how)]
+        rows += [("note", n) for n in self.notes]
+        return rows
+
+    def text(self) -> str:
+        """The headline, then the details indented below it (plain text: nothing collapses)."""
+        return "\n".join(self.headline() + [f"  {label:<{W}}{value}" for label, value in self.details()])
 
     def total_line(self) -> str:
         if not self.todo:
             if self.own:
-                return f"nothing of the run's to train, evaluate or attack; {self.own}"
+                return f"nothing of the run's to train, evaluate or attack; it {self.own}"
             return ("nothing to train, evaluate or attack" if self.reads_only else
                     "nothing to train, evaluate or attack: the run already has what this notebook uses")
         unknown = sum(1 for c in self.costs if c.failed)
@@ -129,31 +163,54 @@ class Banner:
                 + (f"; {unknown} step{'s' if unknown != 1 else ''} without a cost model not counted" if unknown else ""))
 
     def html(self) -> str:
+        """A small box: the headline, then the details in a closed ``<details>`` block."""
         e = html.escape
-        rows = [(label, e(value)) for label, value in self.has]
-        last = None
-        for action, what, seconds, detail in self.todo:
-            label = ACTIONS[action] if action != last else ""
-            last = action
-            rows.append((label, f"{e(what)}: <b>{e(about(seconds))}</b>"
-                                + (f" <span style='color:#666'>[{e(detail)}]</span>" if detail else "")))
-        if self.loads:
-            rows.append(("will load", e(compact(self.loads)) + " (already trained: loaded, not retrained)"))
-        rows.append(("time", f"<b>{e(self.total_line())}</b>"))
-        # inline styles: JupyterLab's and nbconvert's table styles (right-aligned, striped) stay out
-        cell = "text-align:left;border:none;background:none;vertical-align:top;padding:1px "
-        body = "".join(f"<tr style='background:none;border:none'><td style='{cell}12px 1px 0;white-space:nowrap;"
-                       f"color:#445'>{e(label)}</td><td style='{cell}0'>{value}</td></tr>"
-                       for label, value in rows)
-        how = "<br>".join(e(h) for h in self.how + self.notes)
+        bold = " style='font-weight:600'"
+        head = "".join(f"<div class='dwf-headline'{bold if i == 0 else ''}>{e(line)}</div>"
+                       for i, line in enumerate(self.headline()))
         return (f"<div class='dwf-banner' style='border:1px solid #c5d2e3;border-left:4px solid #3b6ea8;"
-                f"background:#f4f7fb;color:#1d2733;padding:8px 12px;margin:4px 0;font-size:13px;"
-                f"line-height:1.45'><div style='font-weight:600;margin-bottom:4px'>{e(self.title)}</div>"
-                f"<table style='border-collapse:collapse;border:none;margin:0;font-size:13px'>{body}</table>"
-                f"<div style='color:#556;margin-top:4px;font-size:12px'>{how}</div></div>")
+                f"background:#f4f7fb;color:#1d2733;padding:6px 12px;margin:4px 0;font-size:13px;"
+                f"line-height:1.45'>{head}{details_html(self.details(), DETAILS_SUMMARY)}</div>")
 
     def _repr_mimebundle_(self, include=None, exclude=None):
         return {"text/plain": self.text(), "text/html": self.html()}
+
+
+DETAILS_SUMMARY = "about this run, what it has, and how the estimate was made"
+ABOUT_SUMMARY = "about this run"
+
+
+def details_html(rows: Sequence[tuple[str, str]], summary: str) -> str:
+    """(label, text) rows in a closed HTML ``<details>`` block: a live notebook and the static
+    site show only ``summary`` until the reader opens it."""
+    e = html.escape
+    # inline styles: JupyterLab's and nbconvert's table styles (right-aligned, striped) stay out
+    cell = "text-align:left;border:none;background:none;vertical-align:top;padding:1px "
+    body = "".join(f"<tr style='background:none;border:none'><td style='{cell}12px 1px 0;white-space:nowrap;"
+                   f"color:#445'>{e(label)}</td><td style='{cell}0'>{e(value)}</td></tr>"
+                   for label, value in rows)
+    return (f"<details class='dwf-details' style='margin-top:2px'><summary style='color:#556;cursor:pointer;"
+            f"font-size:12px'>{e(summary)}</summary><table style='border-collapse:collapse;border:none;"
+            f"margin:2px 0 0;font-size:12px'>{body}</table></details>")
+
+
+@dataclass
+class AboutBlock:
+    """"About this run" alone (a notebook without a cost banner): collapsed in a notebook."""
+    rows: list[tuple[str, str]]
+
+    def text(self) -> str:
+        return "\n".join([ABOUT_SUMMARY] + [f"  {label:<{W}}{value}" for label, value in self.rows])
+
+    def html(self) -> str:
+        return details_html(self.rows, ABOUT_SUMMARY)
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        return {"text/plain": self.text(), "text/html": self.html()}
+
+
+def about_block(rows: Sequence[tuple[str, str]]) -> AboutBlock:
+    return AboutBlock(list(rows))
 
 
 def _has_lines(p: Profile, inv: RunInventory, run) -> list[tuple[str, str]]:
@@ -217,9 +274,11 @@ def _how(costs: list[StepCost]) -> list[str]:
 
 
 def notebook_banner(notebook: str, p: Profile, run, data, scope: str = "core", device="cpu",
-                    threads: int | None = None) -> Banner:
+                    threads: int | None = None, about: Sequence[tuple[str, str]] = ()) -> Banner:
     """The banner of notebook ``notebook`` ("00" ... ) on ``run``: quick (file reads; a probe of
-    about a second only when something will run and the run has measured nothing yet)."""
+    about a second only when something will run and the run has measured nothing yet). ``about``:
+    the "about this run" rows (:func:`dwf_lab.course.setup.setup_notebook` passes them), first in
+    the collapsed details."""
     planned = notebook in NOTEBOOK_PLANS
     plan = notebook_plan(notebook) if planned else NotebookPlan()
     inv = inventory(run)
@@ -249,13 +308,15 @@ def notebook_banner(notebook: str, p: Profile, run, data, scope: str = "core", d
                      f"(course_times.json{'; it trained ' + str(len(last['trained'])) + ' stage(s) then' if last.get('trained') else ''})")
     todo = _todo(costs)
     loads = [c.step.name for c in costs if c.step.action == "train" and c.step.done]
-    own = ("it trains a quick classifier of its own (see the note)"
+    if plan.own_unless and inv.is_trained(p.seeds[0], plan.own_unless):
+        loads.append(plan.own_unless)   # what it would otherwise train of its own: the run's model instead
+    own = ("trains a quick classifier of its own (under a minute, not saved)"
            if plan.own_unless and not inv.is_trained(p.seeds[0], plan.own_unless) else "")
     return Banner(notebook, title, has, todo, list(dict.fromkeys(loads)), sum(c.seconds for c in costs),
-                  _how(costs), notes, costs, plan.reads_only, own)
+                  _how(costs), notes, costs, plan.reads_only, own, list(about))
 
 
-def show_banner(banner: Banner) -> None:
+def show_banner(banner: Banner | AboutBlock) -> None:
     """In a notebook: one output with the HTML box (and the text for plain viewers); else printed."""
     if in_kernel():
         display(banner._repr_mimebundle_(), raw=True)

@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from dwf_lab.core.config import Profile, get_profile
 from dwf_lab.core.runtime import Runtime
-from dwf_lab.course.banner import notebook_banner, show_banner
+from dwf_lab.course.banner import about_block, notebook_banner, show_banner
 from dwf_lab.course.display import configure_display, static_figures
 from dwf_lab.course.plan import selection
 from dwf_lab.pipeline.reproduce import train_run
@@ -166,24 +166,35 @@ def setup_notebook(profile: str | Profile | None = None, run_name: str | None = 
                  threads=threads, static=static, quick=quick,
                  n_quick=min(len(data.x_test), quick["n"]),
                  n_small=min(len(data.x_test), quick["n_small"]))
-    if verbose:
-        print(f"profile  {p.name}: {p.description}")
-        print(f"run      {run.name} at {run.root}")
-        print(f"data     {data.name}: {len(data.x_train)} train / {len(data.x_test)} test images "
-              f"{tuple(data.shape)}, {data.num_classes} classes; {data.source}")
-        print(f"models   ResNet-18 experts at width {p.width:g}; {p.n_fgsm_experts} FGSM + "
-              f"{p.n_pgd_experts} PGD experts; {p.expert_epochs} expert epochs, "
-              f"{p.mixture_epochs} mixture epochs")
-        print(f"device   {device} ({threads} CPU thread{'s' if threads != 1 else ''}); seed {seed}; "
-              f"figures {'static' if static else 'live widgets'}; course scope {scope}")
+    about = about_this_run(ctx)
     if notebook is not None:
         try:
-            ctx.banner = notebook_banner(notebook, p, run, data, scope, device, threads)
+            ctx.banner = notebook_banner(notebook, p, run, data, scope, device, threads, about=about)
         except Exception as e:   # an estimate never stops a lesson: say so in one line and go on
             print(f"cost banner: no estimate for notebook {notebook} ({type(e).__name__}: {e})")
-        if verbose and ctx.banner is not None:
-            show_banner(ctx.banner)
+    if verbose:   # one or two lines, "about this run" collapsed below them
+        show_banner(ctx.banner if ctx.banner is not None else about_block(about))
     return ctx
+
+
+def about_this_run(ctx) -> list[tuple[str, str]]:
+    """The "about this run" rows a notebook shows collapsed under its banner: the profile, the run,
+    the data, the models, the scope, the arithmetic, the seed, the device and threads."""
+    p, data = ctx.profile, ctx.data
+    return [("profile", f"{p.name}: {p.description}"),
+            ("run", f"{ctx.run.name} at {ctx.run.root}"),
+            ("data", f"{data.name}: {len(data.x_train)} train / {len(data.x_test)} test images "
+                     f"{tuple(data.shape)}, {data.num_classes} classes; {data.source}"),
+            ("models", f"ResNet-18 experts at width {p.width:g}; {p.n_fgsm_experts} FGSM + {p.n_pgd_experts} "
+                       f"PGD experts; {p.expert_epochs} expert epochs, {p.mixture_epochs} mixture epochs"),
+            ("scope", f"{ctx.scope} (the course scope: what notebooks 06 and 07 run)"),
+            ("precision", f"training amp {p.amp}" + (" (bf16 on a GPU, fp32 on a CPU)" if p.amp == "auto" else "")
+                          + f"; evaluation attacks {p.eval_precision}"
+                          + (" (bf16 where a probe measures it faster on this CPU, else fp32)"
+                             if p.eval_precision == "auto" else "")),
+            ("seed", str(ctx.seed)),
+            ("device", f"{ctx.device}, {ctx.threads} CPU thread{'s' if ctx.threads != 1 else ''}; figures "
+                       f"{'static' if ctx.static else 'live widgets'}")]
 
 
 def quick_batch(data, n: int | None = None, device=None) -> tuple[torch.Tensor, torch.Tensor]:

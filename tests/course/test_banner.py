@@ -124,7 +124,10 @@ def test_setup_notebook_prints_the_banner_before_anything_trains(smoke, capsys):
     p, run, data = smoke
     ctx = setup_notebook("smoke", "banner", {}, notebook="04")
     out = capsys.readouterr().out
-    assert "Notebook 04: what it will do" in out and "will train" in out
+    assert out.startswith("Notebook 04: will train benign, fgsm-1, pgd-1, mixture") and "will train" in out
+    for label in ("profile", "scope", "precision", "seed", "device"):   # "about this run", in the details
+        assert any(line.split()[:1] == [label] for line in out.splitlines()[1:]), label
+    assert dict(ctx.banner.about)["seed"] == "0"
     assert ctx.banner.trains == ["benign", "fgsm-1", "pgd-1", "mixture"]
     assert not run.is_done(0, "benign")
     assert ctx.scope == "core" and ctx.selection["adaptive"] == ["benign", "fgsm-at", "pgd-at", "mixture"]
@@ -164,3 +167,33 @@ def test_the_protocol_work_counts_only_the_images_it_attacks():
     assert cost.eval_passes(s, clean=0.5, surviving=0.2) == pytest.approx(f + 0.5 * attacked + 0.2 * later)
     assert cost.record_shares({"metrics": {"SA": 50.0, "pgd:100-a": 20.0, "worst-case": 18.0}}) == (0.5, 0.2)
     assert cost.record_shares({"metrics": {}}) is None
+
+
+def test_only_one_or_two_lines_are_visible_the_rest_is_collapsed(smoke):
+    """Whatever the run holds, the banner's visible part is at most two lines; what the run has,
+    each step's estimate, how it was made and "about this run" sit in a closed <details> block."""
+    p, run, data = smoke
+    about = [("profile", "smoke: ..."), ("seed", "0")]
+    banners = [notebook_banner(n, p, run, data, about=about) for n in ("00", "04", "07", "08")]
+    train_run(run, p.seeds[0], data, "benign", progress=False)
+    banners += [notebook_banner(n, p, run, data, about=about) for n in ("00", "01", "02")]
+    for b in banners:
+        head = b.headline()
+        assert 1 <= len(head) <= 2, head
+        assert b.text().splitlines()[:len(head)] == head
+        page = b.html()
+        visible, _, collapsed = page.partition("<details")
+        assert collapsed and "<details open" not in page
+        assert visible.count("dwf-headline") == len(head) and "throughput probe" not in visible
+        assert "about this run" in collapsed and "seed" in collapsed
+
+
+def test_notebook_00_says_it_trains_its_own_quick_classifier_and_nothing_else(smoke):
+    p, run, data = smoke
+    head = " ".join(notebook_banner("00", p, run, data).headline())
+    assert "quick classifier of its own" in head and "nothing of the run's is trained" in head
+    assert "will train" not in head and "nothing yet" not in head
+    train_run(run, p.seeds[0], data, "benign", progress=False)
+    b = notebook_banner("00", p, run, data)
+    head = " ".join(b.headline())
+    assert "quick classifier" not in head and "It loads benign" in head and b.trains == []
