@@ -17,6 +17,8 @@ of Bai et al., "Adaptive Smoothing"). The attacks that target exactly that:
 
 :mod:`dwf_lab.evaluation.adaptive` combines them, per example, with the other attacks.
 """
+from typing import Callable
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -30,7 +32,7 @@ from dwf_lab.attacks.base import (
     keep_state,
     resolve_loss,
 )
-from dwf_lab.attacks.pgd import pgd, pgd_iterates, random_start_in_ball
+from dwf_lab.attacks.pgd import pgd, pgd_any_iterate, random_start_in_ball
 from dwf_lab.core.config import PGD_ALPHA, PGD_EPS
 from dwf_lab.mixture.moe import MixtureOfExperts
 
@@ -90,38 +92,42 @@ def routing_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, target_exper
                                       and 0 <= target_expert < model.n_experts):
         raise ValueError(f"target_expert must be 'weakest' or in [0, {model.n_experts - 1}], "
                          f"got {target_expert!r}")
-    def balanced_gradient(x_adv: torch.Tensor) -> torch.Tensor:
+    gradient = routing_gradient(model, y, target_expert if gated else None, lambda t: lam)
+    with attack_mode(model):
+        start = random_start_in_ball(x, eps, generator) if random_start and eps > 0 else x.clone()
+        return pgd_any_iterate(model, x, y, eps, alpha, steps, gradient, start)
+
+
+def routing_gradient(model: nn.Module, y: torch.Tensor, target_expert: int | str | None,
+                     lam_at: Callable[[int], float], base: str | LossFn = "ce") -> Callable[[torch.Tensor], torch.Tensor]:
+    """The routing attack's step direction at x_adv: grad base + lam_t * grad log w_target, each
+    normalised per example (mean absolute value), ``lam_t = lam_at(t)`` at the t-th call (a
+    schedule). ``target_expert="weakest"`` picks, per example and step, the expert whose own
+    cross-entropy is highest; None (a model without a gate): the base loss alone."""
+    base_fn = resolve_loss(base)
+    calls = [0]
+
+    def gradient(x_adv: torch.Tensor) -> torch.Tensor:
+        lam, calls[0] = lam_at(calls[0]), calls[0] + 1
         xg = x_adv.detach().requires_grad_(True)
         with torch.enable_grad():
-            if gated and weakest:   # per example, the expert that is most wrong right now
-                out = model.forward_details(xg)
-                logits = out.logits
+            if target_expert == "weakest":   # per example, the expert that is most wrong right now
                 with torch.no_grad():
-                    z = out.expert_logits.float()
+                    z = model.forward_details(xg).expert_logits.float()
                     per = F.cross_entropy(z.flatten(0, 1), y.repeat_interleave(z.shape[1]),
                                           reduction="none").view(len(y), -1)
                     t = per.argmax(1, keepdim=True)
-            else:
-                logits = model(xg)
-                t = torch.full((len(y), 1), int(target_expert) if gated else 0, device=x.device)
-            ce = F.cross_entropy(logits.float(), y, reduction="none").sum()
-            (g,) = torch.autograd.grad(ce, xg)
-            if gated and lam != 0:
+            elif target_expert is not None:
+                t = torch.full((len(y), 1), int(target_expert), device=xg.device)
+            (g,) = torch.autograd.grad(base_fn(model, xg, y).sum(), xg)
+            if target_expert is not None and lam != 0:
                 logw = model.log_weights(xg).gather(1, t).sum()
                 (g_r,) = torch.autograd.grad(logw, xg)
-                dims = tuple(range(1, x.dim()))
+                dims = tuple(range(1, xg.dim()))
                 g = g / (g.abs().mean(dims, keepdim=True) + 1e-20) \
                     + lam * g_r / (g_r.abs().mean(dims, keepdim=True) + 1e-20)
         return g
-
-    with attack_mode(model):
-        x_adv = random_start_in_ball(x, eps, generator) if random_start and eps > 0 else x.clone()
-        with torch.no_grad():
-            correct = model(x_adv).argmax(1) == y
-        for x_adv in pgd_iterates(model, x, y, eps, alpha, steps, start=x_adv, gradient=balanced_gradient):
-            with torch.no_grad():
-                correct &= model(x_adv).argmax(1) == y
-    return x_adv, correct
+    return gradient
 
 
 def routing_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, target_expert: int | str = 0,

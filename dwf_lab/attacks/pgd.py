@@ -4,6 +4,7 @@
 - :func:`pgd`: ``steps`` signed steps of size alpha, projected after each, from a random
   start in the ball (:func:`random_start_in_ball`); with restarts it keeps, per example,
   the worst case over restarts. :func:`pgd_iterates` is the one core every PGD runs;
+  :func:`pgd_any_iterate` scores it at every point it visits;
 - :func:`eot_pgd`: the gradient averaged over ``eot_samples`` passes (the paper's "adaptive" row);
 - :func:`pgd_trajectory`: correctness after each step count of one run (PGD-k is the first
   k steps of PGD-50);
@@ -74,6 +75,27 @@ def pgd_iterates(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
         g = gradient(x_adv) if gradient is not None else input_gradient(model, x_adv, y, loss_fn, eot_samples)
         x_adv = project(x_adv + alpha * g.sign(), x, eps)
         yield x_adv
+
+
+def pgd_any_iterate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float, steps: int,
+                    gradient: Callable[[torch.Tensor], torch.Tensor], start: torch.Tensor,
+                    judge: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(last iterate, per-example correctness at *every* point visited) of :func:`pgd_iterates`
+    from ``start`` with the step direction ``gradient(x_adv)``.
+
+    Every iterate lies in the eps-ball and [0, 1], so an image counts as broken if the start or
+    any iterate fools ``judge`` (default ``model``): the score of an attack whose objective is not
+    the classification itself (a routing term, a surrogate's gradient). The caller holds
+    :func:`attack_mode` and has checked its inputs.
+    """
+    judge = model if judge is None else judge
+    with torch.no_grad():
+        correct = judge(start).argmax(1) == y
+    x_adv = start
+    for x_adv in pgd_iterates(model, x, y, eps, alpha, steps, start=start, gradient=gradient):
+        with torch.no_grad():
+            correct &= judge(x_adv).argmax(1) == y
+    return x_adv, correct
 
 
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float = PGD_EPS,

@@ -34,7 +34,8 @@ import torch.nn as nn
 from dwf_lab import attacks
 from dwf_lab.attacks import autoattack as official
 from dwf_lab.attacks.base import check_batch_size, correct_mask
-from dwf_lab.attacks.gate import is_mixture, routing_pgd
+from dwf_lab.attacks.gate import routing_pgd
+from dwf_lab.attacks.mixture_aware import model_kind
 from dwf_lab.attacks.precision import check_precision, compute_precision
 from dwf_lab.core.config import SizedSettings
 from dwf_lab.core.runtime import seed_from
@@ -59,6 +60,8 @@ class AdaptiveSettings(SizedSettings):
     routing_targets: tuple | None = (0, "weakest")   # experts to push weight onto; None = each + weakest
     routing_lam: float = 1.0
     transfer: bool = True                # mixtures only: from each expert and the uniform average
+    mixture_aware: bool = True           # fixed gate, gated margins, routing-dlr; SoE's and ADVMoE's own
+    routing_restarts: int = 2            # "routing-dlr": restarts per target (0: off)
     long_steps: int = 500
     long_restarts: int = 5
     autoattack: bool = True              # "autoattack": the official suite (pyautoattack)
@@ -79,7 +82,7 @@ class AdaptiveSettings(SizedSettings):
         # first 100 test images, to keep notebook 06 within minutes on a 2-core CPU
         "laptop": dict(long_steps=0, aa_iter=50, aa_queries=500, aa_targets=3,
                        square_queries=500, n_examples=100, name="laptop"),
-        "smoke": dict(pgd_steps=5, long_steps=6, long_restarts=2, aa_iter=5, aa_queries=10, aa_targets=1,
+        "smoke": dict(pgd_steps=5, routing_restarts=1, long_steps=6, long_restarts=2, aa_iter=5, aa_queries=10, aa_targets=1,
                       aa_eot=2, square_queries=10, batch_size=256, name="smoke")}
 
     def __post_init__(self):
@@ -102,11 +105,12 @@ class AdaptiveSettings(SizedSettings):
     def long_key(self) -> str:
         return ATTACKS["long"].key(self)
 
-    def attack_names(self, mixture: bool) -> list[str]:
-        """The attack metric keys for a model (mixtures get the gate-aware ones too)."""
+    def attack_names(self, mixture: bool | str) -> list[str]:
+        """The attack metric keys for a model (mixtures get the gate-aware ones too; a kind name
+        such as ``"soe"``: that kind's, :func:`dwf_lab.evaluation.suite.kind_of`)."""
         return [a.key(self) for a in planned(self, mixture)]
 
-    def metric_names(self, mixture: bool) -> list[str]:
+    def metric_names(self, mixture: bool | str) -> list[str]:
         return ["SA"] + self.attack_names(mixture) + [WORST]
 
     def standard_autoattack(self) -> "AdaptiveSettings":
@@ -197,7 +201,7 @@ def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, s: AdaptiveSet
               device, progress: bool, skip: Sequence[str], desc: str):
     x = attacks.check_inputs(x, s.eps, model, alpha=s.alpha)   # once, on the whole data
     check_batch_size(s.batch_size)
-    mixture = is_mixture(model)
+    mixture = model_kind(model)
     want = [a for a in planned(s, mixture) if a.key(s) not in set(skip)]
     settings = {a.key(s): s.attack_settings(a.key(s), seed) for a in want}  # bad settings: now
     timings: dict[str, float] = {}

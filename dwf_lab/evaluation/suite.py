@@ -20,10 +20,19 @@ from dwf_lab.attacks import art_suite
 from dwf_lab.attacks import autoattack as official
 from dwf_lab.attacks.base import correct_mask
 from dwf_lab.attacks.gate import expert_models, long_pgd, routing_attack, transfer_attack, uniform_mixture
+from dwf_lab.attacks.mixture_aware import (
+    MODEL_KINDS,
+    fixed_gate_pgd,
+    gated_margin_pgd,
+    route_fixed_pgd,
+    routing_restarts,
+    soe_transfer,
+)
 from dwf_lab.core.work import ATTACK_STEP, FORWARD
 from dwf_lab.evaluation import keys as K
 
 ITERATES = {"last": "the last iterate", "any": "any iterate", "best": "the attack's best point"}
+FAMILIES = ("generic", "router-aware", "expert-aware")
 
 
 @dataclass
@@ -61,7 +70,9 @@ class AdaptiveAttack:
     seed and precision are added by the engine); ``run(batch)``: per-example correctness on ``batch.x`` (or on
     ``batch.x_all`` when ``all_images``); ``work(s, m, robust)``: passes per attacked image for a
     model of ``m`` networks, ``robust`` the share a cascade still attacks after its first stage;
-    ``enabled(s)``: whether the settings ask for it."""
+    ``enabled(s)``: whether the settings ask for it; ``models``: the model kinds it runs on
+    (:data:`~dwf_lab.attacks.mixture_aware.MODEL_KINDS`; empty: every kind, or only mixtures when
+    ``mixtures_only``); ``family``: what it is built to see (:data:`FAMILIES`)."""
     name: str
     label: str
     describe: str
@@ -76,6 +87,13 @@ class AdaptiveAttack:
     iterate: str = "last"
     family: str = "generic"      # "generic", "router-aware", "expert-aware"
     claims: Callable[[str], bool] | None = field(default=None, compare=False)
+    models: tuple[str, ...] = ()
+
+    def applies_to(self, kind: str) -> bool:
+        """Whether this attack runs on a model of ``kind`` (:func:`kind_of`)."""
+        if self.models:
+            return kind in self.models
+        return kind == "mixture" or not self.mixtures_only
 
     def owns(self, key: str) -> bool:
         """Whether a stored metric key is this attack's result."""
@@ -88,6 +106,10 @@ ATTACKS: dict[str, AdaptiveAttack] = {}
 def register_attack(attack: AdaptiveAttack) -> AdaptiveAttack:
     if attack.iterate not in ITERATES:
         raise ValueError(f"attack {attack.name!r}: iterate must be one of {', '.join(ITERATES)}")
+    if attack.family not in FAMILIES:
+        raise ValueError(f"attack {attack.name!r}: family must be one of {', '.join(FAMILIES)}")
+    if set(attack.models) - set(MODEL_KINDS):
+        raise ValueError(f"attack {attack.name!r}: models must be among {', '.join(MODEL_KINDS)}")
     ATTACKS[attack.name] = attack
     return attack
 
@@ -96,9 +118,20 @@ def unregister_attack(name: str) -> None:
     ATTACKS.pop(name, None)
 
 
-def planned(s, mixture: bool) -> list[AdaptiveAttack]:
-    """The attacks settings ``s`` run on a model (mixtures get the gate-aware ones too), in order."""
-    return [a for a in ATTACKS.values() if a.enabled(s) and (mixture or not a.mixtures_only)]
+def kind_of(mixture: bool | str) -> str:
+    """A model kind from what callers know: True (a mixture of the run's experts), False (a single
+    network) or a kind name (:data:`~dwf_lab.attacks.mixture_aware.MODEL_KINDS`; any other name is
+    a single network's)."""
+    if isinstance(mixture, bool):
+        return "mixture" if mixture else "plain"
+    return mixture if mixture in MODEL_KINDS else "plain"
+
+
+def planned(s, mixture: bool | str) -> list[AdaptiveAttack]:
+    """The attacks settings ``s`` run on a model of kind ``mixture`` (:func:`kind_of`: mixtures get
+    the gate-aware ones too, SoE and ADVMoE their own), in order."""
+    kind = kind_of(mixture)
+    return [a for a in ATTACKS.values() if a.enabled(s) and a.applies_to(kind)]
 
 
 def attack_for_key(key: str) -> AdaptiveAttack | None:
@@ -113,6 +146,19 @@ def reading_order(keys) -> list[str]:
         mine = [K.parse(k) for k in keys if a.owns(k)]
         out += [k.text for k in sorted(mine, key=lambda k: (k.steps or 0, k.restarts or 0, k.text))]
     return out
+
+
+def scored_points(keys) -> str:
+    """One line saying which point each registered attack among ``keys`` scores (the last iterate,
+    any iterate, its best), for every table that lists attacks; "" when none is registered."""
+    by: dict[str, list[str]] = {}
+    for k in keys:
+        a = attack_for_key(k)
+        point = a.iterate if a is not None else "last" if K.parse(k).attack in ("fgsm", "pgd") else None
+        if point is not None and k not in by.get(point, []):   # the protocol's PGD-k: its k-th iterate
+            by.setdefault(point, []).append(k)
+    parts = [f"{ITERATES[it]}: {', '.join(ks)}" for it, ks in by.items()]
+    return ("Point scored (an image counts as broken at) " + "; ".join(parts) + ".") if parts else ""
 
 
 def column_label(key: str) -> str:
@@ -209,3 +255,65 @@ register_attack(AdaptiveAttack(
                                    batch_size=b.s.batch_size, seed=b.aa_seed + 1),
     work=lambda s, m, robust: (FORWARD + robust * s.square_queries * FORWARD) * m,
     enabled=lambda s: s.square, iterate="any"))
+
+
+# -------------------------------------------- made for a mixture's parts --
+def _any_iterate_work(s, m, restarts: int = 1) -> float:
+    """PGD-k scored at every iterate: a step and a forward of the model per step, per restart."""
+    return restarts * (s.pgd_steps * (ATTACK_STEP + FORWARD) + FORWARD) * m
+
+
+register_attack(AdaptiveAttack(
+    "fixed-gate", "fixed gate", "PGD through the experts with the gate's weights held fixed in the backward "
+    "pass (the forward is the true mixture); any iterate", key=lambda s: "fixed-gate",
+    settings=lambda s, seed: {"attack": "PGD, CE, gate weights detached (dwf_lab.attacks.mixture_aware)",
+                              **_pgd_settings(s)},
+    run=lambda b: fixed_gate_pgd(b.model, b.x, b.y, b.s.eps, b.s.alpha, b.s.pgd_steps, generator=b.gen(400)),
+    work=lambda s, m, robust: _any_iterate_work(s, m), enabled=lambda s: s.mixture_aware, mixtures_only=True,
+    iterate="any", family="expert-aware"))
+register_attack(AdaptiveAttack(
+    "gated-margin", "gated margins", "PGD on the gate-weighted sum of the experts' CW margins; any iterate",
+    key=lambda s: "gated-margin",
+    settings=lambda s, seed: {"attack": "PGD on sum_i w_i(x) margin_i(x) (dwf_lab.attacks.mixture_aware)",
+                              **_pgd_settings(s)},
+    run=lambda b: gated_margin_pgd(b.model, b.x, b.y, b.s.eps, b.s.alpha, b.s.pgd_steps, generator=b.gen(410)),
+    work=lambda s, m, robust: _any_iterate_work(s, m), enabled=lambda s: s.mixture_aware, mixtures_only=True,
+    iterate="any", family="expert-aware"))
+
+
+def _routing_targets(b: Batch) -> list:
+    s, n = b.s, b.n_experts
+    targets = [*range(n), "weakest"] if s.routing_targets is None else list(s.routing_targets)
+    return [t for t in targets if t == "weakest" or int(t) < n]
+
+
+register_attack(AdaptiveAttack(
+    "routing-dlr", "routing (DLR, restarts)", "the routing attack on the DLR loss, lambda decaying to 0 over the "
+    "steps, with random restarts (each target, per example the worst); any iterate", key=lambda s: "routing-dlr",
+    settings=lambda s, seed: {"attack": "routing PGD, DLR, lambda schedule lam*(1 - t/(k-1)) "
+                              "(dwf_lab.attacks.mixture_aware)", **_pgd_settings(s), "lam": s.routing_lam,
+                              "restarts": s.routing_restarts,
+                              "targets": "each expert and the weakest" if s.routing_targets is None
+                              else list(s.routing_targets)},
+    run=lambda b: routing_restarts(b.model, b.x, b.y, _routing_targets(b), b.s.routing_lam, b.s.eps, b.s.alpha,
+                                   b.s.pgd_steps, b.s.routing_restarts, generator=b.gen(420)),
+    work=lambda s, m, robust: (len(s.routing_targets) if s.routing_targets is not None else m + 1)
+    * _any_iterate_work(s, m, s.routing_restarts),
+    enabled=lambda s: s.mixture_aware and s.routing_restarts > 0, mixtures_only=True, iterate="any",
+    family="router-aware"))
+register_attack(AdaptiveAttack(
+    "soe-transfer", "SoE transfer", "PGD on each SoE expert alone and on its soft selection, judged by SoE "
+    "(per example the worst); any iterate", key=lambda s: "soe-transfer",
+    settings=lambda s, seed: {"attack": "transfer PGD from each SoE expert and the soft selection "
+                              "(dwf_lab.attacks.mixture_aware)", **_pgd_settings(s)},
+    run=lambda b: soe_transfer(b.model, b.x, b.y, b.s.eps, b.s.alpha, b.s.pgd_steps, generator=b.gen(430)),
+    work=lambda s, m, robust: s.pgd_steps * (2 * m * ATTACK_STEP + (m + 1) * m * FORWARD) + 2 * m * FORWARD,
+    enabled=lambda s: s.mixture_aware, models=("soe",), iterate="any", family="expert-aware"))
+register_attack(AdaptiveAttack(
+    "route-fixed", "route fixed", "PGD on ADVMoE with its route frozen at the clean image's selection, and with "
+    "the router detached (per example the worst); any iterate", key=lambda s: "route-fixed",
+    settings=lambda s, seed: {"attack": "PGD, CE, route frozen / router detached (dwf_lab.attacks.mixture_aware)",
+                              **_pgd_settings(s)},
+    run=lambda b: route_fixed_pgd(b.model, b.x, b.y, b.s.eps, b.s.alpha, b.s.pgd_steps, generator=b.gen(440)),
+    work=lambda s, m, robust: 2 * _any_iterate_work(s, m), enabled=lambda s: s.mixture_aware,
+    models=("advmoe",), iterate="any", family="router-aware"))

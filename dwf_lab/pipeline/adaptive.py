@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from dwf_lab.attacks.gate import is_mixture
+from dwf_lab.attacks.mixture_aware import model_kind
 from dwf_lab.attacks.precision import precision_for
 from dwf_lab.core.config import pixel_fraction
 from dwf_lab.core.io import atomic_write_text
@@ -74,7 +75,7 @@ class _Target:
     name: str                       # stage name / eval file stem
     row: str
     load: Callable[[], nn.Module]
-    mixture: bool                   # gets the gate-aware attacks (known before loading)
+    mixture: bool | str             # gets the gate-aware attacks (known before loading; SoE, ADVMoE: their kind)
     fp32_only: bool = False         # a model bf16 evaluation is not checked on (SoE, ADVMoE): fp32
 
     def settings(self, s: AdaptiveSettings) -> AdaptiveSettings:
@@ -105,7 +106,7 @@ def _targets(run, seed: int, data, which: str | None, dev) -> list[_Target]:
                                    gets_gate_attacks("uniform_ensemble")))
             elif run.is_done(seed, name):
                 out.append(_Target(name, row, lambda n=name: load_run_model(run, seed, n, data,
-                                                                             map_location=dev), False, True))
+                                                                             map_location=dev), name, True))
     if not out and tokens and not stage_tokens:
         raise FileNotFoundError(f"no evaluated baseline among {', '.join(tokens)}: "
                                 "run python -m dwf_lab baselines first")
@@ -216,7 +217,7 @@ def adaptive_into_record(rec: dict, path, load: Callable[[], nn.Module], mixture
         merge_into_result(rec, {})   # keeps worst-case (all) in step with what is stored
         return None
     model = load().eval()
-    skip = [k for k in s.attack_names(is_mixture(model)) if k in stored]
+    skip = [k for k in s.attack_names(model_kind(model)) if k in stored]
     m = s.images(n)   # the attacks run on the first m test images (s.n_examples), stated with each result
     t0 = time.time()
     _, correct, found = evaluate_any(model, data.x_test[:m], data.y_test[:m], s, seed, dev, progress, skip, desc)

@@ -33,7 +33,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from dwf_lab.attacks.gate import is_mixture
+from dwf_lab.attacks.mixture_aware import model_kind
 from dwf_lab.attacks.precision import precision_for
 from dwf_lab.core.config import Profile
 from dwf_lab.core.io import atomic_write_text, file_sha256, jsonable
@@ -188,7 +188,7 @@ def evaluate_external(ext: ExternalModel, p: Profile, data: ImageData, out: Path
         print(f"dwf-lab: warning: {w}", file=sys.stderr)
     if not ext.validity.get("valid", True):   # said before any number, and in every row of the report
         print(f"dwf-lab: warning: {ext.name}: {NOT_VALID}: {'; '.join(ext.validity['reasons'])}", file=sys.stderr)
-    mixture = is_mixture(model)
+    mixture = model_kind(model)   # which attacks made for a model's parts apply
     again = f"{command or 'python -m dwf_lab evaluate --checkpoint FILE (or --model SPEC)'} --out {out}"
     with run.lock("evaluate"):
         path = run.eval_path(seed, ext.name)

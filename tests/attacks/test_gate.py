@@ -1,4 +1,6 @@
 """The gate-aware attacks read the mixture's own routing (MixtureOfExperts.log_weights), never a copy of it."""
+import sys
+
 import torch
 import torch.nn.functional as F
 
@@ -32,7 +34,7 @@ def test_the_routing_attack_uses_the_weights_forward_uses(make_mixture, images, 
     def one_step(*args, start, gradient, **kw):
         seen["g"] = gradient(start)
         return ()
-    monkeypatch.setattr(gate_attacks, "pgd_iterates", one_step)
+    monkeypatch.setattr(sys.modules["dwf_lab.attacks.pgd"], "pgd_iterates", one_step)   # the one core
     gate_attacks.routing_pgd(hot, images, y, 1, 1.0, EPS, ALPHA, 1, False, None)
     xg = images.clone().requires_grad_(True)
     (g,) = torch.autograd.grad(F.cross_entropy(hot(xg), y, reduction="sum"), xg)

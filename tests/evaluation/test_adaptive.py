@@ -233,8 +233,9 @@ def test_settings_sizes_and_keys():
     p = AdaptiveSettings.paper()
     assert (p.pgd_key, p.long_key) == ("pgd-20", "pgd-500x5")
     assert p.metric_names(True) == ["SA", "pgd-20", "pgd-dlr", "routing", "transfer-best", "pgd-500x5",
-                                    "autoattack", "worst-case (all)"]
-    assert "routing" not in p.metric_names(False)
+                                    "autoattack", "fixed-gate", "gated-margin", "routing-dlr", "worst-case (all)"]
+    assert "routing" not in p.metric_names(False) and "fixed-gate" not in p.metric_names(False)
+    assert p.attack_names("soe")[-1] == "soe-transfer" and p.attack_names("advmoe")[-1] == "route-fixed"
     assert p.attack_settings("autoattack", 0)["standard"] is True     # the paper size: the standard suite
     assert s.attack_settings("autoattack", 0)["standard"] is False    # smoke: a reduced budget, said so
     with pytest.raises(ValueError, match="aa_version"):
