@@ -19,6 +19,10 @@
     pack       write one archive of a run (settings, models, results, report, entries, model cards,
                a manifest of sha256s) to hand on
     unpack     verify an archive (a path or an http(s)/file URL) and install it as a run
+    bundle     confirm each evaluated model's worst case in fp32, image by image, and write its
+               bundle: the adversarial images (RobustBench's .pt layout), the entry, the sha256s
+    verify     check a bundle with one forward pass (clean and robust accuracy, the eps-ball, the
+               [0, 1] box, the hashes); one line per mismatch and exit 1
 
 A mistake (a bad setting, a missing run, a dataset that cannot be used, a damaged config.json,
 a run another process is using) prints one line ``dwf-lab: error: ...`` and exits with 2,
@@ -113,6 +117,14 @@ def _parser() -> argparse.ArgumentParser:
     common(parser("baselines", help="SoE, ADVMoE, uniform ensemble"))
     common(parser("ablations", help="the ablation table"))
     common(parser("report", help="write the report"))
+    bundle_p = parser("bundle", help="fp32 confirmation and a checkable bundle per evaluated model")
+    common(bundle_p)
+    bundle_p.add_argument("--model", dest="models", default=None, metavar="NAMES",
+                          help="comma-separated model names (default: every model with a worst case)")
+    verify_p = parser("verify", help="check a bundle with one forward pass")
+    verify_p.add_argument("bundle", metavar="BUNDLE", help="a bundle folder (runs/<run>/bundles/<model>_seed<k>)")
+    verify_p.add_argument("--checkpoint", default=None, metavar="FILE",
+                          help="the model's checkpoint (default: the one bundle.json names)")
     parser("profiles", help="list profiles")
     ins = parser("inspect", help="print a checkpoint's metadata")
     ins.add_argument("path")
@@ -186,6 +198,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def _verify(args) -> int:
+    """``verify BUNDLE``: 0 when every claim holds, else one line per mismatch on stderr and 1."""
+    from dwf_lab.pipeline.bundles import verify_bundle
+    r = verify_bundle(args.bundle, args.checkpoint)
+    for line in r["problems"]:
+        print(f"dwf-lab: verify: {line}", file=sys.stderr)
+    if r["clean"] is not None:
+        print(f"{args.bundle}: clean {r['clean']}/{r['n']}, robust {r['robust']}/{r['n']} "
+              f"(one forward pass, {r['seconds']:.1f} s)" + (": every claim holds" if not r["problems"] else ""))
+    return 1 if r["problems"] else 0
+
+
 def _check_stages(p, command: str, which: str) -> None:
     """--stage names stages of this profile (adaptive: also the baselines); else a ValueError."""
     from dwf_lab.training.stages import BASELINE_ROWS, select_stages
@@ -208,6 +232,8 @@ def _dispatch(args) -> int:
         return 0
     if args.command in ("pack", "unpack"):
         return _share(args)
+    if args.command == "verify":
+        return _verify(args)
 
     if args.command == "evaluate" and (args.checkpoint or args.model):
         return _evaluate_external(args)
@@ -240,7 +266,7 @@ def _dispatch(args) -> int:
     name = args.run or p.name
     if hasattr(args, "stage"):
         _check_stages(p, args.command, args.stage)
-    if args.command in ("evaluate", "adaptive", "report"):
+    if args.command in ("evaluate", "adaptive", "report", "bundle"):
         run = Run.open(name, p)   # a run that does not exist is an error, never created
         if args.command == "report":
             paths = run_all.report_run(run)
@@ -250,6 +276,16 @@ def _dispatch(args) -> int:
     from dwf_lab.store.runs import check_not_busy, runs_dir
     from dwf_lab.training.preflight import preflight
     preflight(p, data, args.command, getattr(args, "stage", None), runs_dir() / name)   # device, batches, memory
+    if args.command == "bundle":
+        from dwf_lab.pipeline.bundles import write_bundles
+        with run.lock("bundle"):
+            for b in write_bundles(run, data, args.models, progress=progress):
+                c = b["fp32_confirmation"]
+                print(f"{b['row']} seed {b['seed']}: clean {b['clean']['correct']}/{b['n']}, robust (fp32) "
+                      f"{b['robust']['correct']}/{b['n']} (stored, {b['stored_worst_case']['precision']}: "
+                      f"{b['stored_worst_case']['correct']}); broken only in the stored verdict: "
+                      f"{len(c['broken_only_stored'])}, only in fp32: {len(c['broken_only_fp32'])}")
+        return 0
     if args.command not in ("evaluate", "adaptive"):
         if distributed.env_world_size() == 1:   # (under torchrun each rank takes its own lock)
             check_not_busy(name, runs_dir() / name)   # a held run is refused before config.json is touched
