@@ -13,9 +13,10 @@ from dwf_lab.evaluation.keys import WORST
 from dwf_lab.evaluation.suite import ATTACKS, planned, scored_points
 from dwf_lab.mixture.moe import Gate, MixtureOfExperts
 from dwf_lab.models.registry import build_model
-from tinymodels import tiny_trained
 
 EPS, ALPHA = 8 / 255, 2 / 255
+from tinymodels import tiny_trained  # noqa: E402  (tests/ is on sys.path)
+
 KW = dict(width=0.0625, dataset="synthetic")
 
 

@@ -5,6 +5,7 @@ audit and the gradient-masking checklist; all three must flag a row beyond noise
 within it (each used to have its own threshold: 2 points, 2 SE, 2 points plus one image).
 """
 import pytest
+import torch
 
 from dwf_lab.evaluation import checklist
 from dwf_lab.evaluation.consistency import RULES, Z, binomial_se, check_pair, eps_growth, pgd_vs_fgsm
@@ -39,7 +40,8 @@ def _three_verdicts(monkeypatch, a: float, b: float, pgd: float, n: int = 200) -
     # the checklist measures FGSM at ε = 8/255 (b), PGD-20 (pgd) and PGD over an ε grid (a, b, ~0)
     model, data = tiny_trained(0)
     grid = {300: a, 301: b, 302: 1.0}
-    monkeypatch.setattr(checklist, "_pgd_acc", lambda *args, **kw: grid.get(args[9], pgd))
+    monkeypatch.setattr(checklist, "_pgd_correct",     # per example: the first acc% of the n images right
+                        lambda *args, **kw: torch.arange(n) < round(grid.get(args[9], pgd) * n / 100))
     accs = iter([90.0, b])                     # clean, FGSM
     monkeypatch.setattr(checklist, "accuracy_pct", lambda *args: next(accs))
     s = checklist.ChecklistSettings.smoke(eps=EPS, eps_grid=(EPS, 16 / 255, 0.3), n_examples=n)
