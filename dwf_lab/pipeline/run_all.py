@@ -11,7 +11,13 @@ from dwf_lab.pipeline.baselines import train_and_evaluate_baselines
 from dwf_lab.pipeline.reproduce import evaluate_run, train_run
 from dwf_lab.reporting.entries import write_entries
 from dwf_lab.reporting.model_cards import write_model_cards
-from dwf_lab.reporting.render import ablation_section, autoattack_section, checklist_section, write_report
+from dwf_lab.reporting.render import (
+    ablation_section,
+    autoattack_section,
+    checklist_section,
+    confirmation_section,
+    write_report,
+)
 from dwf_lab.store.runs import Run
 from dwf_lab.training.builders import load_data
 
@@ -21,7 +27,7 @@ def report_run(run: Run, dataset: str | None = None, data: ImageData | None = No
     the gradient-masking checklists and the ablation table where they exist. ``dataset`` None: the one the results name.
     Then a RobustBench-style entry per evaluated model and a model card per trained model
     (``data``: the run's data, whose test images the entries' hash identifies)."""
-    sections = [sec for sec in (autoattack_section(run.eval_dir),
+    sections = [sec for sec in (autoattack_section(run.eval_dir), confirmation_section(run.eval_dir),
                                 checklist_section(run.report_dir), ablation_section(run))
                 if sec is not None]
     written = write_report(run.eval_dir, run.report_dir, dataset, sections=sections)

@@ -427,3 +427,30 @@ def ablation_section(run) -> dict | None:
 def _ablation_rows(table: list[dict]) -> list[list]:
     return [[r["label"], r["question"], r["experts"], *(fmt_paper(r[k], "-") for k in ("SA", "PGD-20", "worst-case")),
              len(r["seeds"])] for r in table]
+
+
+def confirmation_section(eval_dir) -> dict | None:
+    """The headline confirmed in fp32, image by image (``"fp32_confirmation"`` of each record, written
+    by ``python -m dwf_lab bundle``: :mod:`dwf_lab.evaluation.confirm`), as a report section: the
+    stored worst case and its precision beside the fp32 one, and how many images each verdict alone
+    broke (None: no record was confirmed)."""
+    records = [r for r in load_results(eval_dir) if isinstance(r.get("fp32_confirmation"), dict)]
+    if not records:
+        return None
+    rows = []
+    for r in records:
+        c = r["fp32_confirmation"]
+        only_s, only_f = c.get("broken_only_stored") or [], c.get("broken_only_fp32") or []
+        rows.append([r.get("row") or r.get("model"), r.get("seed"), c.get("n"),
+                     f"{c.get('robust_stored_pct', 0):.1f} ({c.get('stored_precision')})",
+                     f"{c.get('robust_fp32_pct', 0):.1f}", len(only_s), len(only_f),
+                     "yes" if c.get("agree") else "no: images " + ", ".join(map(str, (only_s + only_f)[:8]))
+                     + (" ..." if len(only_s) + len(only_f) > 8 else "")])
+    notes = ["Each model's worst case confirmed per example in fp32: every image the stored verdict broke is "
+             "attacked again in fp32 until an fp32 forward pass on a point of its eps-ball is wrong (its "
+             "witness, kept in the model's bundle), and every image it left robust is attacked again in fp32 "
+             "by PGD-CE, PGD-DLR and AutoAttack. The fp32 column is the model's number; the bundle's "
+             "adversarial.pt re-derives it with one forward pass (python -m dwf_lab verify)."]
+    return {"title": "The worst case in fp32, per example (robust accuracy %, images)", "notes": notes,
+            "columns": ["model", "seed", "images", "stored worst case", "fp32 worst case",
+                        "broken only in the stored verdict", "broken only in fp32", "agree"], "rows": rows}

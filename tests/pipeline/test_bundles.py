@@ -14,6 +14,7 @@ from dwf_lab.evaluation.adaptive import AdaptiveSettings
 from dwf_lab.pipeline.adaptive import evaluate_adaptive_run
 from dwf_lab.pipeline.bundles import FILES, verify_bundle, write_bundles
 from dwf_lab.pipeline.reproduce import evaluate_run, train_run
+from dwf_lab.reporting.render import confirmation_section
 from dwf_lab.store.archive import files_to_pack
 from dwf_lab.store.runs import Run
 from dwf_lab.training.builders import load_data
@@ -48,6 +49,10 @@ def test_the_pipeline_bundle_verifies_and_the_record_keeps_the_fp32_confirmation
     assert conf["robust_fp32"] == info["robust"]["correct"] and conf["n"] == info["n"]
     assert json.loads((folder / "entry.json").read_text())["dwf_lab"]["model"] == "benign"
     assert any(f.startswith("bundles/benign_seed0/") for f in files_to_pack(run.root)), "pack includes bundles"
+    section = confirmation_section(run.eval_dir)
+    (row,) = section["rows"]
+    assert row[0] == "ResNet-18" and row[2] == info["n"] and row[4] == f"{conf['robust_fp32_pct']:.1f}"
+    assert row[5:7] == [len(conf["broken_only_stored"]), len(conf["broken_only_fp32"])]
 
 
 def _copy(folder, tmp_path):
