@@ -23,8 +23,10 @@ from typing import Sequence
 
 from dwf_lab.attacks.autoattack import label, official_autoattack
 from dwf_lab.evaluation.adaptive import AdaptiveSettings
+from dwf_lab.evaluation.attribution import attribution_rows
 from dwf_lab.evaluation.diagnostics import DiagnosticSettings, diagnose_mixture
 from dwf_lab.evaluation.records import load_checklist
+from dwf_lab.evaluation.suite import scored_points
 from dwf_lab.pipeline.adaptive import evaluate_adaptive_run, stored_autoattack_is_standard
 from dwf_lab.pipeline.reproduce import evaluate_run, train_run
 from dwf_lab.pipeline.run_all import report_run
@@ -75,12 +77,16 @@ def evaluate(run, seed: int, data, s: AdaptiveSettings, stages: Sequence[str], s
 
 
 def tables(records: Sequence[dict], dataset: str) -> dict:
-    """``{"rows", "columns", "comparison" (markdown), "bars" (figure), "reading" (markdown),
+    """``{"rows", "columns", "comparison" (markdown, with the point each attack scores), "broken_by"
+    (markdown: per model, the images broken by generic / router-aware / expert-aware attacks only, or
+    several), "bars" (figure), "reading" (markdown),
     "autoattack" (markdown: stage by stage and in words)}``."""
     rows, cols = comparison_rows(records, dataset)
     attack_cols = [c for c in cols if c not in TABLE_EXTRA]
     return {"rows": rows, "columns": cols,
-            "comparison": markdown_table(rows, cols) + f"\n\n*{comparability_note(dataset)}*",
+            "comparison": markdown_table(rows, cols) + f"\n\n*{comparability_note(dataset)}* "
+                          f"*{scored_points(cols)}*",
+            "broken_by": markdown_table(attribution_rows(records)),
             "bars": accuracy_bars(rows, attack_cols,
                                   title="Accuracy under each attack, and the per-image worst case (%)"),
             "reading": adaptive_reading(rows),
