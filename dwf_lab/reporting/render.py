@@ -19,10 +19,13 @@ import plotly.graph_objects as go
 
 from dwf_lab.core.config import Profile
 from dwf_lab.core.io import atomic_write_bytes, atomic_write_text
+from dwf_lab.evaluation.attribution import CATEGORIES, attribution_rows
+from dwf_lab.evaluation.convergence import sentence as convergence_sentence
 from dwf_lab.evaluation.model_checks import NOT_VALID
 from dwf_lab.evaluation.protocol import ablation_eval_settings
 from dwf_lab.evaluation.records import infer_dataset, load_checklist, load_results
-from dwf_lab.reporting.figures import figure_fgsm, figure_pgd
+from dwf_lab.evaluation.suite import scored_points
+from dwf_lab.reporting.figures import convergence_figure, figure_fgsm, figure_pgd
 from dwf_lab.reporting.paper import DATASET_LABELS
 from dwf_lab.reporting.tables import (
     AA_STAGE_LABELS,
@@ -454,3 +457,69 @@ def confirmation_section(eval_dir) -> dict | None:
     return {"title": "The worst case in fp32, per example (robust accuracy %, images)", "notes": notes,
             "columns": ["model", "seed", "images", "stored worst case", "fp32 worst case",
                         "broken only in the stored verdict", "broken only in fp32", "agree"], "rows": rows}
+
+
+def attribution_section(eval_dir) -> dict | None:
+    """Which kind of attack broke each image (:mod:`dwf_lab.evaluation.attribution`), per evaluated
+    model, as a report section, with the point each attack of the run scores (last iterate, any
+    iterate, best); None when no record has per-example results for two or more attacks."""
+    records = load_results(eval_dir) if any(Path(eval_dir).glob("*.json")) else []
+    rows = attribution_rows(records)
+    if not rows:
+        return None
+    keys = sorted({k for r in records for k in (r.get("per_example") or {})})
+    notes = ["Each image a model classifies correctly and the per-example worst case breaks, under the "
+             "families of the attacks that broke it: generic (the paper's FGSM and PGD, PGD on other "
+             "losses, AutoAttack), router-aware (attacks that steer or bypass the gate) and expert-aware "
+             "(attacks through the experts with the gate held fixed, on their margins, or crafted on one "
+             "expert). Images that only a router- or expert-aware attack breaks are robustness the "
+             "generic numbers overstate."]
+    line = scored_points(keys)
+    if line:
+        notes.append(line)
+    columns = ["model", "seed", "images", *CATEGORIES]
+    return {"title": "Broken images by attack family", "notes": notes, "columns": columns,
+            "rows": [[r[c] for c in columns] for r in rows]}
+
+
+CONVERGENCE_FIGURE = "convergence.html"
+
+
+def _convergence_files(run) -> list[dict]:
+    return [json.loads(path.read_text(encoding="utf-8")) for path in run.convergences().values()]
+
+
+def convergence_section(run) -> dict | None:
+    """Robust accuracy against attack compute for the models with a convergence file
+    (:mod:`dwf_lab.pipeline.convergence`): the worst case at the profile's budget, at twice it and
+    both per example, with the verdict of each, computed from its numbers (None: no file yet)."""
+    found = _convergence_files(run)
+    if not found:
+        return None
+    rows, notes = [], []
+    for c in found:
+        name = c.get("row") or c.get("model")
+        rows += [[name, c["seed"], c["n"], r["budget"], f"{r['robust accuracy (%)']:.1f}", r["images broken"],
+                  f"{r['passes per image']:g}"] for r in c["rows"]]
+        notes.append(f"{name} (seed {c['seed']}): {convergence_sentence(c)}")
+    twice = found[0].get("attacks") or {}
+    notes += ["Twice the budget, per attack: " + "; ".join(f"{e['label']}: {e['change']}" for e in twice.values()
+                                                           if e.get("change")) + ". Same images, same eps; the "
+              "columns no attack of the suite owns (clean, the paper's protocol) count in both.",
+              f"Attack work is the adaptive attacks' (dwf_lab.core.work: passes per image). Figure: "
+              f"report/{CONVERGENCE_FIGURE}."]
+    return {"title": "Has the worst case converged? Robust accuracy against attack compute", "notes": notes,
+            "columns": ["model", "seed", "images", "budget", "robust accuracy (%)", "images broken",
+                        "passes per image"], "rows": rows}
+
+
+def write_convergence_figure(run) -> Path | None:
+    """``report/convergence.html`` (:func:`convergence_figure`) when a model has a convergence file."""
+    found = _convergence_files(run)
+    if not found:
+        return None
+    fig = convergence_figure({f"{c.get('row') or c.get('model')} (seed {c['seed']})": c["rows"] for c in found})
+    path = run.report_dir / CONVERGENCE_FIGURE
+    run.report_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, fig.to_html(include_plotlyjs=True, full_html=True))
+    return path

@@ -24,3 +24,18 @@ def test_each_broken_image_goes_to_one_category():
     rec = {"model": "mixture", "row": "DWF", "seed": 0, "n_test": 8,
            "per_example": {k: pack_bits(v) for k, v in correct.items()}}
     assert attribution_rows([rec]) == [{"model": "DWF", "seed": 0, "images": 8, **got}]
+
+
+def test_the_report_has_the_attribution_and_says_which_point_each_attack_scores(tmp_path):
+    import json
+
+    from dwf_lab.reporting.render import attribution_section
+    assert attribution_section(tmp_path) is None                # nothing evaluated: no section
+    correct = {"SA": _bits(7), "pgd:20": _bits(0, 7), "routing": _bits(1, 3, 7), "fixed-gate": _bits(2, 3, 7)}
+    rec = {"model": "mixture", "row": "DWF", "seed": 0, "n_test": 8, "dataset": "synthetic",
+           "metrics": {"SA": 87.5}, "per_example": {k: pack_bits(v) for k, v in correct.items()}}
+    (tmp_path / "mixture_seed0.json").write_text(json.dumps(rec))
+    sec = attribution_section(tmp_path)
+    assert sec["rows"] == [["DWF", 0, 8, 1, 1, 1, 1]]
+    scored = next(n for n in sec["notes"] if n.startswith("Point scored"))
+    assert "pgd:20" in scored and "routing" in scored and "fixed-gate" in scored
