@@ -346,4 +346,84 @@ def check_matches_package(kind: str, by_hand: nn.Module, loss: torch.Tensor, sta
     n = sum(q.numel() for q in by_hand.parameters())
     print(f"your step equals dwf_lab's train_step({kind!r}): loss {loss_package.item():.4f}, "
           f"{n:,} parameters and every BatchNorm statistic the same")
-    return float(loss_package)
+    return float(loss_package.detach())
+
+
+# ======================================================== the linear model ==
+LINEAR_SIDES = (4, 8, 16, 32)   # the same images at 4x4 ... 32x32 pixels: d = 48 ... 3072
+
+
+def linear_model_gain(data: ImageData, eps: float = 8 / 255, sides: Sequence[int] = LINEAR_SIDES,
+                      classes: tuple[int, int] = (0, 1), l2: float = 1e-3, max_iter: int = 200) -> list[dict]:
+    """Goodfellow et al. (2015)'s "why", measured: a logistic regression ``w·x + b`` separating two
+    classes, fit (L-BFGS, L2 penalty ``l2``) on the training images of ``classes`` averaged down to
+    ``side`` x ``side`` pixels, for each side of ``sides`` (input dimension d = channels x side²).
+    The worst perturbation in the L∞ ball of radius ``eps`` moves every example's margin
+    y·(w·x + b) by exactly ε‖w‖₁ = ε·m·d (m: the mean |w_i|), in closed form (the [0, 1] box
+    ignored); on the test images of those classes. One row per d: ``{"d", "side", "mean |w_i|",
+    "eps*|w|_1", "median |margin|", "clean %", "attacked %"}``. A few seconds on a CPU."""
+    a, b = classes
+
+    def pick(x, y):
+        keep = (y == a) | (y == b)
+        return x[keep].float().cpu(), torch.where(y[keep] == a, 1.0, -1.0).cpu()
+
+    x, y = pick(data.x_train, data.y_train)
+    xt, yt = pick(data.x_test, data.y_test)
+    if len(x) == 0 or len(xt) == 0:
+        raise ValueError(f"no images of classes {classes} in {data.name}")
+    rows = []
+    for side in sides:
+        z = torch.nn.functional.adaptive_avg_pool2d(x, side).flatten(1)
+        zt = torch.nn.functional.adaptive_avg_pool2d(xt, side).flatten(1)
+        mu = z.mean(0)                                    # centred: the bias need not carry the mean
+        w = torch.zeros(z.shape[1], requires_grad=True)
+        bias = torch.zeros(1, requires_grad=True)
+        opt = torch.optim.LBFGS([w, bias], max_iter=max_iter, line_search_fn="strong_wolfe")
+
+        def closure():
+            opt.zero_grad()
+            loss = torch.nn.functional.softplus(-y * ((z - mu) @ w + bias)).mean() + l2 * (w * w).sum()
+            loss.backward()
+            return loss
+        opt.step(closure)
+        with torch.no_grad():
+            margin = yt * ((zt - mu) @ w + bias)
+            gain = eps * float(w.abs().sum())
+            rows.append({"d": z.shape[1], "side": side, "mean |w_i|": float(w.abs().mean()), "eps*|w|_1": gain,
+                         "median |margin|": float(margin.abs().median()),
+                         "clean %": 100 * float((margin > 0).float().mean()),
+                         "attacked %": 100 * float((margin - gain > 0).float().mean())})
+    return rows
+
+
+# ======================================================= inside a mixture ==
+def logit_spread(mixture: nn.Module, x: torch.Tensor, names: Sequence[str], benign: str = "benign",
+                 batch_size: int = 256) -> dict:
+    """How wide each expert's logits spread inside a trained mixture, on the images ``x``: per
+    expert the mean over images of the standard deviation of its logits over the classes
+    (``std``), its mean gate weight (``weight``) and its mean share of the mixture's logit scale,
+    w_i·std_i / Σ_j w_j·std_j (``share``). Eq. 1 sums logits, so an expert whose logits spread
+    k times wider weighs k times more in the sum than its gate weight says. Returns ``{"rows",
+    "benign", "robust_std" (the mean std of the other experts), "ratio" (benign std / robust_std,
+    None without a benign expert)}``."""
+    dev = next(mixture.parameters()).device
+    mixture.eval()
+    stds, ranges, weights = [], [], []
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            xb = x[i:i + batch_size].to(dev)
+            f = torch.stack([e(xb).float() for e in mixture.experts], dim=1).cpu()   # (images, experts, classes)
+            stds.append(f.std(dim=2))
+            ranges.append(f.max(dim=2).values - f.min(dim=2).values)
+            weights.append(torch.softmax(mixture.gate(xb).float(), dim=1).cpu())
+    std, spread, w = torch.cat(stds), torch.cat(ranges), torch.cat(weights)   # (images, experts)
+    share = (w * std) / (w * std).sum(dim=1, keepdim=True)
+    names = list(names)
+    rows = [{"expert": n, "std": float(std[:, i].mean()), "max-min": float(spread[:, i].mean()),
+             "weight": float(w[:, i].mean()), "share": float(share[:, i].mean())} for i, n in enumerate(names)]
+    others = [r["std"] for r in rows if r["expert"] != benign]
+    robust_std = sum(others) / len(others) if others else None
+    has_benign = benign in names and robust_std
+    return {"rows": rows, "benign": benign, "robust_std": robust_std,
+            "ratio": rows[names.index(benign)]["std"] / robust_std if has_benign else None}

@@ -649,3 +649,60 @@ __all__ = ["ATTACK_KINDS", "Diagnosis", "ExerciseFailed", "MISTAKES", "NOT_ATTEM
            "check_images", "check_pgd_readings", "check_routing", "check_topk_logits", "check_upper_bounds",
            "diagnose_attack", "fgsm_accuracies", "not_attempted", "verdict", "first_flip", "pgd_readings", "reference_attack", "same_images",
            "signed_steps", "softmax_ce", "upper_bounds"]
+
+
+# ====================================================== the linear model ==
+def linear_worst_delta(w: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
+    """The closed-form inner maximum for a linear score ``w·x + b`` and labels ``y`` in {-1, +1}:
+    the logistic loss log(1 + exp(-y (w·x + b))) grows as y·w·δ falls, and over the L∞ ball
+    ``y·w·δ`` is smallest at the corner δ* = -ε·y·sign(w) (it falls by ε‖w‖₁): one row per label."""
+    return -eps * y.to(w.dtype)[:, None] * torch.sign(w)[None, :]
+
+
+def check_linear_worst(n, fn: Callable, w: torch.Tensor, y: torch.Tensor, eps: float) -> bool:
+    """Exercise ``n``: ``fn(w, y, eps)`` -> the (len(y), d) perturbations that raise each example's
+    logistic loss the most inside the L∞ ball, against :func:`linear_worst_delta`, naming the
+    mistake (the wrong direction, the label ignored, the gradient instead of its sign, outside
+    the ball)."""
+    if not attempted(fn):
+        return not_attempted(n)
+    try:
+        got = fn(w.clone(), y.clone(), eps)
+    except NotImplementedError:
+        return not_attempted(n)
+    if not attempted(got):
+        return not_attempted(n)
+    want = linear_worst_delta(w, y, eps)
+    got = torch.as_tensor(got).detach().to(want.dtype)
+    if got.shape != want.shape:
+        return verdict(n, Diagnosis("shape", f"give one perturbation per example, shape {tuple(want.shape)}, "
+                                     f"got {tuple(got.shape)}"))
+    if torch.allclose(got, want, atol=1e-6):
+        gain = float(eps * w.abs().sum())
+        return verdict(n, Diagnosis("ok", f"δ* = -ε·y·sign(w): each example's margin y(w·x + b) falls by "
+                                     f"ε‖w‖₁ = {gain:.3f}, the most the ε-ball allows"))
+    ys = y.to(w.dtype)[:, None]
+    named = [("wrong_sign", -want, "step in the wrong direction: that raises y·(w·x + b), so it lowers the loss"),
+             ("label_ignored", (-eps * torch.sign(w))[None, :].expand_as(want),
+              "the label is ignored: for y = -1 the loss grows when the score rises, so δ* = -ε·y·sign(w)"),
+             ("label_ignored", (eps * torch.sign(w))[None, :].expand_as(want),
+              "the label is ignored: for y = +1 the loss grows when the score falls, so δ* = -ε·y·sign(w)"),
+             ("no_sign", -eps * ys * w[None, :],
+              "ε times w, not ε times sign(w): a linear function is maximised over the L∞ ball at a corner, "
+              "every coordinate at ±ε"),
+             ("no_sign", -eps * ys * w[None, :] / w.abs().max(),
+              "w rescaled into the ball is not the corner: every coordinate should move by the full ε, "
+              "δ* = -ε·y·sign(w)"),
+             ("no_eps", -ys * torch.sign(w)[None, :], "no ε: the perturbation must stay in the ε-ball")]
+    for key, variant, line in named:
+        if torch.allclose(got, variant, atol=1e-6):
+            return verdict(n, Diagnosis(key, line))
+    if float(got.abs().max()) > eps + 1e-6:
+        return verdict(n, Diagnosis("projection", f"outside the ε-ball: the largest |δ_i| is "
+                                     f"{float(got.abs().max()):.4f} > ε = {eps:.4f}"))
+    lost = float((ys * (got @ w[:, None])).mean())
+    return verdict(n, Diagnosis("differs", f"your δ lowers y·w·x by {-lost:.4f} on average; the corner "
+                                 f"δ* = -ε·y·sign(w) lowers it by ε‖w‖₁ = {float(eps * w.abs().sum()):.4f}"))
+
+
+__all__ += ["check_linear_worst", "linear_worst_delta"]

@@ -331,3 +331,25 @@ def ablation_bar_chart(table: list[dict], title: str = "Ablations: clean, PGD-20
     fig.update_layout(barmode="group", title=title, yaxis_title="accuracy (%)",
                       yaxis_range=[0, 100], legend_title="metric")
     return fig
+
+
+def tradeoff_scatter(rows: Sequence[Mapping], attack: str, title: str | None = None,
+                     name_key: str = "model") -> go.Figure:
+    """Clean accuracy (x) against accuracy under ``attack`` (y), one labelled point per model:
+    the robustness-accuracy trade-off of a run's experts, with the mixture among them."""
+    fig = go.Figure()
+    for i, r in enumerate(rows):
+        name = str(r[name_key])
+        kind = "mixture" if "mixture" in name.lower() else next(
+            (k for k in ("benign", "fgsm", "pgd") if name.lower().startswith(k)), None)
+        fig.add_trace(go.Scatter(x=[r["clean"]], y=[r[attack]], mode="markers+text", name=name, text=[name],
+                                 textposition="top center",
+                                 marker=dict(size=14 if "mixture" in name.lower() else 10,
+                                             symbol="star" if "mixture" in name.lower() else "circle",
+                                             color=KIND_COLORS.get(kind, _PALETTE[i % len(_PALETTE)]))))
+    fig.update_layout(title=title or f"Clean accuracy against accuracy under {attack}",
+                      xaxis_title="clean accuracy (%)", yaxis_title=f"accuracy under {attack} (%)",
+                      template=TEMPLATE, height=420, width=640, showlegend=False)
+    fig.update_xaxes(range=[0, 100])
+    fig.update_yaxes(range=[0, 100])
+    return fig

@@ -600,3 +600,109 @@ def _gate_alone(ablations: Sequence[Mapping]) -> list[tuple[str, int, int]]:
         text = (f"This run cannot tell the gate from equal weights: {what}, within noise; no evidence here "
                 "that the gate itself adds robustness")
     return [(text, min(a.n, b.n), min(a.seeds, b.seeds))]
+
+
+def paper_claim(dataset: str = "cifar10") -> dict:
+    """The claim the course tests, read from the paper's Tables 2-3 (never typed): DWF's clean
+    accuracy and its accuracy under PGD-20 on ``dataset``, each mean and std over the paper's five
+    runs, with a sentence. ``{"clean": (mean, std), "pgd20": (mean, std), "text": str}``."""
+    clean, pgd20 = paper_value("table2", dataset, "DWF", "SA"), paper_value("table3", dataset, "DWF", "20")
+    if clean is None or pgd20 is None:
+        raise ValueError(f"the paper reports no DWF row for {dataset!r}")
+    label = DATASET_LABELS[paper_dataset(dataset)]
+    text = (f"The paper's claim (Tables 2 and 3): on {label}, DWF keeps {clean[0]:.1f} % ± {clean[1]:.1f} of the "
+            f"clean test images and {pgd20[0]:.1f} % ± {pgd20[1]:.1f} under PGD-20 at ε = 8/255 "
+            f"(mean ± std over the paper's {PAPER_RUNS} runs).")
+    return {"clean": clean, "pgd20": pgd20, "text": text}
+
+
+def logit_scale_reading(spread: Mapping, min_ratio: float = 1.5) -> str:
+    """What :func:`dwf_lab.course.analyses.logit_spread` measured, in words: the benign expert's
+    logits spread ``ratio`` times wider than the robust experts'; the sentence that a weighted sum
+    of logits follows the benign expert is said only when the ratio is at least ``min_ratio`` and
+    the benign expert's share of the mixture's logit scale exceeds its share of the gate's weight."""
+    ratio, benign = spread.get("ratio"), spread.get("benign")
+    rows = {r["expert"]: r for r in spread.get("rows", [])}
+    if ratio is None or benign not in rows:
+        return "No benign expert in this mixture: nothing to compare its logit scale with."
+    b = rows[benign]
+    measured = (f"The benign expert's logits spread {ratio:.1f}x as wide as the robust experts' (mean per-image "
+                f"standard deviation over the classes: {b['std']:.2f} against {spread['robust_std']:.2f}).")
+    if ratio >= min_ratio and b["share"] > b["weight"]:
+        return (measured + f" Eq. 1 sums logits, so scale is a vote: with {100 * b['weight']:.0f} % of the gate's "
+                f"weight the benign expert carries {100 * b['share']:.0f} % of the mixture's logit scale, and where "
+                "an attack swings its logits the weighted sum follows them, unless the gate moves its weight away.")
+    return measured + (" At this ratio, and with this weight, the logit scale alone does not explain why the "
+                       "mixture follows one expert.")
+
+
+def tradeoff_reading(rows: Sequence[Mapping], attack: str, mixture: str = "DWF mixture",
+                     n: int | None = None) -> str:
+    """Clean against ``attack`` accuracy of each expert and the mixture (rows as
+    :func:`dwf_lab.course.analyses.robustness` gives them): the experts' trade-off in words, and
+    whether the mixture escapes it here -- no expert at least as accurate *and* as robust, and a
+    point above the line joining the experts around its clean accuracy. With ``n`` (the images
+    measured) the binomial standard error is quoted, and a gap smaller than it is called noise."""
+    experts = [r for r in rows if r["model"] != mixture]
+    mix = next((r for r in rows if r["model"] == mixture), None)
+    if mix is None or len(experts) < 2:
+        return "Not enough models to read a trade-off."
+    se = accuracy_se(50.0, n) if n else 0.0   # the largest standard error on n images (at 50 %), in points
+    robust = max(experts, key=lambda r: r[attack])
+    clean = max(experts, key=lambda r: r["clean"])
+    out = [f"Among the experts, the most accurate on clean images ({clean['model']}, {clean['clean']:.0f} % clean) "
+           f"keeps {clean[attack]:.0f} % under {attack}; the most robust ({robust['model']}, {robust[attack]:.0f} %) "
+           f"keeps {robust['clean']:.0f} % clean."]
+    traded = robust["clean"] < clean["clean"] - se and robust[attack] > clean[attack] + se
+    if traded:
+        out.append("Adversarial training bought robustness with clean accuracy, as the trade-off predicts.")
+    else:
+        out.append("On these images the experts do not show the trade-off beyond noise.")
+    beats = [r for r in experts if r["clean"] >= mix["clean"] + se and r[attack] >= mix[attack] + se]
+    where = f"The mixture sits at {mix['clean']:.0f} % clean, {mix[attack]:.0f} % under {attack}"
+    if beats:
+        out.append(where + f": {', '.join(r['model'] for r in beats)} {'is' if len(beats) == 1 else 'are'} more "
+                   "accurate and more robust at once, so here the mixture does not escape the trade-off.")
+        return " ".join(out)
+    if not traded:
+        out.append(where + ": with no trade-off among its experts, there is none for it to escape here.")
+        return " ".join(out)
+    pts = sorted((r["clean"], r[attack]) for r in experts)
+    left = [p for p in pts if p[0] <= mix["clean"]]
+    right = [p for p in pts if p[0] >= mix["clean"]]
+    if left and right:
+        (c0, a0), (c1, a1) = max(left, key=lambda p: p[1]), max(right, key=lambda p: p[1])
+        line = a0 if c1 == c0 else a0 + (a1 - a0) * (mix["clean"] - c0) / (c1 - c0)
+        if mix[attack] > line + se:
+            out.append(where + f", above the line joining its experts ({line:.0f} % at that clean accuracy): "
+                       "here it escapes the experts' trade-off.")
+        else:
+            out.append(where + f", not above the line joining its experts ({line:.0f} % at that clean accuracy): "
+                       "here it trades like they do.")
+    else:
+        side = "cleaner" if not right else "less accurate"
+        out.append(where + f": {side} than every expert, and no expert is both more accurate and more robust.")
+    if n:
+        out.append(f"(On {n} images a percentage is uncertain by up to ± {se:.1f} points: smaller gaps are noise.)")
+    return " ".join(out)
+
+
+def linear_gain_reading(rows: Sequence[Mapping]) -> str:
+    """What :func:`dwf_lab.course.analyses.linear_model_gain` measured, in words: how much ε‖w‖₁
+    grew from the smallest to the largest input dimension, beside the margins; the sentence that
+    it grows with d is said only when it rose at every step."""
+    if len(rows) < 2:
+        return "One input dimension only: nothing to compare."
+    first, last = rows[0], rows[-1]
+    gains = [r["eps*|w|_1"] for r in rows]
+    said = (f"From d = {first['d']} to d = {last['d']}, ε‖w‖₁ went from {gains[0]:.2f} to {gains[-1]:.2f} "
+            f"({gains[-1] / gains[0]:.1f}x), the median margin from {first['median |margin|']:.2f} to "
+            f"{last['median |margin|']:.2f}, and accuracy under δ* from {first['attacked %']:.0f} % to "
+            f"{last['attacked %']:.0f} %.")
+    if all(b > a for a, b in zip(gains, gains[1:])):
+        if gains[-1] / gains[0] > last["median |margin|"] / max(first["median |margin|"], 1e-12):
+            return said + (" The same ε = 8/255 per pixel shifts the score more the more pixels there are, and "
+                           "faster than the typical margin grows: in high dimension a tiny ε is enough.")
+        return said + (" The same ε = 8/255 per pixel shifts the score more the more pixels there are, but on "
+                       "these data the typical margin grew as fast, so the attack gained nothing on it.")
+    return said + " Here ε‖w‖₁ did not grow at every step with d: on these data the fit's weights shrank as d grew."
