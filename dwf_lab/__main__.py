@@ -11,6 +11,9 @@
                package.module:factory, a model no run trained: protocol, adaptive attacks,
                checklist and report into --out DIR (default runs/external/<name>)
     adaptive   AutoAttack, gate-aware and transfer attacks, worst case, gradient-masking checklist
+    convergence  the headline model's worst case at its attacks' budget and at twice it, on the same
+               images (--model NAMES, default mixture): robust accuracy against attack compute and
+               whether it converged, into the report
     baselines  SoE, ADVMoE and the uniform ensemble, trained and evaluated like the rest
     ablations  the paper's open ablations (experts, freezing, routing, strengths, batch mix)
     report     write Tables 2-3 and Figures 6-7 beside the paper's numbers
@@ -114,6 +117,10 @@ def _parser() -> argparse.ArgumentParser:
     adaptive_p = parser("adaptive", help="attacks beyond the paper + checklist")
     common(adaptive_p, stage=True)
     attack_flags(adaptive_p, "")
+    convergence_p = parser("convergence", help="the worst case at the attacks' budget and at twice it")
+    common(convergence_p)
+    convergence_p.add_argument("--model", dest="models", default="mixture", metavar="NAMES",
+                               help="comma-separated models (default: mixture, DWF; e.g. mixture,pgd-at)")
     common(parser("baselines", help="SoE, ADVMoE, uniform ensemble"))
     common(parser("ablations", help="the ablation table"))
     common(parser("report", help="write the report"))
@@ -166,7 +173,7 @@ def _profile(args):
 
 
 # commands that only read a run: without --profile they take its settings from its config.json
-READS_THE_RUN = ("evaluate", "adaptive", "report")
+READS_THE_RUN = ("evaluate", "adaptive", "report", "convergence")
 
 
 def _stored_settings(args) -> dict | None:
@@ -266,7 +273,7 @@ def _dispatch(args) -> int:
     name = args.run or p.name
     if hasattr(args, "stage"):
         _check_stages(p, args.command, args.stage)
-    if args.command in ("evaluate", "adaptive", "report", "bundle"):
+    if args.command in ("evaluate", "adaptive", "report", "bundle", "convergence"):
         run = Run.open(name, p)   # a run that does not exist is an error, never created
         if args.command == "report":
             paths = run_all.report_run(run)
@@ -286,7 +293,7 @@ def _dispatch(args) -> int:
                       f"{b['stored_worst_case']['correct']}); broken only in the stored verdict: "
                       f"{len(c['broken_only_stored'])}, only in fp32: {len(c['broken_only_fp32'])}")
         return 0
-    if args.command not in ("evaluate", "adaptive"):
+    if args.command not in ("evaluate", "adaptive", "convergence"):
         if distributed.env_world_size() == 1:   # (under torchrun each rank takes its own lock)
             check_not_busy(name, runs_dir() / name)   # a held run is refused before config.json is touched
         run = Run(name, p)
@@ -419,7 +426,11 @@ def _work(args, p, run, data, progress: bool) -> int:
             from dwf_lab.pipeline.adaptive import evaluate_adaptive_run
             evaluate_adaptive_run(run, seed, data, _adaptive_settings(args, run.profile), progress=progress, which=args.stage,
                                   redo=_redo(args))
-    if args.command in ("adaptive", "baselines", "ablations"):
+        elif args.command == "convergence":
+            from dwf_lab.pipeline.convergence import convergence_run
+            for c in convergence_run(run, seed, data, which=args.models, progress=progress):
+                print(f"{c['row']} seed {seed}: {c['sentence']}")
+    if args.command in ("adaptive", "baselines", "ablations", "convergence"):
         run_all.report_run(run, data=data)
     return 0
 

@@ -15,7 +15,9 @@ it:
   and AutoAttack stage by stage;
 - :func:`standard_suite`: the standard AutoAttack on a few images (or the command that runs it);
 - :func:`checklists`: the gradient-masking checklist of every model and the mixture's evidence;
-- :func:`inside`: each expert alone, the gate's weights under attack, transfer between them.
+- :func:`inside`: each expert alone, the gate's weights under attack, transfer between them;
+- :func:`convergence`: DWF's worst case at the budget and at twice it, against attack compute, with
+  its verdict (resumable: the doubled attacks are stored with the run).
 """
 from __future__ import annotations
 
@@ -28,9 +30,16 @@ from dwf_lab.evaluation.diagnostics import DiagnosticSettings, diagnose_mixture
 from dwf_lab.evaluation.records import load_checklist
 from dwf_lab.evaluation.suite import scored_points
 from dwf_lab.pipeline.adaptive import evaluate_adaptive_run, stored_autoattack_is_standard
+from dwf_lab.pipeline.convergence import HEADLINE, convergence_run
 from dwf_lab.pipeline.reproduce import evaluate_run, train_run
 from dwf_lab.pipeline.run_all import report_run
-from dwf_lab.reporting.figures import accuracy_bars, expert_accuracy_bar, transfer_heatmap, weights_bar
+from dwf_lab.reporting.figures import (
+    accuracy_bars,
+    convergence_figure,
+    expert_accuracy_bar,
+    transfer_heatmap,
+    weights_bar,
+)
 from dwf_lab.reporting.paper import comparability_note
 from dwf_lab.reporting.readings import adaptive_reading, autoattack_reading
 from dwf_lab.reporting.render import markdown_table
@@ -129,5 +138,16 @@ def inside(mixture, data, p, seed: int) -> list:
             transfer_heatmap(diag["transfer"]["accuracy"], diag["transfer"]["sources"])]
 
 
-__all__ = ["checklists", "evaluate", "expert_names", "inside", "settings", "settings_markdown", "standard_suite",
+def convergence(run, seed: int, data, s: AdaptiveSettings | None = None, which: str = HEADLINE):
+    """(markdown, figure): the worst case of ``which`` (default DWF's mixture) at the budget ``s``
+    (default the profile's), at twice it and both per example, against the attacks' work in passes
+    per image, and the verdict ("converged" only when doubling broke at most one image in 500)."""
+    found = convergence_run(run, seed, data, s, which=which, progress=False)
+    md = "\n\n".join(markdown_table(c["rows"], ["budget", "robust accuracy (%)", "images broken", "passes per image"])
+                      + f"\n\n**{c['row']}**, first {c['n']} test images: {c['sentence']}" for c in found)
+    fig = convergence_figure({c["row"]: c["rows"] for c in found})
+    return md or f"No finished {which} in this run yet.", fig
+
+
+__all__ = ["checklists", "convergence", "evaluate", "expert_names", "inside", "settings", "settings_markdown", "standard_suite",
            "tables", "train"]

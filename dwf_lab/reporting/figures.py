@@ -353,3 +353,22 @@ def tradeoff_scatter(rows: Sequence[Mapping], attack: str, title: str | None = N
     fig.update_xaxes(range=[0, 100])
     fig.update_yaxes(range=[0, 100])
     return fig
+
+
+def convergence_figure(curves: Mapping[str, Sequence[Mapping]],
+                       title: str = "Robust accuracy against attack compute: the worst case at the budget and at "
+                                    "twice it") -> go.Figure:
+    """Per model (``curves``: label -> the rows of :meth:`dwf_lab.evaluation.convergence.Convergence.rows`),
+    the per-example worst case's robust accuracy against the attacks' work in passes per image: the
+    profile's budget, twice it, and both per example. A flat line is a worst case that has converged."""
+    fig = go.Figure()
+    for i, (name, rows) in enumerate(curves.items()):
+        rows = sorted(rows, key=lambda r: r["passes per image"])
+        fig.add_trace(go.Scatter(x=[r["passes per image"] for r in rows], y=[r["robust accuracy (%)"] for r in rows],
+                                 mode="lines+markers+text", name=name, text=[r["budget"].split(" (")[0] for r in rows],
+                                 textposition="top center", line=dict(color=_PALETTE[i % len(_PALETTE)])))
+    fig.update_layout(title=title, xaxis_title="attack work (passes per image, log scale)",
+                      yaxis_title="robust accuracy, worst case (%)", template=TEMPLATE, height=420, width=760)
+    fig.update_xaxes(type="log")
+    fig.update_yaxes(rangemode="tozero")
+    return fig

@@ -11,6 +11,7 @@ runs/<name>/
     checkpoints/<stage>/   state.safetensors (resume) + epoch-NNN.safetensors
     models/<stage>.safetensors   the finished model of each stage (marks it done)
   eval/<stage>_seed<k>.json      evaluation results, per example included
+  eval/convergence/<stage>_seed<k>.json   the worst case at the attacks' budget and at twice it
   report/                  Tables 2-3 (JSON, markdown, HTML), Figures 6-7
   notebooks/               executed copies of the course (papermill)
 """
@@ -133,6 +134,12 @@ def check_not_busy(name: str, root: Path) -> None:
         raise RunBusyError(f"run {name!r} at {root} is in use by {Run._holder(Path(root) / '.lock.owner.json')}; "
                            "wait for it to finish (or stop it), or use another --run") from None
     lock.release()
+
+
+def _by_seed(folder: Path) -> dict[tuple[int, str], Path]:
+    """``{(seed, name): path}`` of the ``<name>_seed<k>.json`` files in ``folder``."""
+    found = ((re.fullmatch(r"(?P<name>.+)_seed(?P<seed>\d+)\.json", p.name), p) for p in sorted(folder.glob("*.json")))
+    return {(int(m["seed"]), m["name"]): p for m, p in found if m}
 
 
 class Run:
@@ -387,6 +394,10 @@ class Run:
         """The gradient-masking checklist of one model (``.json`` data, ``.md`` text)."""
         return self.report_dir / f"checklist_{stage}_seed{seed}{suffix}"
 
+    def convergence_path(self, seed: int, stage: str) -> Path:
+        """One model's worst case at its attacks' budget and at twice it (:mod:`dwf_lab.pipeline.convergence`)."""
+        return self.eval_dir / "convergence" / f"{stage}_seed{seed}.json"
+
     @property
     def eval_dir(self) -> Path:
         return self.root / "eval"
@@ -434,8 +445,11 @@ class Run:
 
     def evaluations(self) -> dict[tuple[int, str], Path]:
         """``{(seed, model): path}`` of the evaluation results in ``eval/`` (:meth:`eval_path`'s names)."""
-        found = (re.fullmatch(r"(?P<name>.+)_seed(?P<seed>\d+)\.json", p.name) for p in sorted(self.eval_dir.glob("*.json")))
-        return {(int(m["seed"]), m["name"]): self.eval_path(int(m["seed"]), m["name"]) for m in found if m}
+        return _by_seed(self.eval_dir)
+
+    def convergences(self) -> dict[tuple[int, str], Path]:
+        """``{(seed, model): path}`` of the convergence files written (:meth:`convergence_path`'s names)."""
+        return _by_seed(self.convergence_path(0, "any").parent)
 
     def checklists(self) -> set[tuple[int, str]]:
         """``{(seed, model)}`` whose gradient-masking checklist is written (:meth:`checklist_path`, both files)."""
