@@ -9,6 +9,7 @@ import torch
 
 from dwf_lab.__main__ import main
 from dwf_lab.core.config import get_profile
+from dwf_lab.course import battery
 from dwf_lab.evaluation.adaptive import AdaptiveSettings
 from dwf_lab.evaluation.convergence import assess, sentence, settings_change, tolerance
 from dwf_lab.pipeline import convergence as step
@@ -144,3 +145,10 @@ def test_the_cli_runs_the_step_on_a_run(converged_run, monkeypatch, capsys):
     assert main(["convergence", "--run", run.name, "--model", "benign", "--quiet",
                  "--set", "n_train=64"]) == 0
     assert "ResNet-18 seed 0: " in capsys.readouterr().out
+
+
+def test_notebook_06_shows_the_curve_and_the_verdict_in_one_call(converged_run):
+    run, data, s, out = converged_run
+    md, fig = battery.convergence(run, 0, data, s, which="benign")
+    assert "| 1x (the profile's budget) |" in md and out["sentence"] in md
+    assert [t.name for t in fig.data] == ["ResNet-18"] and len(fig.data[0].x) == 3
