@@ -10,10 +10,14 @@ import textwrap
 import torch
 import torch.nn.functional as F
 
+from dwf_lab.core.config import get_profile
 from dwf_lab.data import load_dataset
+from dwf_lab.evaluation.adaptive import AdaptiveSettings
 from dwf_lab.models.registry import build_model
+from dwf_lab.pipeline.reproduce import evaluate_run, train_run
 from dwf_lab.store.checkpoints import save_model
-from dwf_lab.training.builders import build_expert
+from dwf_lab.store.runs import Run
+from dwf_lab.training.builders import build_expert, load_data
 from dwf_lab.training.stages import expert_stage_names
 
 _CACHE: dict = {}
@@ -63,3 +67,14 @@ def lock_holder(root, name: str, profile: str = "smoke") -> subprocess.Popen:
     """)], stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
     return holder
+
+
+def smoke_run(root, name: str, stages: str = "benign"):
+    """(run, data, adaptive settings): a smoke-profile run under ``root`` whose ``stages`` are trained
+    and evaluated by the pipeline (64 training images), with the smoke attack budget (no long PGD)."""
+    p = get_profile("smoke", n_train=64)
+    run = Run(name, p, root=root / name)
+    data = load_data(p)
+    train_run(run, 0, data, stages, progress=False)
+    evaluate_run(run, 0, data, stages, progress=False)
+    return run, data, AdaptiveSettings.smoke(long_steps=0)

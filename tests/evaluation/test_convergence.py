@@ -6,17 +6,14 @@ import json
 
 import pytest
 import torch
+from tinymodels import smoke_run  # tests/ is on sys.path
 
 from dwf_lab.__main__ import main
-from dwf_lab.core.config import get_profile
 from dwf_lab.course import battery
 from dwf_lab.evaluation.adaptive import AdaptiveSettings
 from dwf_lab.evaluation.convergence import assess, sentence, settings_change, tolerance
 from dwf_lab.pipeline import convergence as step
-from dwf_lab.pipeline.reproduce import evaluate_run, train_run
 from dwf_lab.pipeline.run_all import report_run
-from dwf_lab.store.runs import Run
-from dwf_lab.training.builders import load_data
 
 
 def _robust(n: int, broken: list[int]) -> torch.Tensor:
@@ -83,12 +80,7 @@ def test_twice_doubles_every_budget_field_and_caps_the_target_classes():
 
 @pytest.fixture(scope="module")
 def converged_run(tmp_path_factory):
-    p = get_profile("smoke", n_train=64)
-    run = Run("conv", p, root=tmp_path_factory.mktemp("runs") / "conv")
-    data = load_data(p)
-    train_run(run, 0, data, "benign", progress=False)
-    evaluate_run(run, 0, data, "benign", progress=False)
-    s = AdaptiveSettings.smoke(long_steps=0)
+    run, data, s = smoke_run(tmp_path_factory.mktemp("runs"), "conv")
     (out,) = step.convergence_run(run, 0, data, s, which="benign", progress=False)
     return run, data, s, out
 

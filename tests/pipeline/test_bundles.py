@@ -7,27 +7,18 @@ import time
 
 import pytest
 import torch
+from tinymodels import smoke_run  # tests/ is on sys.path
 
 from dwf_lab.__main__ import main
-from dwf_lab.core.config import get_profile
-from dwf_lab.evaluation.adaptive import AdaptiveSettings
 from dwf_lab.pipeline.adaptive import evaluate_adaptive_run
 from dwf_lab.pipeline.bundles import FILES, verify_bundle, write_bundles
-from dwf_lab.pipeline.reproduce import evaluate_run, train_run
 from dwf_lab.reporting.render import confirmation_section
 from dwf_lab.store.archive import files_to_pack
-from dwf_lab.store.runs import Run
-from dwf_lab.training.builders import load_data
 
 
 @pytest.fixture(scope="module")
 def bundled(tmp_path_factory):
-    p = get_profile("smoke", n_train=64)
-    run = Run("bundled", p, root=tmp_path_factory.mktemp("runs") / "bundled")
-    data = load_data(p)
-    train_run(run, 0, data, "benign,pgd-1", progress=False)
-    evaluate_run(run, 0, data, "benign,pgd-1", progress=False)
-    s = AdaptiveSettings.smoke(long_steps=0)
+    run, data, s = smoke_run(tmp_path_factory.mktemp("runs"), "bundled", "benign,pgd-1")
     evaluate_adaptive_run(run, 0, data, s, progress=False, which="benign", checklist=False)
     infos = write_bundles(run, data, "benign", s)
     return run, infos[0], run.root / "bundles" / "benign_seed0"
