@@ -7,8 +7,10 @@ training step against the package's, :func:`same_state`). Disagreement, transfer
 statistics are in :mod:`dwf_lab.evaluation.diagnostics`; readings in :mod:`dwf_lab.reporting.readings`.
 """
 import copy
+import json
 import math
 import re
+import statistics
 import time
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -18,8 +20,10 @@ import torch.nn as nn
 
 from dwf_lab import attacks
 from dwf_lab.attacks.pgd import pgd_trajectory
-from dwf_lab.core.config import Profile
+from dwf_lab.core.config import PROFILES, Profile
+from dwf_lab.core.io import atomic_write_text
 from dwf_lab.core.runtime import Runtime
+from dwf_lab.core.work import ATTACK_STEP
 from dwf_lab.course.exercises import ExerciseFailed
 from dwf_lab.course.setup import fgsm_label, pgd_label
 from dwf_lab.course.widgets import attack_images
@@ -27,10 +31,14 @@ from dwf_lab.data import ImageData, iterate_batches, steps_per_epoch
 from dwf_lab.evaluation.diagnostics import class_probabilities
 from dwf_lab.models.registry import build_model
 from dwf_lab.reporting.figures import adversarial_example_figure
+from dwf_lab.reporting.readings import overfitting_verdicts
 from dwf_lab.store.checkpoints import load_model
 from dwf_lab.training.builders import expert_arch
 from dwf_lab.training.fast_path import for_evaluation
 from dwf_lab.training.loop import cosine_lr, train_step
+from dwf_lab.training.recipes import recipe
+from dwf_lab.training.side_runs import side_run as train_side_run
+from dwf_lab.training.side_runs import side_run_settings
 
 
 # ======================================================== training curves ==
@@ -427,3 +435,127 @@ def logit_spread(mixture: nn.Module, x: torch.Tensor, names: Sequence[str], beni
     has_benign = benign in names and robust_std
     return {"rows": rows, "benign": benign, "robust_std": robust_std,
             "ratio": rows[names.index(benign)]["std"] / robust_std if has_benign else None}
+
+
+# ============================================ side runs (notebooks 02, 03) ==
+SIDE_RUNS_DIR = "side-runs"     # under the run's seed folder: seed-<k>/side-runs/<kind>.json
+
+
+def side_run(ctx, kind: str, progress: bool = True) -> dict:
+    """The side run ``kind`` ("catastrophic", "robust") of :mod:`dwf_lab.training.side_runs` for the
+    notebook's run and seed, kept in the run folder (``seed-<k>/side-runs/<kind>.json``): a re-run
+    with the same settings loads it instead of training again. The result is the watch
+    :func:`dwf_lab.training.side_runs.side_run` returns, with ``"loaded"`` True when it was read."""
+    p, data = ctx.profile, ctx.data
+    settings = side_run_settings(kind, p, data).as_dict()
+    key = {"settings": settings, "seed": int(ctx.seed), "dataset": data.name, "n_train_data": len(data.x_train),
+           "width": p.width, "momentum": p.momentum, "weight_decay": p.weight_decay}
+    path = ctx.run.seed_dir(ctx.seed) / SIDE_RUNS_DIR / f"{kind}.json"
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        stored = None
+    if isinstance(stored, dict) and stored.get("key") == key and isinstance(stored.get("result"), dict):
+        return {**stored["result"], "loaded": True}
+    result = train_side_run(kind, p, data, ctx.seed, progress=progress)
+    atomic_write_text(path, json.dumps({"key": key, "result": result}, indent=1))
+    return {**result, "loaded": False}
+
+
+def side_run_series(result: Mapping) -> dict[str, list[float]]:
+    """A side run's lines by their labels, for :func:`dwf_lab.reporting.figures.curves_figure` over
+    ``result["epoch"]``: accuracy on the training attack's examples, then held-out clean, FGSM, PGD."""
+    return {result["labels"][k]: list(result[k]) for k in ("train_adv", "clean", "fgsm", "pgd")}
+
+
+def _binomial_se(percent: float, n: int) -> float:
+    q = min(max(percent / 100, 0.0), 1.0)
+    return 100 * math.sqrt(q * (1 - q) / max(1, n))
+
+
+def side_run_verdict(result: Mapping) -> list[str]:
+    """What a side run's numbers show, one sentence each, every number read off ``result`` (a claim
+    the numbers do not support is never made: "collapsed" and "peaked, then fell" need the drop
+    to clear the held-out images' binomial noise as well as the thresholds below).
+
+    catastrophic: PGD accuracy "collapsed" when the last epoch's is under half its best and at least
+    10 points lower, while FGSM accuracy did not fall (:func:`dwf_lab.reporting.readings.overfitting_verdicts`).
+    robust: held-out PGD accuracy "peaked, then fell" when the last epoch's is at least 2 binomial
+    standard errors (and 3 points) under its best, and training robust accuracy rose by at least
+    5 points since that best epoch."""
+    s = result["settings"]
+    ep, pgd, fgsm, clean, train = (result[k] for k in ("epoch", "pgd", "fgsm", "clean", "train_adv"))
+    n = int(s["n_val"])
+    best = max(range(len(pgd)), key=lambda i: (pgd[i], -i))     # the earliest best
+    what = (f"FGSM training at a fixed ε = {round(s['eps'] * 255)}/255, no random start" if s["recipe"] == "fgsm"
+            else f"PGD-{s['steps']} training (α = {s['alpha'] * 255:.0f}/255) at ε = {round(s['eps'] * 255)}/255")
+    decay = f", the learning rate divided by 10 after epoch {round(s['decay_at'] * s['epochs'])}" \
+        if s.get("decay_at") is not None else ""
+    lines = [f"Side run: {what}, {s['n_train']} training images, {s['epochs']} epochs at lr {s['lr']:g}{decay}; "
+             f"watched on {n} held-out training images at ε = 8/255."]
+    if result["kind"] == "catastrophic":
+        lines += overfitting_verdicts({f"FGSM training at {round(s['eps'] * 255)}/255, no random start": result})
+        gap = fgsm[-1] - pgd[-1]
+        if gap >= 20 and gap > 3 * _binomial_se(fgsm[-1], n):
+            lines.append(f"At the last epoch the model keeps {fgsm[-1]:.1f}% of {n} held-out images under FGSM "
+                         f"but {pgd[-1]:.1f}% under PGD-{s['eval_steps']}: it has learned to defeat its own "
+                         "single step, not the ε-ball.")
+        if fgsm[-1] > clean[-1] + 2 * _binomial_se(clean[-1], n):
+            lines.append(f"It even classifies FGSM images better than clean ones ({fgsm[-1]:.1f}% against "
+                         f"{clean[-1]:.1f}%): the FGSM step now carries the label (label leaking), another "
+                         "symptom of catastrophic overfitting.")
+        return lines
+    drop, se = pgd[best] - pgd[-1], _binomial_se(pgd[best], n)
+    rise = train[-1] - train[best]
+    if drop >= max(3.0, 2 * se) and rise >= 5:
+        lines.append(f"Robust overfitting: held-out PGD-{s['eval_steps']} accuracy peaked at {pgd[best]:.1f}% "
+                     f"(epoch {ep[best]}) and fell to {pgd[-1]:.1f}% by epoch {ep[-1]} ({drop:.1f} points, "
+                     f"{drop / se:.1f} standard errors on {n} images), while accuracy on the training "
+                     f"attack's examples rose from {train[best]:.1f}% to {train[-1]:.1f}%.")
+        lines.append(f"Early stopping on held-out PGD accuracy (Rice et al. 2020) would keep epoch {ep[best]}.")
+    else:
+        lines.append(f"No robust overfitting to read here: held-out PGD-{s['eval_steps']} accuracy best "
+                     f"{pgd[best]:.1f}% (epoch {ep[best]}), last {pgd[-1]:.1f}% (a drop of {drop:.1f} points; one "
+                     f"standard error is {se:.1f} on {n} images); training robust accuracy {train[best]:.1f}% → "
+                     f"{train[-1]:.1f}%.")
+    return lines
+
+
+def phenomenon_note(p: Profile, which: str) -> str:
+    """Whether this profile's own experts can show catastrophic ("fgsm") or robust ("pgd")
+    overfitting, in one sentence computed from the profile (the side runs show each in any case)."""
+    if which == "fgsm":
+        hi = max(p.fgsm_eps_choices)
+        likely = p.expert_epochs >= 15
+        return (f"This profile trains each FGSM expert for {p.expert_epochs} epochs with ε drawn up to "
+                f"{hi:g} ≈ {hi * 255:.0f}/255 and no random start: "
+                + ("long enough for catastrophic overfitting to appear if it will, so the watch below can show it."
+                   if likely else
+                   "catastrophic overfitting may or may not appear in so few epochs, so the watch below may show "
+                   "nothing. Section 4b shows it on a side run made to show it."))
+    k = max(p.pgd_steps_choices)
+    likely = p.expert_epochs >= 30 and k >= 5
+    return (f"This profile trains each PGD expert for {p.expert_epochs} epochs with {min(p.pgd_steps_choices)}–{k} "
+            f"PGD steps of α = {p.pgd_alpha * 255:.0f}/255: "
+            + ("enough epochs for robust overfitting to appear after the learning rate decays; the watch below "
+               "can show it." if likely else
+               "robust overfitting appears over tens of epochs, so it cannot appear here and the watch below "
+               "will not show it. Section 4b shows it on a side run made to show it."))
+
+
+def pgd_cost(p: Profile) -> dict:
+    """The kit's cost model of a PGD expert's batch, read from the registered recipes (their cost in
+    passes, :mod:`dwf_lab.core.work`): a PGD step is a forward and a backward to the input, no
+    weight gradients, ``attack_step`` (⅔) of a training step, so a PGD-k batch costs ⅔k + 1 clean
+    steps. ``{"attack_step", "mean_k", "per_batch", "paper_mean_k", "paper_per_batch",
+    "paper_naive"}``: ``per_batch`` this profile's average over its iteration draws, ``paper_*``
+    the paper's (k from {10, ..., 50}), ``paper_naive`` the k + 1 that counts an attack step as a
+    whole training step."""
+    paper = PROFILES["paper"]
+
+    def ratio(q: Profile) -> float:
+        return recipe("pgd").passes(q) / recipe("benign").passes(q)
+
+    return {"attack_step": ATTACK_STEP, "mean_k": statistics.mean(p.pgd_steps_choices), "per_batch": ratio(p),
+            "paper_mean_k": statistics.mean(paper.pgd_steps_choices), "paper_per_batch": ratio(paper),
+            "paper_naive": statistics.mean(paper.pgd_steps_choices) + 1}

@@ -645,7 +645,8 @@ def check_fixed_eps_run(n, answer, run, seed: int, eps: float = 0.09, stage: str
 
 
 __all__ = ["ATTACK_KINDS", "Diagnosis", "ExerciseFailed", "MISTAKES", "NOT_ATTEMPTED",
-           "attempted", "check_attack", "check_first_flip", "check_fixed_eps_run", "check_fgsm_accuracies",
+           "attempted", "best_epoch", "check_attack", "check_best_epoch", "check_epoch_cost",
+           "check_inner_max_at_x", "check_first_flip", "check_fixed_eps_run", "check_fgsm_accuracies",
            "check_images", "check_pgd_readings", "check_routing", "check_topk_logits", "check_upper_bounds",
            "diagnose_attack", "fgsm_accuracies", "not_attempted", "verdict", "first_flip", "pgd_readings", "reference_attack", "same_images",
            "signed_steps", "softmax_ce", "upper_bounds"]
@@ -706,3 +707,152 @@ def check_linear_worst(n, fn: Callable, w: torch.Tensor, y: torch.Tensor, eps: f
 
 
 __all__ += ["check_linear_worst", "linear_worst_delta"]
+
+
+# ================================================= PGD training (notebook 03) ==
+def _epoch_seconds(curves: Mapping, stage: str) -> list[float] | None:
+    secs = (curves.get(stage) or {}).get("seconds") or []
+    secs = [float(s) for s in secs if isinstance(s, (int, float))]
+    return secs or None
+
+
+def check_epoch_cost(n, answer, curves: Mapping, pgd_stage: str, model_ratio: float,
+                     benign_stage: str = "benign", rel_tol: float = 0.02) -> bool:
+    """A PGD expert's seconds per epoch over the benign expert's, measured on the run (``curves``:
+    :func:`dwf_lab.course.analyses.training_curves`, per-epoch seconds), against the mean over each
+    stage's epochs. Named mistakes: the stages' total times divided (they train different numbers of
+    epochs), the ratio upside down, the cost model's ``model_ratio`` given instead of the measurement."""
+    if not attempted(answer):
+        return not_attempted(n)
+    pgd, benign = _epoch_seconds(curves, pgd_stage), _epoch_seconds(curves, benign_stage)
+    if pgd is None or benign is None:
+        missing = pgd_stage if pgd is None else benign_stage
+        print(f"Exercise {n}: cannot be checked — the run's metrics have no epoch times for {missing} "
+              "(a stage copied from elsewhere?)")
+        return False
+    if not isinstance(answer, (int, float)) or isinstance(answer, bool):
+        return verdict(n, Diagnosis("shape", f"give one number (a ratio), got {type(answer).__name__}"))
+    want = (sum(pgd) / len(pgd)) / (sum(benign) / len(benign))
+    got = float(answer)
+
+    def near(a: float, b: float) -> bool:
+        return abs(a - b) <= rel_tol * abs(b)
+    if near(got, want):
+        return verdict(n, Diagnosis("ok", f"a {pgd_stage} epoch takes {want:.2f}x a benign epoch "
+                                     f"({sum(pgd) / len(pgd):.1f} s against {sum(benign) / len(benign):.1f} s); "
+                                     f"the cost model says {model_ratio:.2f}x"))
+    total = sum(pgd) / sum(benign)
+    named = [(total, "total", f"you divided the stages' total times: {pgd_stage} trained {len(pgd)} epochs, "
+              f"{benign_stage} {len(benign)}; divide the seconds per epoch"),
+             (1 / want, "inverted", "your ratio is upside down: the PGD expert's epoch over the benign expert's"),
+             (model_ratio, "model", f"{model_ratio:.2f} is the cost model's prediction: measure the run's "
+              "seconds per epoch (analyses.training_curves)")]
+    for value, key, line in named:
+        if near(got, value) and not near(value, want):
+            return verdict(n, Diagnosis(key, line))
+    return verdict(n, Diagnosis("differs", f"you have {got:.3f}, the run's seconds per epoch give {want:.3f} "
+                                 f"(the mean over each stage's epochs)"))
+
+
+# a watch on which each usual mistake of early stopping picks another epoch (best PGD: epoch 3)
+_EARLY_STOP_PROBE = {"epoch": [1, 2, 3, 4, 5, 6, 7, 8],
+                     "pgd": [10.0, 18.0, 25.0, 22.0, 20.0, 19.0, 17.0, 16.0],
+                     "clean": [30.0, 35.0, 38.0, 40.0, 47.0, 45.0, 44.0, 43.0],
+                     "fgsm": [12.0, 20.0, 27.0, 30.0, 33.0, 36.0, 35.0, 34.0],
+                     "train_adv": [11.0, 20.0, 30.0, 40.0, 50.0, 60.0, 82.0, 81.0]}
+
+
+def best_epoch(watch: Mapping) -> int:
+    """Early stopping (Rice et al. 2020): the epoch with the highest held-out PGD accuracy, the
+    earliest of equals."""
+    pgd = list(watch["pgd"])
+    return int(watch["epoch"][max(range(len(pgd)), key=lambda i: (pgd[i], -i))])
+
+
+def _early_stop_mistake(got, watch: Mapping) -> str | None:
+    """The usual mistake an answer ``got`` on ``watch`` makes, if one fits it alone."""
+    ep = list(watch["epoch"])
+
+    def best(key):
+        v = list(watch[key])
+        return ep[max(range(len(v)), key=lambda i: (v[i], -i))]
+    pgd = list(watch["pgd"])
+    i_best = max(range(len(pgd)), key=lambda i: (pgd[i], -i))
+    want = ep[i_best]
+    options = [(ep[-1], "you kept the last epoch: early stopping keeps the epoch with the best held-out PGD accuracy"),
+               (best("train_adv"), "you selected on accuracy on the training attack's examples, which keeps rising "
+                                   "as the model overfits: select on held-out PGD accuracy"),
+               (best("clean"), "you selected on held-out clean accuracy: select on held-out PGD accuracy, the "
+                               "robustness you keep"),
+               (best("fgsm"), "you selected on held-out FGSM accuracy: a single step overrates robustness, select "
+                              "on PGD"),
+               (i_best, "that is the position in the list, not the epoch number: return watch['epoch'][i]"),
+               (ep[min(range(len(pgd)), key=lambda i: pgd[i])], "that is the epoch with the LOWEST held-out PGD "
+                                                                 "accuracy: take the highest")]
+    for value, line in options:
+        if got == value and value != want:
+            return line
+    return None
+
+
+def check_best_epoch(n, fn: Callable, watch: Mapping) -> bool:
+    """The learner's ``fn(watch) -> epoch`` (early stopping on held-out PGD accuracy), run on a probe
+    watch that tells the usual mistakes apart, then on ``watch`` (the robust-overfitting side run),
+    against :func:`best_epoch`."""
+    if not attempted(fn):
+        return not_attempted(n)
+    for w in (_EARLY_STOP_PROBE, watch):
+        try:
+            got = fn({k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in w.items()})
+        except NotImplementedError:
+            return not_attempted(n)
+        except Exception as e:   # the learner's code failed: say how, in one line
+            return verdict(n, Diagnosis("error", f"your function raised {_one_line(f'{type(e).__name__}: {e}')[:200]}"))
+        if not attempted(got):
+            return not_attempted(n)
+        if isinstance(got, bool) or not isinstance(got, (int, float)) or got != int(got):
+            return verdict(n, Diagnosis("shape", f"return one epoch number (an int from watch['epoch']), got {got!r}"))
+        got, want = int(got), best_epoch(w)
+        if got != want:
+            line = _early_stop_mistake(got, w)
+            return verdict(n, Diagnosis("differs", line or f"you picked epoch {got}, the best held-out PGD "
+                                                           f"accuracy is at epoch {want}"))
+    ep, pgd = list(watch["epoch"]), list(watch["pgd"])
+    i = ep.index(best_epoch(watch))
+    return verdict(n, Diagnosis("ok", f"early stopping keeps epoch {ep[i]}: held-out PGD {pgd[i]:.1f}%, against "
+                                 f"{pgd[-1]:.1f}% at the last epoch ({pgd[i] - pgd[-1]:+.1f} points)"))
+
+
+def check_inner_max_at_x(n, fn: Callable, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
+                         alpha: float, steps: int, seed: int = 0) -> bool:
+    """"Break it": PGD with every gradient taken at x (the paper's printed Eq. 4), written by the
+    learner as ``fn(model, x, y, eps, alpha, steps, generator)`` from the random start. Correct when it
+    equals that variant; the correct PGD (gradient at the iterate) is named as not what was asked,
+    the other mistakes as :func:`diagnose_attack` names them. The verdict says on how many pixels the
+    result equals plain FGSM (all of them when steps·α ≥ 2ε)."""
+    if not attempted(fn):
+        return not_attempted(n)
+    d = diagnose_attack(fn, model, x, y, eps, kind="pgd", alpha=alpha, steps=steps, seed=seed)
+    if d.key == "ok":
+        return verdict(n, Diagnosis("iterate", "that is the correct PGD, the gradient at each iterate: this "
+                                     "exercise asks for the printed Eq. 4, every gradient taken at x"))
+    if d.key != "gradient_at_x":
+        return verdict(n, d)
+    m = copy.deepcopy(model)
+    gen = torch.Generator(x.device).manual_seed(seed)
+    out = fn(copy.deepcopy(m).train(), x.clone(), y.clone(), eps, alpha, steps, gen).detach().float()
+    for random_start, key in ((True, None), (False, "no_random_start")):
+        ref = reference_attack("pgd", m, x, y, eps, alpha, steps, seed, at_x=True, random_start=random_start)
+        if same_images(out, ref):
+            break
+    else:
+        return verdict(n, Diagnosis("differs", "every gradient is at x, but your images differ from the printed "
+                                     "Eq. 4's: from the random start, steps of α·sign(∇ℓ(x)), each projected"))
+    if key is not None:
+        return verdict(n, Diagnosis(key, f"{MISTAKES[key]} — your attack starts at x: start at "
+                                    "attacks.random_start_in_ball(x, eps, generator), as Algorithm 2's PGD does"))
+    fgsm = attacks.fgsm(m, x, y, eps)
+    same = 100 * (1 - differing_share(out, fgsm))
+    return verdict(n, Diagnosis("ok", f"every gradient at x: after {steps} steps of α = {alpha * 255:.0f}/255 "
+                                 f"(together {steps * alpha * 255:.0f}/255, the ball is {2 * eps * 255:.0f}/255 "
+                                 f"wide) {same:.1f}% of the pixels equal plain FGSM's at ε = {eps * 255:.0f}/255"))
