@@ -34,7 +34,8 @@ from dwf_lab.course.plan import (
 from dwf_lab.training.recipes import RECIPES
 from dwf_lab.training.stages import baseline_stages, plan_stages
 
-ACTIONS = {"train": "will train", "evaluate": "will evaluate", "attack": "will attack", "ablation": "will run"}
+ACTIONS = {"train": "will train", "evaluate": "will evaluate", "attack": "will attack", "ablation": "will run",
+           "converge": "will attack again at twice the budget"}
 W = 15   # the label column of the text banner
 METHOD = ("work = images x epochs x passes per image of each recipe (attack steps included) x networks "
           "(a mixture counts its experts); an estimate, not a measurement of this notebook")
@@ -263,7 +264,8 @@ def _todo(costs: list[StepCost]) -> list[tuple[str, str, float, str]]:
 
 def _how(costs: list[StepCost]) -> list[str]:
     out: dict[str, list[str]] = {}
-    words = {"train": "training", "evaluate": "evaluation", "attack": "adaptive attacks", "ablation": "ablations"}
+    words = {"train": "training", "evaluate": "evaluation", "attack": "adaptive attacks", "ablation": "ablations",
+             "converge": "convergence check"}
     for c in costs:
         if c.rate is not None:
             used = out.setdefault(c.rate.how, [])

@@ -33,9 +33,11 @@ from dwf_lab.evaluation import keys as K
 from dwf_lab.evaluation.adaptive import AdaptiveSettings
 from dwf_lab.evaluation.checklist import ChecklistSettings
 from dwf_lab.evaluation.protocol import EvalSettings, ablation_eval_settings, protocol_settings
+from dwf_lab.evaluation.suite import planned
 from dwf_lab.mixture.soe import SoE
 from dwf_lab.models.resnet import resnet18
 from dwf_lab.pipeline.ablations import same_model_as
+from dwf_lab.pipeline.adaptive import gets_gate_attacks
 from dwf_lab.training.fast_path import bf16_supported, choose
 from dwf_lab.training.recipes import RECIPES
 from dwf_lab.training.stages import Stage, baseline_stages, of_kind, plan_stages
@@ -439,6 +441,17 @@ class Estimator:
             what = ", ".join(step.missing) if step.missing else ""
             what += ("; " if what else "") + ("the gradient-masking checklist" if step.checklist else "")
             return StepCost(step, seconds, what, rate)
+        if step.action == "converge":
+            s = AdaptiveSettings.from_profile(p)
+            twice = s.twice()
+            robust = _robust(self.inv.records.get((step.seed, step.name)))
+            seconds, rate = 0.0, None
+            for a in planned(s, gets_gate_attacks(step.kind) or step.kind):
+                if a.worst_case:
+                    rate = self.attack_rate(a.key(s))
+                    seconds += (s.images(n_test) * a.work(twice, networks(step.kind, p), robust)
+                                * rate.seconds_per_pass)
+            return StepCost(step, seconds, "every attack of its worst case at twice the budget", rate)
         if step.action == "ablation":
             train, ev = ablation_work(step.ablation, p, self.inv, step.seed, n_train, n_test,
                                       self.shares("mixture")[0][0])

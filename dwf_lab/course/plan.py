@@ -17,6 +17,7 @@ from pathlib import Path
 from dwf_lab.core.config import Profile
 from dwf_lab.evaluation.adaptive import AdaptiveSettings
 from dwf_lab.pipeline.adaptive import gets_gate_attacks
+from dwf_lab.pipeline.convergence import HEADLINE
 from dwf_lab.training.recipes import recipe
 from dwf_lab.training.stages import BASELINE_ROWS, Stage, baseline_stages, plan_stages, select_stages
 from dwf_lab.training.variants import ABLATIONS, Ablation, select_ablations, skip_reason
@@ -30,6 +31,7 @@ class NotebookPlan:
     every_seed: bool = False    # trains / evaluates every seed of the profile (else the first)
     evaluates: str | None = None  # the paper protocol on "all" stages or the "key" ones
     adaptive: bool = False      # attacks beyond the paper on adaptive_selection(p, scope)
+    convergence: bool = False   # the headline's worst case again at twice the attacks' budget
     baselines: bool = False     # SoE / ADVMoE / uniform ensemble: baseline_selection(scope)
     ablations: bool = False     # the ablation variants: ablation_selection(p, scope)
     scoped: bool = False        # what it runs depends on the course scope
@@ -47,7 +49,7 @@ NOTEBOOK_PLANS: dict[str, NotebookPlan] = {
     "03": NotebookPlan(trains="experts"),
     "04": NotebookPlan(trains="experts,mixture"),
     "05": NotebookPlan(trains="all", every_seed=True, evaluates="all"),
-    "06": NotebookPlan(trains="all", evaluates="key", adaptive=True, scoped=True),
+    "06": NotebookPlan(trains="all", evaluates="key", adaptive=True, convergence=True, scoped=True),
     "07": NotebookPlan(trains="all", baselines=True, ablations=True, scoped=True),
     "08": NotebookPlan(reads_only=True),
 }
@@ -125,6 +127,7 @@ class RunInventory:
     records: dict[tuple[int, str], dict] = field(default_factory=dict)  # (seed, model) -> eval record
     ablations: dict[int, dict[str, dict]] = field(default_factory=dict)  # seed -> variant -> eval record
     checklists: set = field(default_factory=set)                    # {(seed, model)}
+    convergences: set = field(default_factory=set)                  # {(seed, model)} checked at twice the budget
     stage_seconds: dict[tuple[int, str], float] = field(default_factory=dict)  # (seed, stage) -> s
     ablation_seconds: dict[tuple[int, str], float] = field(default_factory=dict)  # (seed, variant) -> s
     fast_path: dict | None = None                                   # the last fast-path probe logged
@@ -172,6 +175,7 @@ def inventory(run) -> RunInventory:
         if rec is not None:
             inv.records[key] = rec
     inv.checklists = run.checklists()
+    inv.convergences = set(run.convergences())
     times = _read_json(root / "course_times.json") or {}
     inv.course_times = {k: v for k, v in (times.get("notebooks") or {}).items() if isinstance(v, dict)}
     return inv
@@ -181,8 +185,9 @@ def inventory(run) -> RunInventory:
 @dataclass
 class Step:
     """One thing a notebook does to the run: ``action`` is "train", "evaluate", "attack"
-    (adaptive attacks + gradient-masking checklist) or "ablation" (train and evaluate a
-    variant); ``done`` when the run already has it (the notebook then loads it)."""
+    (adaptive attacks + gradient-masking checklist), "converge" (the worst case's attacks again at
+    twice their budget) or "ablation" (train and evaluate a variant); ``done`` when the run already
+    has it (the notebook then loads it)."""
     action: str
     name: str
     seed: int
@@ -241,6 +246,9 @@ def notebook_steps(notebook: str, p: Profile, inv: RunInventory, scope: str = "c
         names = adaptive_selection(p, scope)
         steps += _eval_steps(p, inv, names, [seed])     # the paper protocol comes first
         steps += _attack_steps(p, inv, names, seed)
+    if plan.convergence:
+        steps.append(Step("converge", HEADLINE, seed, (seed, HEADLINE) in inv.convergences,
+                          kind=model_kind(p, HEADLINE)))
     if plan.baselines:
         chosen = baseline_selection(scope)
         steps += [Step("train", st.name, seed, inv.is_trained(seed, st.name), stage=st, kind=st.kind)

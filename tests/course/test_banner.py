@@ -197,3 +197,19 @@ def test_notebook_00_says_it_trains_its_own_quick_classifier_and_nothing_else(sm
     b = notebook_banner("00", p, run, data)
     head = " ".join(b.headline())
     assert "quick classifier" not in head and "It loads benign" in head and b.trains == []
+
+
+def test_06_plans_and_prices_the_convergence_check_until_the_run_has_it(smoke):
+    """Notebook 06 checks DWF's worst case at twice the attacks' budget: the banner lists that step,
+    prices it at more than the adaptive attacks themselves (every attack of the worst case, doubled),
+    and marks it done once the run holds its convergence file."""
+    p, run, data = smoke
+    inv = inventory(run)
+    steps = notebook_steps("06", p, inv)
+    conv = [s for s in steps if s.action == "converge"]
+    assert [(s.name, s.done) for s in conv] == [("mixture", False)]
+    costs = {(c.step.action, c.step.name): c for c in cost.estimate(steps, p, data, inv)}
+    doubled, once = costs[("converge", "mixture")], costs[("attack", "mixture")]
+    assert doubled.seconds > once.seconds > 0 and "twice the budget" in doubled.detail
+    inv.convergences = {(p.seeds[0], "mixture")}
+    assert [s.done for s in notebook_steps("06", p, inv) if s.action == "converge"] == [True]
