@@ -126,10 +126,11 @@ def offline_outputs(nb):
             if PLOTLY_MIME in data:
                 fig = dict(data[PLOTLY_MIME])
                 config = fig.pop("config", None) or {}
-                out["data"] = {"text/html": pio.to_html(fig, include_plotlyjs=False, full_html=False,
-                                                        config=config, validate=False)}
+                out["data"] = {"text/html": lazy_scripts(pio.to_html(fig, include_plotlyjs=False, full_html=False,
+                                                                     config=config, validate=False))}
             elif TWIN_MIME in data:
-                out["data"] = {"text/html": twin_html(data[TWIN_MIME], f"dwf-twin-{c}-{k}", note=TWIN_NOTE)}
+                out["data"] = {"text/html": lazy_scripts(twin_html(data[TWIN_MIME], f"dwf-twin-{c}-{k}",
+                                                                   note=TWIN_NOTE))}
             elif WIDGET_MIME in data:
                 if PROGRESS_BAR.search(str(data.get("text/plain", ""))):
                     continue
@@ -208,8 +209,50 @@ def _nav(pages: list[tuple[str, str]], i: int, report: str | None = None) -> str
     return f"<nav class='dwf-nav'>{' '.join(links)}</nav>"
 
 
+# Figures are drawn when they come near the screen, not all at load: a page with dozens of figures
+# opens at the speed of its first screen. Each figure's (or widget twin's) drawing script is stored
+# with type LAZY; the loader runs it once its output scrolls within LAZY_MARGIN of the view, and
+# every one of them before printing (window.dwfDrawAll, which the browser test calls too).
+LAZY = "text/dwf-lazy"
+LAZY_MARGIN = "1200px"
+LAZY_LOADER = """<script>
+(function () {
+  var lazy = [].slice.call(document.querySelectorAll('script[type="%s"]'));
+  function run(s) {
+    if (s.getAttribute('data-ran')) return;
+    s.setAttribute('data-ran', '1');
+    var n = document.createElement('script');
+    n.text = s.text;
+    s.parentNode.insertBefore(n, s.nextSibling);
+  }
+  window.dwfDrawAll = function () { lazy.forEach(run); };
+  window.addEventListener('beforeprint', window.dwfDrawAll);
+  if (!('IntersectionObserver' in window)) { window.dwfDrawAll(); return; }
+  var seen = new IntersectionObserver(function (entries) {
+    entries.forEach(function (e) {
+      if (!e.isIntersecting) return;
+      seen.unobserve(e.target);
+      (e.target.dwfScripts || []).forEach(run);
+    });
+  }, {rootMargin: '%s 0px'});
+  lazy.forEach(function (s) {
+    var box = s.parentElement;
+    box.dwfScripts = (box.dwfScripts || []).concat([s]);
+    seen.observe(box);
+  });
+})();
+</script>""" % (LAZY, LAZY_MARGIN)
+
+
+def lazy_scripts(fragment: str) -> str:
+    """An output's drawing scripts (plotly's ``<script type="text/javascript">``, a twin's
+    ``<script>``) stored for :data:`LAZY_LOADER` instead of run at load; data scripts stay."""
+    return re.sub(r'<script(?: type="text/javascript")?>', f'<script type="{LAZY}">', fragment)
+
+
 def _with_nav(page: str, nav: str) -> str:
     page = page.replace("</head>", STYLE + "\n</head>", 1)
+    page = page.replace("</body>", LAZY_LOADER + "\n</body>", 1)
     return re.sub(r"(<main[^>]*>)", lambda m: m.group(1) + nav, page, count=1)
 
 

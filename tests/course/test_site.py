@@ -18,6 +18,7 @@ from dwf_lab.__main__ import main
 from dwf_lab.course.display import mime_bundle
 from dwf_lab.course.runner import NOTEBOOKS_DIR
 from dwf_lab.course.site import (
+    LAZY,
     PLOTLY_JS,
     build_site,
     markdown_html,
@@ -79,6 +80,10 @@ def test_site_pages_load_nothing_from_the_internet(run_dir):
     assert "$$" not in page and "\\epsilon" not in page and "\\alpha" not in page
     assert page.count("<math") == 3 and 'display="block"' in page and 'class="dwf-tex"' not in page
     assert "href='01_second.html'" in page and "href='index.html'" in page
+    # figures are drawn when they come near the view: every drawing script waits for the loader
+    drawing = re.findall(r"<script[^>]*>\s*(?:window\.PLOTLYENV|if \(document\.getElementById)", page)
+    assert drawing and all(f'type="{LAZY}"' in tag for tag in drawing), drawing
+    assert page.count("<script>\n(function () {\n  var lazy") == 1 and page.index("window.dwfDrawAll") > page.index("Plotly.newPlot")
     text = index.read_text()
     assert text.index("00 · First") < text.index("01 · Second")
     assert "ran in 12 s" in text and "ran in 2.2 min" in text and "profile <b>smoke</b>" in text
