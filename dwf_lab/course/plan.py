@@ -45,8 +45,13 @@ NOTEBOOK_PLANS: dict[str, NotebookPlan] = {
                             "for about 30 s (not saved); notebook 01 trains the benign expert",
                        own_unless="benign"),
     "01": NotebookPlan(trains="benign"),
-    "02": NotebookPlan(trains="fgsm,benign"),
-    "03": NotebookPlan(trains="experts"),
+    "02": NotebookPlan(trains="fgsm,benign",
+                       note="also trains a side run beside the run, once (FGSM at 16/255 without a random "
+                            "start, from the benign expert, on a few hundred images: catastrophic "
+                            "overfitting); kept in the run folder"),
+    "03": NotebookPlan(trains="experts",
+                       note="also trains a side run beside the run, once (PGD training of a ResNet-18 on "
+                            "a few training images for many epochs: robust overfitting); kept in the run folder"),
     "04": NotebookPlan(trains="experts,mixture"),
     "05": NotebookPlan(trains="all", every_seed=True, evaluates="all"),
     "06": NotebookPlan(trains="all", evaluates="key", adaptive=True, convergence=True, scoped=True),
