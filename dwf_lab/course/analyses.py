@@ -21,7 +21,7 @@ import torch.nn as nn
 from dwf_lab import attacks
 from dwf_lab.attacks.pgd import pgd_trajectory
 from dwf_lab.core.config import PROFILES, Profile
-from dwf_lab.core.io import atomic_write_text
+from dwf_lab.core.io import atomic_write_text, file_sha256
 from dwf_lab.core.runtime import Runtime
 from dwf_lab.core.work import ATTACK_STEP
 from dwf_lab.course.exercises import ExerciseFailed
@@ -445,11 +445,17 @@ def side_run(ctx, kind: str, progress: bool = True) -> dict:
     """The side run ``kind`` ("catastrophic", "robust") of :mod:`dwf_lab.training.side_runs` for the
     notebook's run and seed, kept in the run folder (``seed-<k>/side-runs/<kind>.json``): a re-run
     with the same settings loads it instead of training again. The result is the watch
-    :func:`dwf_lab.training.side_runs.side_run` returns, with ``"loaded"`` True when it was read."""
+    :func:`dwf_lab.training.side_runs.side_run` returns, with ``"loaded"`` True when it was read. A
+    side run that starts from the run's benign expert trains it first if the run has none (``ctx.train``)
+    and is redone when that expert's file changes."""
     p, data = ctx.profile, ctx.data
-    settings = side_run_settings(kind, p, data).as_dict()
-    key = {"settings": settings, "seed": int(ctx.seed), "dataset": data.name, "n_train_data": len(data.x_train),
+    s = side_run_settings(kind, p, data)
+    key = {"settings": s.as_dict(), "seed": int(ctx.seed), "dataset": data.name, "n_train_data": len(data.x_train),
            "width": p.width, "momentum": p.momentum, "weight_decay": p.weight_decay}
+    start = None
+    if s.warm_start:
+        start = ctx.train("benign")["benign"]
+        key["start"] = file_sha256(ctx.run.model_path(ctx.seed, "benign"))
     path = ctx.run.seed_dir(ctx.seed) / SIDE_RUNS_DIR / f"{kind}.json"
     try:
         stored = json.loads(path.read_text(encoding="utf-8"))
@@ -457,7 +463,7 @@ def side_run(ctx, kind: str, progress: bool = True) -> dict:
         stored = None
     if isinstance(stored, dict) and stored.get("key") == key and isinstance(stored.get("result"), dict):
         return {**stored["result"], "loaded": True}
-    result = train_side_run(kind, p, data, ctx.seed, progress=progress)
+    result = train_side_run(kind, p, data, ctx.seed, progress=progress, start=start)
     atomic_write_text(path, json.dumps({"key": key, "result": result}, indent=1))
     return {**result, "loaded": False}
 
@@ -480,9 +486,9 @@ def side_run_verdict(result: Mapping) -> list[str]:
 
     catastrophic: PGD accuracy "collapsed" when the last epoch's is under half its best and at least
     10 points lower, while FGSM accuracy did not fall (:func:`dwf_lab.reporting.readings.overfitting_verdicts`).
-    robust: held-out PGD accuracy "peaked, then fell" when the last epoch's is at least 2 binomial
-    standard errors (and 3 points) under its best, and training robust accuracy rose by at least
-    5 points since that best epoch."""
+    robust: held-out PGD accuracy "peaked, then fell" when its mean over the last third of the
+    watched epochs after the best is at least 2 binomial standard errors (and 3 points) under the
+    best, and training robust accuracy rose by at least 5 points since that best epoch."""
     s = result["settings"]
     ep, pgd, fgsm, clean, train = (result[k] for k in ("epoch", "pgd", "fgsm", "clean", "train_adv"))
     n = int(s["n_val"])
@@ -491,33 +497,41 @@ def side_run_verdict(result: Mapping) -> list[str]:
             else f"PGD-{s['steps']} training (α = {s['alpha'] * 255:.0f}/255) at ε = {round(s['eps'] * 255)}/255")
     decay = f", the learning rate divided by 10 after epoch {round(s['decay_at'] * s['epochs'])}" \
         if s.get("decay_at") is not None else ""
-    lines = [f"Side run: {what}, {s['n_train']} training images, {s['epochs']} epochs at lr {s['lr']:g}{decay}; "
-             f"watched on {n} held-out training images at ε = 8/255."]
+    origin = "from the run's benign expert" if s.get("warm_start") else "from scratch"
+    held = "test images" if s.get("warm_start") else "held-out training images"
+    lines = [f"Side run: {what}, {origin}, {s['n_train']} training images, {s['epochs']} epochs at lr {s['lr']:g}"
+             f"{decay}; watched on {n} {held} at ε = 8/255."]
     if result["kind"] == "catastrophic":
         lines += overfitting_verdicts({f"FGSM training at {round(s['eps'] * 255)}/255, no random start": result})
         gap = fgsm[-1] - pgd[-1]
         if gap >= 20 and gap > 3 * _binomial_se(fgsm[-1], n):
-            lines.append(f"At the last epoch the model keeps {fgsm[-1]:.1f}% of {n} held-out images under FGSM "
-                         f"but {pgd[-1]:.1f}% under PGD-{s['eval_steps']}: it has learned to defeat its own "
-                         "single step, not the ε-ball.")
+            lines.append(f"Under FGSM its accuracy went from {fgsm[0]:.1f}% (epoch {ep[0]}) to {fgsm[-1]:.1f}% "
+                         f"(epoch {ep[-1]}), under PGD-{s['eval_steps']} from {pgd[0]:.1f}% to {pgd[-1]:.1f}%, "
+                         f"on {n} held-out images: it has learned to defeat its own single step, not the ε-ball.")
         if fgsm[-1] > clean[-1] + 2 * _binomial_se(clean[-1], n):
             lines.append(f"It even classifies FGSM images better than clean ones ({fgsm[-1]:.1f}% against "
                          f"{clean[-1]:.1f}%): the FGSM step now carries the label (label leaking), another "
                          "symptom of catastrophic overfitting.")
         return lines
-    drop, se = pgd[best] - pgd[-1], _binomial_se(pgd[best], n)
+    # "late": the mean of the last third of the watched epochs after the best (at least the last one),
+    # less noisy than the last epoch alone
+    after = list(range(best + 1, len(pgd)))
+    tail = after[-max(1, len(after) // 3):] if after else [best]
+    late = sum(pgd[i] for i in tail) / len(tail)
+    drop, se = pgd[best] - late, _binomial_se(pgd[best], n)
     rise = train[-1] - train[best]
+    span = f"epoch {ep[tail[0]]}" if len(tail) == 1 else f"epochs {ep[tail[0]]}–{ep[tail[-1]]}"
     if drop >= max(3.0, 2 * se) and rise >= 5:
         lines.append(f"Robust overfitting: held-out PGD-{s['eval_steps']} accuracy peaked at {pgd[best]:.1f}% "
-                     f"(epoch {ep[best]}) and fell to {pgd[-1]:.1f}% by epoch {ep[-1]} ({drop:.1f} points, "
-                     f"{drop / se:.1f} standard errors on {n} images), while accuracy on the training "
-                     f"attack's examples rose from {train[best]:.1f}% to {train[-1]:.1f}%.")
+                     f"(epoch {ep[best]}) and fell to {late:.1f}% on average over {span} ({drop:.1f} points, "
+                     f"{drop / se:.1f} standard errors on {n} images), while accuracy on the training attack's "
+                     f"examples rose from {train[best]:.1f}% to {train[-1]:.1f}%.")
         lines.append(f"Early stopping on held-out PGD accuracy (Rice et al. 2020) would keep epoch {ep[best]}.")
     else:
         lines.append(f"No robust overfitting to read here: held-out PGD-{s['eval_steps']} accuracy best "
-                     f"{pgd[best]:.1f}% (epoch {ep[best]}), last {pgd[-1]:.1f}% (a drop of {drop:.1f} points; one "
-                     f"standard error is {se:.1f} on {n} images); training robust accuracy {train[best]:.1f}% → "
-                     f"{train[-1]:.1f}%.")
+                     f"{pgd[best]:.1f}% (epoch {ep[best]}), {late:.1f}% on average over {span} (a drop of "
+                     f"{drop:.1f} points; one standard error is {se:.1f} on {n} images); accuracy on the training "
+                     f"attack's examples {train[best]:.1f}% → {train[-1]:.1f}%.")
     return lines
 
 
@@ -532,7 +546,7 @@ def phenomenon_note(p: Profile, which: str) -> str:
                 + ("long enough for catastrophic overfitting to appear if it will, so the watch below can show it."
                    if likely else
                    "catastrophic overfitting may or may not appear in so few epochs, so the watch below may show "
-                   "nothing. Section 4b shows it on a side run made to show it."))
+                   "nothing. Section 4b trains a small side run meant to show it, and says whether it did."))
     k = max(p.pgd_steps_choices)
     likely = p.expert_epochs >= 30 and k >= 5
     return (f"This profile trains each PGD expert for {p.expert_epochs} epochs with {min(p.pgd_steps_choices)}–{k} "
@@ -540,7 +554,7 @@ def phenomenon_note(p: Profile, which: str) -> str:
             + ("enough epochs for robust overfitting to appear after the learning rate decays; the watch below "
                "can show it." if likely else
                "robust overfitting appears over tens of epochs, so it cannot appear here and the watch below "
-               "will not show it. Section 4b shows it on a side run made to show it."))
+               "will not show it. Section 4b trains a small side run meant to show it, and says whether it did."))
 
 
 def pgd_cost(p: Profile) -> dict:

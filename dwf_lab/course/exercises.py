@@ -853,6 +853,9 @@ def check_inner_max_at_x(n, fn: Callable, model: nn.Module, x: torch.Tensor, y: 
                                     "attacks.random_start_in_ball(x, eps, generator), as Algorithm 2's PGD does"))
     fgsm = attacks.fgsm(m, x, y, eps)
     same = 100 * (1 - differing_share(out, fgsm))
-    return verdict(n, Diagnosis("ok", f"every gradient at x: after {steps} steps of α = {alpha * 255:.0f}/255 "
-                                 f"(together {steps * alpha * 255:.0f}/255, the ball is {2 * eps * 255:.0f}/255 "
-                                 f"wide) {same:.1f}% of the pixels equal plain FGSM's at ε = {eps * 255:.0f}/255"))
+    line = (f"every gradient at x: after {steps} steps of α = {alpha * 255:.0f}/255 (together "
+            f"{steps * alpha * 255:.0f}/255, the ball is {2 * eps * 255:.0f}/255 wide) {same:.1f}% of the pixels "
+            f"equal plain FGSM's at ε = {eps * 255:.0f}/255")
+    if same < 100:
+        line += " (the others include every pixel whose gradient at x is 0: it keeps its random start)"
+    return verdict(n, Diagnosis("ok", line))

@@ -30,7 +30,7 @@ from dwf_lab.course import analyses, exercises
 from dwf_lab.course.exercises import ExerciseFailed
 from dwf_lab.store.runs import Run
 from dwf_lab.training import side_runs
-from dwf_lab.training.builders import load_data
+from dwf_lab.training.builders import build_expert, load_data
 
 EPS, ALPHA, STEPS = 8 / 255, 2 / 255, 10
 
@@ -108,47 +108,25 @@ def setting():
     return model, data.x_test[:24], data.y_test[:24]
 
 
-def pgd_at_x(model, x, y, eps, alpha, steps, generator):
-    model.eval()
-    g = attacks.input_gradient(model, x, y)
-    x_adv = attacks.random_start_in_ball(x, eps, generator)
-    for _ in range(steps):
-        x_adv = attacks.project(x_adv + alpha * g.sign(), x, eps)
-    return x_adv
+def at_x(random_start=True, projection=True, eval_mode=True, at_iterate=False):
+    """PGD whose every gradient is at x (the printed Eq. 4), or one seeded mistake of it."""
+    def attack(model, x, y, eps, alpha, steps, generator):
+        if eval_mode:
+            model.eval()
+        x_adv = attacks.random_start_in_ball(x, eps, generator) if random_start else x.clone()
+        for _ in range(steps):
+            g = attacks.input_gradient(model, x_adv if at_iterate else x, y)
+            x_adv = x_adv + alpha * g.sign()
+            x_adv = attacks.project(x_adv, x, eps) if projection else x_adv.clamp(0, 1)
+        return x_adv
+    return attack
 
 
-def pgd_right(model, x, y, eps, alpha, steps, generator):
-    model.eval()
-    x_adv = attacks.random_start_in_ball(x, eps, generator)
-    for _ in range(steps):
-        x_adv = attacks.project(x_adv + alpha * attacks.input_gradient(model, x_adv, y).sign(), x, eps)
-    return x_adv
-
-
-def at_x_no_start(model, x, y, eps, alpha, steps, generator):
-    model.eval()
-    g = attacks.input_gradient(model, x, y)
-    x_adv = x.clone()
-    for _ in range(steps):
-        x_adv = attacks.project(x_adv + alpha * g.sign(), x, eps)
-    return x_adv
-
-
-def at_x_no_projection(model, x, y, eps, alpha, steps, generator):
-    model.eval()
-    g = attacks.input_gradient(model, x, y)
-    x_adv = attacks.random_start_in_ball(x, eps, generator)
-    for _ in range(steps):
-        x_adv = (x_adv + alpha * g.sign()).clamp(0, 1)
-    return x_adv
-
-
-def at_x_train_mode(model, x, y, eps, alpha, steps, generator):
-    g = attacks.input_gradient(model, x, y)              # no model.eval()
-    x_adv = attacks.random_start_in_ball(x, eps, generator)
-    for _ in range(steps):
-        x_adv = attacks.project(x_adv + alpha * g.sign(), x, eps)
-    return x_adv
+pgd_at_x = at_x()
+pgd_right = at_x(at_iterate=True)                 # the correct PGD: not what the exercise asks
+at_x_no_start = at_x(random_start=False)
+at_x_no_projection = at_x(projection=False)
+at_x_train_mode = at_x(eval_mode=False)
 
 
 def test_pgd_with_the_gradient_at_x_passes_and_is_fgsm(setting, capsys):
@@ -196,12 +174,13 @@ def smoke():
 def test_a_side_run_at_smoke_is_fast_and_gives_one_number_per_epoch(smoke, kind):
     p, data = smoke
     t0 = time.perf_counter()
-    r = side_runs.side_run(kind, p, data, seed=0, progress=False)
-    assert time.perf_counter() - t0 < 60
     s = side_runs.side_run_settings(kind, p, data)
-    assert r["epoch"] == list(range(1, s.epochs + 1))
+    start = build_expert(p, data) if s.warm_start else None
+    r = side_runs.side_run(kind, p, data, seed=0, progress=False, start=start)
+    assert time.perf_counter() - t0 < 60
+    assert r["epoch"] == list(range(0 if s.warm_start else 1, s.epochs + 1))
     for key in ("clean", "fgsm", "pgd", "train_adv"):
-        assert len(r[key]) == s.epochs and all(0 <= v <= 100 for v in r[key])
+        assert len(r[key]) == len(r["epoch"]) and all(0 <= v <= 100 for v in r[key] if v == v)   # NaN: no training yet
     assert set(analyses.side_run_series(r)) == set(r["labels"].values())
 
 
@@ -210,6 +189,9 @@ def test_side_run_settings(smoke):
     laptop = get_profile("laptop")
     co = side_runs.side_run_settings("catastrophic", laptop, SimpleNamespace(x_train=torch.zeros(5000)))
     assert co.recipe == "fgsm" and not co.random_start and co.eps == 16 / 255 and co.decay_at is None
+    assert co.warm_start      # from the run's benign expert
+    with pytest.raises(ValueError, match="starts from a trained model"):
+        side_runs.side_run("catastrophic", p, data, seed=0, progress=False)
     ro = side_runs.side_run_settings("robust", laptop, SimpleNamespace(x_train=torch.zeros(5000)))
     assert ro.recipe == "pgd" and ro.steps == max(laptop.pgd_steps_choices) and ro.decay_at is not None
     with pytest.raises(ValueError, match="side run must be one of"):
