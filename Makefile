@@ -7,6 +7,9 @@
 PYTHON  ?= python3
 PROFILE ?= laptop
 RUN     ?=
+# make test's pytest processes side by side (tests/run_suite.sh): 2, the course's half and the
+# rest, one torch thread each, for this project's 2-core CI machine; 1 runs them one after another.
+TEST_WORKERS ?= 2
 ifdef VIRTUAL_ENV
 VENV := $(VIRTUAL_ENV)
 else
@@ -57,8 +60,7 @@ lint: setup
 # as root only: elsewhere that test skips and says why); stopped when the tests end.
 test: setup browser-deps lint
 	@bash tests/slurm/start_cluster.sh || echo "make test: no SLURM cluster here; tests/slurm will skip"
-	OMP_NUM_THREADS=1 DWF_PROFILE=smoke DWF_RUNS_DIR=$$(mktemp -d) $(PY) -m pytest tests notebooks \
-	  --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider --durations=15; \
+	OMP_NUM_THREADS=1 DWF_PROFILE=smoke PY=$(PY) TEST_WORKERS=$(TEST_WORKERS) bash tests/run_suite.sh; \
 	  rc=$$?; bash tests/slurm/start_cluster.sh stop >/dev/null 2>&1; exit $$rc
 
 bench: setup
