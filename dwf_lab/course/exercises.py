@@ -88,18 +88,33 @@ def attempted(answer) -> bool:
     return answer is not None and answer is not Ellipsis
 
 
-def not_attempted(n) -> bool:
+class Checked(int):
+    """What a check returns: true when the answer is right, false when there is none yet (a wrong
+    one raises). A notebook cell that ends with the check shows the check's own line only, not a
+    bare ``True`` / ``False`` under it."""
+
+    def __new__(cls, ok: bool):
+        return super().__new__(cls, bool(ok))
+
+    def __repr__(self) -> str:
+        return repr(bool(self))
+
+    def _ipython_display_(self) -> None:
+        pass
+
+
+def not_attempted(n) -> Checked:
     print(f"Exercise {n}: {NOT_ATTEMPTED}")
-    return False
+    return Checked(False)
 
 
-def verdict(n, d: Diagnosis) -> bool:
+def verdict(n, d: Diagnosis) -> Checked:
     """Print or raise: the one place a check's verdict reaches the learner."""
     if d.key == "not_attempted":
         return not_attempted(n)
     if d.ok:
         print(f"Exercise {n}: correct — {d.line}")
-        return True
+        return Checked(True)
     raise ExerciseFailed(f"Exercise {n}: {d.line}")
 
 
@@ -729,7 +744,7 @@ def check_epoch_cost(n, answer, curves: Mapping, pgd_stage: str, model_ratio: fl
         missing = pgd_stage if pgd is None else benign_stage
         print(f"Exercise {n}: cannot be checked — the run's metrics have no epoch times for {missing} "
               "(a stage copied from elsewhere?)")
-        return False
+        return Checked(False)
     if not isinstance(answer, (int, float)) or isinstance(answer, bool):
         return verdict(n, Diagnosis("shape", f"give one number (a ratio), got {type(answer).__name__}"))
     want = (sum(pgd) / len(pgd)) / (sum(benign) / len(benign))

@@ -21,7 +21,7 @@ def _fails(match, check, *args, **kw):
 
 
 def _not_attempted(capsys, check, *args, **kw):
-    assert check(*args, **kw) is False
+    assert not check(*args, **kw)
     assert "not attempted" in capsys.readouterr().out
 
 

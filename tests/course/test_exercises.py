@@ -303,7 +303,7 @@ def stub_raises(model, x, y, eps):
 @pytest.mark.parametrize("answer", [None, ..., stub_returns_none, stub_raises])
 def test_an_unanswered_attack_is_not_attempted_and_raises_nothing(setting, answer, capsys):
     model, x, y = setting
-    assert check_attack(2, answer, model, x, y, EPS) is False
+    assert not check_attack(2, answer, model, x, y, EPS)
     assert capsys.readouterr().out.strip() == "Exercise 2: not attempted"
 
 
@@ -319,7 +319,7 @@ def test_every_check_says_not_attempted_for_none(setting, mixture, check, args, 
              "routing": (mixture, "uniform"), "run": (None, 0)}
     call = extra[args[0]] if args else ((mixture, x[:4]) if check is exercises.check_topk_logits
                                         else (model, x[:1], y[:1]))
-    assert check(5, None, *call) is False
+    assert not check(5, None, *call)
     assert capsys.readouterr().out.strip() == "Exercise 5: not attempted"
 
 
@@ -397,3 +397,14 @@ def test_the_student_copy_has_no_solutions(tmp_path):
         assert removed == student.count_solutions(original)
     with pytest.raises(ValueError, match="overwrite"):
         student.student_copy(notebook_sequence()[0].parent)
+
+
+def test_a_checks_verdict_shows_only_its_line_in_a_notebook(capsys):
+    """A cell ending with a check shows the check's line, not a bare True/False under it: the verdict
+    is truthy when right and falsy when not attempted, and IPython displays nothing for it."""
+    from dwf_lab.course.exercises import Diagnosis, not_attempted, verdict
+    right, none_yet = verdict(7, Diagnosis("ok", "well done")), not_attempted(7)
+    assert right and not none_yet and right == True and none_yet == False   # noqa: E712
+    assert (repr(right), repr(none_yet)) == ("True", "False")
+    assert right._ipython_display_() is None
+    assert capsys.readouterr().out == "Exercise 7: correct — well done\nExercise 7: not attempted\n"

@@ -64,7 +64,7 @@ def test_the_linear_check_passes_the_closed_form(linear, capsys):
 @pytest.mark.parametrize("answer", [None, ..., lambda w, y, e: None, lambda w, y, e: ...])
 def test_the_linear_check_says_not_attempted(linear, answer, capsys):
     w, y = linear
-    assert exercises.check_linear_worst(1, answer, w, y, EPS) is False
+    assert not exercises.check_linear_worst(1, answer, w, y, EPS)
     assert "Exercise 1: not attempted" in capsys.readouterr().out
 
 
