@@ -3,6 +3,7 @@ That it agrees with fp32 within a point on a model adversarially trained on real
 tests/data/test_real_data.py."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import pytest
@@ -128,3 +129,33 @@ def test_bf16_evaluation_computes_the_logits_in_fp32():
         out = mix.forward_details(x)
     for t in (out.logits, out.weights, out.expert_logits):
         assert t.dtype == torch.float32 and (t.bfloat16().float() != t).any()
+
+
+def test_check_12_compares_image_by_image():
+    """Two verdicts with the same accuracy that break different images disagree: check 12 fails on
+    the images bf16 left robust and fp32 broke, and names how many and which; the same verdicts pass,
+    and so does bf16 breaking more than fp32 (it does not flatter the model)."""
+    from dwf_lab.evaluation.checklist import precision_item
+    s = dataclasses.replace(ChecklistSettings.smoke(), precision="bf16")
+    low = torch.tensor([True] * 10 + [False] * 10 + [True] * 30)
+    ref = torch.tensor([False] * 10 + [True] * 10 + [True] * 30)
+    assert low.sum() == ref.sum()                                   # the aggregates agree
+    item = precision_item(low, ref, s)
+    assert item.passed is False and item.evidence["images with another verdict"] == 20
+    assert item.evidence["robust only in bf16"] == 10 and item.evidence["which"][:2] == [0, 1]
+    assert precision_item(ref, ref, s).passed is True
+    assert precision_item(low & ref, ref, s).passed is True
+
+
+def test_check_12_fails_on_a_model_whose_bf16_verdict_flips(trained_model, attack_batch):
+    """In bf16 this kit ResNet's first convolution is cut from the graph (a forward hook on a copy
+    that zeroes the gradient through a bf16 output): bf16 PGD gets none, while fp32 attacks the model itself."""
+    x, y = attack_batch[0][:48], attack_batch[1][:48]
+    s = dataclasses.replace(ChecklistSettings.smoke(n_examples=48), precision="bf16")
+    flips = copy.deepcopy(trained_model).eval()
+    first_conv = next(m for m in flips.modules() if isinstance(m, nn.Conv2d))
+    first_conv.register_forward_hook(lambda m, args, z: z * 0 + z.detach() if z.dtype == torch.bfloat16 else z)
+    items = run_checklist(flips, x, y, s, square=False)
+    item = next(i for i in items if i.key == "precision-agrees")
+    assert item.passed is False, item.evidence
+    assert item.evidence["robust only in bf16"] > item.evidence["robust only in fp32"]
