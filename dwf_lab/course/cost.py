@@ -212,7 +212,7 @@ def measured_rates(p: Profile, inv: RunInventory, n_train: int, n_test: int) -> 
         info = rec.get("adaptive") or {}
         a = _record_settings(AdaptiveSettings, info.get("settings"))
         for key, sec in (info.get("elapsed_s") or {}).items():
-            if a is not None and isinstance(sec, (int, float)) and sec > 0 and key in a.metric_names(True):
+            if a is not None and isinstance(sec, (int, float)) and sec > 0 and key in ("SA", *a.every_attack_name()):
                 work = attack_work(key, a, kind, p, a.images(n), _robust(rec))
                 attack.setdefault(key, []).append((name, sec / work))
     for seed, variants in inv.ablations.items():

@@ -128,6 +128,11 @@ class AdaptiveSettings(SizedSettings):
         such as ``"soe"``: that kind's, :func:`dwf_lab.evaluation.suite.kind_of`)."""
         return [a.key(self) for a in planned(self, mixture)]
 
+    def every_attack_name(self) -> list[str]:
+        """The metric keys of every attack these settings run on some kind of model (plain
+        networks, DWF's mixture, SoE, ADVMoE): what ``--redo`` and the banner's timing accept."""
+        return list(dict.fromkeys(a.key(self) for a in ATTACKS.values() if a.enabled(self)))
+
     def metric_names(self, mixture: bool | str) -> list[str]:
         return ["SA"] + self.attack_names(mixture) + [WORST]
 

@@ -131,7 +131,7 @@ def stored_settings_differences(rec: dict, s: AdaptiveSettings, names: Sequence[
 
 def check_redo(s: AdaptiveSettings, redo: Sequence[str]) -> None:
     """Refuse ``redo`` keys that name no attack of ``s`` (one ValueError, before anything runs)."""
-    known = set(s.attack_names(True))
+    known = set(s.every_attack_name())
     if set(redo) - known:
         raise ValueError(f"cannot redo {sorted(set(redo) - known)}: the attacks are {sorted(known)}")
 

@@ -524,3 +524,14 @@ def test_attacks_at_another_eps_are_refused_not_pooled(tmp_path):
         evaluate_adaptive_run(run, 0, data, tiny_settings(eps=8 / 255), progress=False, which="benign",
                               checklist=False)
     assert run.eval_path(0, "benign").read_text() == before
+
+
+def test_redo_knows_every_registered_attack_whatever_model_it_is_for():
+    """--redo accepts the attacks made for one kind of model (SoE's transfer, ADVMoE's fixed route,
+    the mixture's gate attacks) and still refuses a key no attack has."""
+    from dwf_lab.pipeline.adaptive import check_redo
+    s = AdaptiveSettings.smoke()
+    check_redo(s, ["soe-transfer", "route-fixed", s.pgd_key])
+    assert {"soe-transfer", "route-fixed"} <= set(s.every_attack_name())
+    with pytest.raises(ValueError, match="cannot redo"):
+        check_redo(s, ["pgd-7"])
