@@ -418,6 +418,7 @@ def test_static_site_opens_offline_with_its_figures(browser_deps, smoke_course, 
     print(f"\n[site] {site}: {size / 1e6:.1f} MB in {sum(1 for f in site.rglob('*') if f.is_file())} files")
     requested: list[str] = []
     problems: list[str] = []
+    measured = {"site_mb": round(size / 1e6, 2), "pages": {}}     # kept under $DWF_SCREENSHOT_DIR
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
         try:
@@ -440,6 +441,8 @@ def test_static_site_opens_offline_with_its_figures(browser_deps, smoke_course, 
                 page.wait_for_function(_DRAWN_JS, timeout=FIGURE_TIMEOUT)
                 every = time.monotonic() - start
                 state = page.evaluate(_FIGURES_JS)
+                measured["pages"][path.name] = {"first_screen_s": round(opened, 3), "every_figure_s": round(every, 3),
+                                                "figures": state["figures"], "twins": state["twins"]}
                 print(f"[site] {path.name}: opened (first screen drawn) in {opened:.2f} s, every figure drawn "
                       f"in {every:.2f} s; {state['figures']} figures "
                       f"({state['twins']} widget twins), {state['images']} images, {state['maths']} equations, "
@@ -465,11 +468,13 @@ def test_static_site_opens_offline_with_its_figures(browser_deps, smoke_course, 
             moved = _slide_until_the_prediction_changes(page, twin)
             shot = tmp_path / "site_eps_slider.png"
             twin.screenshot(path=str(shot))
+            ms = sorted(moved["moves_ms"])
+            measured["eps_slider_moves_ms"] = {"n": len(ms), "median": ms[len(ms) // 2], "max": ms[-1]}
             if os.environ.get("DWF_SCREENSHOT_DIR"):
                 dest = Path(os.environ["DWF_SCREENSHOT_DIR"])
                 dest.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(shot, dest / shot.name)
-            ms = sorted(moved["moves_ms"])
+                (dest / "site_measured.json").write_text(json.dumps(measured, indent=1))
             print(f"[site] ε = 0: {moved['at_zero']}\n[site] {moved['eps']}: {moved['flipped']}")
             print(f"[site] {len(ms)} slider moves, each from the event to the frame drawn: median "
                   f"{ms[len(ms) // 2]:.0f} ms, max {ms[-1]:.0f} ms; screenshot {shot}")
