@@ -55,7 +55,7 @@ NOTEBOOK_FILE = re.compile(r"^(\d\d)_[\w\-]+\.ipynb$")
 
 # the lab template, minus everything it would fetch from a CDN, plus plotly.js from the site folder
 TEMPLATE = """{%- extends 'index.html.j2' -%}
-{%- block html_head_js -%}<script src="PLOTLY_JS" charset="utf-8"></script>{%- endblock html_head_js -%}
+{%- block html_head_js -%}{%- endblock html_head_js -%}
 {%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
 {%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
 {%- block jupyter_widgets -%}{%- endblock jupyter_widgets -%}
@@ -212,18 +212,31 @@ def _nav(pages: list[tuple[str, str]], i: int, report: str | None = None) -> str
 # Figures are drawn when they come near the screen, not all at load: a page with dozens of figures
 # opens at the speed of its first screen. Each figure's (or widget twin's) drawing script is stored
 # with type LAZY; the loader runs it once its output scrolls within LAZY_MARGIN of the view, and
-# every one of them before printing (window.dwfDrawAll, which the browser test calls too).
+# every one of them before printing (window.dwfDrawAll, which the browser test calls too). plotly.js
+# itself (4.8 MB to parse) is loaded by the first figure that needs it, not by the page's head.
 LAZY = "text/dwf-lazy"
 LAZY_MARGIN = "1200px"
 LAZY_LOADER = """<script>
 (function () {
   var lazy = [].slice.call(document.querySelectorAll('script[type="%s"]'));
+  var plotly = null;
+  function withPlotly(then) {
+    if (window.Plotly) return then();
+    if (!plotly) plotly = new Promise(function (done) {
+      var js = document.createElement('script');
+      js.src = '%s'; js.charset = 'utf-8'; js.onload = done;
+      document.head.appendChild(js);
+    });
+    plotly.then(then);
+  }
   function run(s) {
     if (s.getAttribute('data-ran')) return;
     s.setAttribute('data-ran', '1');
-    var n = document.createElement('script');
-    n.text = s.text;
-    s.parentNode.insertBefore(n, s.nextSibling);
+    withPlotly(function () {
+      var n = document.createElement('script');
+      n.text = s.text;
+      s.parentNode.insertBefore(n, s.nextSibling);
+    });
   }
   window.dwfDrawAll = function () { lazy.forEach(run); };
   window.addEventListener('beforeprint', window.dwfDrawAll);
@@ -241,7 +254,7 @@ LAZY_LOADER = """<script>
     seen.observe(box);
   });
 })();
-</script>""" % (LAZY, LAZY_MARGIN)
+</script>""" % (LAZY, PLOTLY_JS, LAZY_MARGIN)
 
 
 def lazy_scripts(fragment: str) -> str:
