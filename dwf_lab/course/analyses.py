@@ -294,36 +294,26 @@ def reference_runtime(p: Profile) -> Runtime:
     return Runtime.from_profile(p.replace(device="cpu", amp="off", channels_last="off"))
 
 
-def same_state(a: nn.Module, b: nn.Module, rtol: float = 1e-5, atol: float = 1e-7) -> bool:
-    """True when two models hold the same parameters and buffers (``torch.allclose`` on each,
-    integer buffers such as BatchNorm's step counter compared exactly): the check that a
-    hand-written training step did what the package's step does."""
+def first_difference(a: nn.Module, b: nn.Module, rtol: float = 1e-5, atol: float = 1e-7) -> str | None:
+    """The name of the first parameter or buffer in which two models differ (``torch.allclose`` on
+    floating tensors, integer buffers such as BatchNorm's step counter compared exactly; a name one
+    model lacks or a shape that differs counts); None when they hold the same state."""
     sa, sb = a.state_dict(), b.state_dict()
-    if sa.keys() != sb.keys():
-        return False
-    for k in sa:
-        ta, tb = sa[k], sb[k]
-        if ta.shape != tb.shape:
-            return False
-        if torch.is_floating_point(ta):
-            if not torch.allclose(ta, tb.to(ta.dtype), rtol=rtol, atol=atol):
-                return False
-        elif not torch.equal(ta, tb):
-            return False
-    return True
-
-
-def _first_difference(a: nn.Module, b: nn.Module) -> str | None:
-    """The name of the first parameter or buffer in which two models differ (None: none)."""
-    sa, sb = a.state_dict(), b.state_dict()
-    for k in sa:
-        if k not in sb or sa[k].shape != sb[k].shape:
+    for k in [*sa, *(k for k in sb if k not in sa)]:
+        if k not in sa or k not in sb or sa[k].shape != sb[k].shape:
             return k
-        ta, tb = sa[k], sb[k].to(sa[k].dtype)
-        same = torch.allclose(ta, tb, rtol=1e-5, atol=1e-7) if torch.is_floating_point(ta) else torch.equal(ta, tb)
+    for k, ta in sa.items():
+        tb = sb[k].to(ta.device, ta.dtype)
+        same = torch.allclose(ta, tb, rtol=rtol, atol=atol) if torch.is_floating_point(ta) else torch.equal(ta, tb)
         if not same:
             return k
     return None
+
+
+def same_state(a: nn.Module, b: nn.Module, rtol: float = 1e-5, atol: float = 1e-7) -> bool:
+    """True when two models hold the same parameters and buffers (:func:`first_difference`): the
+    check that a hand-written training step did what the package's step does."""
+    return first_difference(a, b, rtol, atol) is None
 
 
 def check_matches_package(kind: str, by_hand: nn.Module, loss: torch.Tensor, start: nn.Module,
@@ -347,7 +337,7 @@ def check_matches_package(kind: str, by_hand: nn.Module, loss: torch.Tensor, sta
     if not torch.allclose(loss.detach().cpu().float(), loss_package.detach().cpu().float(), rtol=1e-5, atol=1e-6):
         raise ExerciseFailed(f"your loss {loss.item():.6f} differs from the package's {loss_package.item():.6f}: "
                              "check the batch (which images, in which mode), the draws' order and the loss")
-    where = _first_difference(by_hand, by_package)
+    where = first_difference(by_hand, by_package)
     if where is not None:
         raise ExerciseFailed(f"same loss, but after the step {where!r} differs from the package's: check the "
                              "optimizer's settings and that the update ran in train mode")

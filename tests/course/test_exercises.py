@@ -406,5 +406,8 @@ def test_a_checks_verdict_shows_only_its_line_in_a_notebook(capsys):
     right, none_yet = verdict(7, Diagnosis("ok", "well done")), not_attempted(7)
     assert right and not none_yet and right == True and none_yet == False   # noqa: E712
     assert (repr(right), repr(none_yet)) == ("True", "False")
-    assert right._ipython_display_() is None
+    from IPython.core.formatters import DisplayFormatter
+    shown = DisplayFormatter()
+    assert shown.format(right) == ({}, {}) and shown.format(none_yet) == ({}, {})   # nothing under the line
+    assert shown.format(True)[0]["text/plain"] == "True"                           # a bare bool would show
     assert capsys.readouterr().out == "Exercise 7: correct — well done\nExercise 7: not attempted\n"

@@ -1,7 +1,8 @@
 """Notebooks 05-08 teach by having the learner write the idea (read from the notebook JSON;
 nothing is executed; the smoke course in test_notebooks.py runs them).
 
-- the parameters cell declares ``solutions = False``;
+- (``solutions = False`` and the kit names each setup cell imports: test_exercise_cells.py, for
+  every notebook);
 - every exercise is three code cells in this order: the learner's cell (tagged ``exercise``: a
   stub whose body is ``...``, or a variable set to ``None``), the check (a call of
   ``checks_late.check_*(N, answer, ...)``), and the solution (tagged ``solution``, source hidden,
@@ -11,21 +12,19 @@ nothing is executed; the smoke course in test_notebooks.py runs them).
   (05: the worst case, 06: DLR and the gate-steering PGD, 07: the uniform average, 08: the paired
   test), and 06 has the λ slider;
 - a "Predict first" line comes before each generated reading (``protocol_reading``, the adaptive
-  reading, ``verdict_reading``, the audit readings, ``course_lessons``), with a ``my_guess`` cell;
-- the setup cell imports at most :data:`MAX_KIT_NAMES` names from ``dwf_lab``.
+  reading, ``verdict_reading``, the audit readings, ``course_lessons``), with a ``my_guess`` cell.
 """
 from __future__ import annotations
 
 import re
 
 import pytest
-from exercise_cells import check_exercises, kit_names, read, solutions_default
+from exercise_cells import check_exercises, read
 
 from dwf_lab.course.runner import notebook_sequence
 
 LATE = ("05", "06", "07", "08")
 NOTEBOOKS = [p for p in notebook_sequence() if p.name[:2] in LATE]
-MAX_KIT_NAMES = {"05": 12, "06": 10, "07": 11, "08": 7}
 WRITTEN = {"05": {"my_worst_case"}, "06": {"my_dlr", "my_gate_pgd"}, "07": {"my_uniform"}, "08": {"my_paired"}}
 READINGS = ("protocol_reading(", 'shown["reading"]', "verdict_reading(", "audit.audit_reading(findings,",
             "audit.audit_reading(findings_run", "course_lessons(", "noise.paired_difference(a, b)")
@@ -33,11 +32,6 @@ READINGS = ("protocol_reading(", 'shown["reading"]', "verdict_reading(", "audit.
 
 def test_the_late_notebooks_are_there():
     assert [p.name[:2] for p in NOTEBOOKS] == list(LATE)
-
-
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_solutions_parameter_defaults_to_false(path):
-    assert solutions_default(path) is False
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -66,9 +60,3 @@ def test_notebook_06_has_the_lambda_slider():
     nb = read(next(p for p in NOTEBOOKS if p.name.startswith("06")))
     src = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
     assert "steering.steering_sweep(" in src and "concepts.steering_figure(" in src
-
-
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_few_kit_names_are_imported(path):
-    names = kit_names(path)
-    assert len(names) <= MAX_KIT_NAMES[path.name[:2]], f"{path.name} imports {len(names)} names from dwf_lab: {names}"
