@@ -121,13 +121,21 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def check_not_busy(name: str, root: Path) -> None:
-    """A :class:`RunBusyError` when another process holds the whole run ``root`` (its ``.lock``): a
-    command that needs the whole run checks it before it writes anything (config.json's seeds)."""
+PROBE_WAIT_S = 3.0
+"""How long a command that only checks the whole run is free waits for it. A peer ``train`` checks
+the same lock on its way to its own stage and holds it for milliseconds, so two processes started
+together must not take each other's check for a holder; a real holder (pack, adaptive) holds it for
+minutes and is still named after this wait."""
+
+
+def check_not_busy(name: str, root: Path, wait: float = PROBE_WAIT_S) -> None:
+    """A :class:`RunBusyError` when another process holds the whole run ``root`` (its ``.lock``) for
+    longer than ``wait`` seconds: a command that needs the whole run checks it before it writes
+    anything (config.json's seeds)."""
     path = Path(root) / ".lock"
     if not path.is_file():
         return
-    lock = FileLock(path, timeout=0, fallback_to_soft=False)
+    lock = FileLock(path, timeout=wait, fallback_to_soft=False)
     try:
         lock.acquire()
     except Timeout:

@@ -8,6 +8,7 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
@@ -15,7 +16,15 @@ from hypothesis import strategies as st
 from tinymodels import lock_holder  # tests/ is on sys.path
 
 from dwf_lab.core.config import get_profile
-from dwf_lab.store.runs import RUNS_DIR_ENV, Run, RunBusyError, RunConfigMismatch, RunNotFoundError, runs_dir
+from dwf_lab.store.runs import (
+    RUNS_DIR_ENV,
+    Run,
+    RunBusyError,
+    RunConfigMismatch,
+    RunNotFoundError,
+    check_not_busy,
+    runs_dir,
+)
 
 
 def test_every_path_of_a_run_lies_under_its_root(tmp_path):
@@ -225,6 +234,37 @@ def test_a_second_lock_is_refused_naming_the_holder(tmp_path):
         note = json.loads((tmp_path / "r" / ".lock.owner.json").read_text())
         assert note["pid"] == os.getpid() and note["command"] == "evaluate"
     assert not (tmp_path / "r" / ".lock.owner.json").exists()
+
+
+def test_a_peers_brief_check_of_the_run_is_waited_out_and_a_real_holder_is_not(tmp_path):
+    """Two `train` processes started together each check the whole run on their way to their own
+    stage; one must not take the other's millisecond-long check for a holder (CI saw it once)."""
+    p, _ = _made(tmp_path)
+    run = Run("r", p, root=tmp_path / "r")
+    with run.lock("train"):
+        pass                                   # the .lock file exists, as after any command
+    held, release = threading.Event(), threading.Event()
+
+    def peer(hold_s):
+        with Run.open("r", p, root=tmp_path / "r").lock("train"):
+            held.set()
+            release.wait(hold_s)
+
+    brief = threading.Thread(target=peer, args=(0.3,))
+    brief.start()
+    held.wait(10)
+    check_not_busy("r", tmp_path / "r", wait=5)        # waits the peer's check out
+    brief.join()
+    held.clear()
+    long = threading.Thread(target=peer, args=(30,))
+    long.start()
+    held.wait(10)
+    try:
+        with pytest.raises(RunBusyError, match=r"^run 'r' at .* is in use by this process \('train', pid "):
+            check_not_busy("r", tmp_path / "r", wait=0.2)
+    finally:
+        release.set()
+        long.join()
 
 
 def test_a_stale_note_is_not_taken_for_the_holder(tmp_path):
