@@ -25,7 +25,7 @@ from dwf_lab.store.checkpoints import load_model
 from dwf_lab.store.runs import Run
 from dwf_lab.training.builders import load_data
 from dwf_lab.training.fast_path import for_evaluation
-from dwf_lab.training.stages import of_kind, plan_stages, select_stages
+from dwf_lab.training.stages import select_stages
 
 # ============================================================ notebook setup ==
 SCOPE_ENV = "DWF_COURSE_SCOPE"
@@ -208,11 +208,6 @@ def quick_batch(data, n: int | None = None, device=None) -> tuple[torch.Tensor, 
 
 
 # ============================================================ stages, models ==
-def stage_names(p: Profile, kind: str) -> list[str]:
-    """Stage names of one kind ("benign", "fgsm", "pgd", "fgsm_at", "pgd_at", "mixture")."""
-    return [s.name for s in of_kind(plan_stages(p), kind)]
-
-
 def load_stage(run, seed: int, stage: str, device=None) -> nn.Module:
     """A finished stage's model (eval mode, the evaluation layout of
     :func:`dwf_lab.training.fast_path.for_evaluation`), with a clear error if it is not trained yet."""

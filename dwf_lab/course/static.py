@@ -487,8 +487,3 @@ def twin_html(twin: dict, div_id: str | None = None, note: str | None = None) ->
             f"<div class='dwf-twin-plot plotly-graph-div' style='{size}'></div>{lines}"
             f"<script type='application/json' class='dwf-twin-spec'>{_script_json(twin)}</script>"
             f"<script>{TWIN_JS}\nwindow.dwfTwin('{div_id}');</script></div>")
-
-
-def twin_states(twin: dict) -> int:
-    """How many states a twin holds."""
-    return len(twin["states"])

@@ -132,10 +132,6 @@ class StoredPGD:
     restarts: int
     source: str
 
-    def accuracies(self) -> tuple[float, float]:
-        """(short, long) accuracy in percent."""
-        return 100.0 * self.short.float().mean().item(), 100.0 * self.long.float().mean().item()
-
 
 def stored_pgd(rec: dict, s: ChecklistSettings, n: int) -> StoredPGD | None:
     """The protocol's PGD-``s.steps`` and PGD-100 x restarts from an evaluation record, when they
