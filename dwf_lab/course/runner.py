@@ -23,11 +23,14 @@ import papermill as pm
 
 from dwf_lab.core.config import PROFILES, Profile, get_profile, parse_sets
 from dwf_lab.core.io import atomic_write_text
+from dwf_lab.core.runtime import Runtime
 from dwf_lab.course.display import STATIC_ENV
+from dwf_lab.course.forecast import course_forecast, forecast_line
 from dwf_lab.course.plan import inventory
 from dwf_lab.course.setup import SCOPE_ENV, course_scope
 from dwf_lab.course.site import TIMES_FILE, build_site, read_times
 from dwf_lab.store.runs import Run
+from dwf_lab.training.builders import load_data
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 NOTEBOOK_PATTERN = re.compile(r"^\d\d_[\w\-]+\.ipynb$")
@@ -129,11 +132,39 @@ def record_time(run_root: Path, nb: Path, seconds: float, ok: bool, profile: str
                         "scope": scope, "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": load,
                         "trained": list(trained)}
     data = {"profile": profile, "scope": scope, "machine": load,
+            **({"forecast": data["forecast"]} if isinstance(data.get("forecast"), dict) else {}),
             "notebooks": dict(sorted(nbs.items())),
             "total_s": round(sum(float(v["seconds"]) for v in nbs.values() if isinstance(v, dict)
                                  and isinstance(v.get("seconds"), (int, float))), 1)}
     atomic_write_text(Path(run_root) / TIMES_FILE, json.dumps(data, indent=1))
     return data
+
+
+def record_forecast(run_root: Path, forecast: list, line: str) -> None:
+    """Keep the course's forecast (:func:`dwf_lab.course.forecast.course_forecast`, made before its
+    first notebook ran) in ``course_times.json`` beside the times it forecast, for
+    ``benchmarks/banner_vs_measured.py``; the notebooks' recorded times are kept."""
+    data = read_times(run_root)
+    data["forecast"] = {"made": time.strftime("%Y-%m-%d %H:%M:%S"), "line": line,
+                        "notebooks": {f.notebook: round(f.seconds, 1) for f in forecast}}
+    atomic_write_text(Path(run_root) / TIMES_FILE, json.dumps(data, indent=1))
+
+
+def _forecast(run: Run, scope: str, nbs: list[Path], say) -> None:
+    """Say, before the first notebook, about how long the run's own work in these notebooks takes on
+    this machine, and keep the figures; an estimate never stops the course."""
+    try:
+        p = run.profile
+        forecast = course_forecast(p, load_data(p), run, scope, [nb.name[:2] for nb in nbs],
+                                   Runtime.from_profile(p).device)
+        if not forecast:
+            return   # none of these notebooks is in the course's plan: nothing to price
+        line = forecast_line(forecast, p)
+        record_forecast(run.root, forecast, line)
+    except Exception as e:   # noqa: BLE001 - a forecast is advice; the course goes on without it
+        say(f"[dwf-lab course] no forecast of the course's length ({type(e).__name__}: {e})")
+        return
+    say(f"[dwf-lab course] {line}")
 
 
 # parameters a notebook gets only when its parameters cell declares them (papermill warns of others)
@@ -160,7 +191,8 @@ def _declared(nb: Path, params: dict) -> dict:
 def run_course(profile: Profile | str | None = None, run_name: str | None = None,
                sets: Sequence[str] | None = None, notebooks: Iterable[str | Path] | None = None,
                out_dir: str | Path | None = None, kernel: str = "python3",
-               log=None, scope: str | None = None, site: bool = True, solutions: bool = True) -> list[Path]:
+               log=None, scope: str | None = None, site: bool = True, solutions: bool = True,
+               forecast: bool = True) -> list[Path]:
     """Execute the course notebooks in order with papermill; returns the executed copies.
 
     Each notebook gets the parameters ``profile`` (the profile's name), ``run_name``
@@ -175,6 +207,9 @@ def run_course(profile: Profile | str | None = None, run_name: str | None = None
     the copies. Each notebook's time goes to ``runs/<run>/course_times.json``; with ``site``
     (and the default ``out_dir``) the executed course is then rendered as a static site in
     ``runs/<run>/site/``. The first failing notebook stops the course with a :class:`CourseError`.
+    Before the first notebook (``forecast``) it says about how long the run's own work in them will
+    take on this machine (:func:`dwf_lab.course.forecast.course_forecast`), and keeps the figures in
+    ``course_times.json`` under ``"forecast"``.
     """
 
     say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -191,6 +226,8 @@ def run_course(profile: Profile | str | None = None, run_name: str | None = None
     out_dir.mkdir(parents=True, exist_ok=True)
     say(f"[dwf-lab course] {len(nbs)} notebook(s), profile {p.name}, scope {scope}, run {run.name} at "
         f"{run.root}; executed copies go to {out_dir}")
+    if forecast:
+        _forecast(run, scope, nbs, say)
     old_env = {k: os.environ.get(k) for k in (STATIC_ENV, SCOPE_ENV)}
     if old_env[STATIC_ENV] is None:
         os.environ[STATIC_ENV] = "1"
