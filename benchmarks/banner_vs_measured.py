@@ -9,9 +9,10 @@ evaluation, attacks), rounded as :func:`dwf_lab.course.banner.duration` rounds i
 6.5 to 7.5 minutes), and leaves out "the notebook's own quick checks" (exercises, figures, its
 own small models). The measured time is the notebook's wall time in the run's
 ``course_times.json`` (:func:`dwf_lab.course.runner.record_time`): kernel start to last cell.
-So a notebook whose own work is most of its time (00, 01, 08) has a banner of "nothing to train"
-and a measured time of a minute or two: the table prints both and the difference, and compares
-only the notebooks whose banner gives a number.
+So a notebook whose own work is most of its time (00, 08) has a banner of "nothing to train"
+and a measured time of a minute or two: the table prints both, and compares only the notebooks
+whose banner gives a number. Where the course runner kept its forecast (the whole course priced
+before the first notebook, :mod:`dwf_lab.course.forecast`), each notebook's share of it is printed too.
 """
 from __future__ import annotations
 
@@ -55,12 +56,14 @@ def banner_estimate(notebook: Path) -> dict | None:
 
 def compare(run: Path) -> list[dict]:
     times = json.loads((run / "course_times.json").read_text(encoding="utf-8"))
+    forecast = ((times.get("forecast") or {}).get("notebooks")) or {}
     rows = []
     for key, rec in times["notebooks"].items():
         path = run / "notebooks" / rec["notebook"]
         banner = banner_estimate(path) if path.is_file() else None
         est = banner and banner["estimate_s"]
         rows.append({"notebook": key, "measured_s": rec["seconds"], "trained": rec.get("trained", []),
+                     "forecast_s": forecast.get(key),
                      "banner": banner and banner["time"], "estimate_low_s": est and est[0],
                      "estimate_high_s": est and est[1],
                      "measured_over_estimate": est and round(rec["seconds"] / ((est[0] + est[1]) / 2), 2)})
@@ -80,10 +83,11 @@ def main(argv=None) -> int:
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
-    print(f"{'nb':<3} {'measured':>9}  {'banner (time row)':<60} {'measured/banner':>15}")
+    print(f"{'nb':<3} {'measured':>9}  {'forecast':>9}  {'banner (time row)':<60} {'measured/banner':>15}")
     for r in rows:
         ratio = "" if r["measured_over_estimate"] is None else f"{r['measured_over_estimate']:.2f}"
-        print(f"{r['notebook']:<3} {r['measured_s'] / 60:>7.1f} m  {(r['banner'] or '(no banner)')[:60]:<60} "
+        fc = "" if r["forecast_s"] is None else f"{r['forecast_s'] / 60:.1f} m"
+        print(f"{r['notebook']:<3} {r['measured_s'] / 60:>7.1f} m  {fc:>9}  {(r['banner'] or '(no banner)')[:60]:<60} "
               f"{ratio:>15}")
     total = sum(r["measured_s"] for r in rows)
     priced = [r for r in rows if r["estimate_low_s"] is not None]

@@ -37,7 +37,8 @@ def _run(tmp_path, notebooks: dict[str, tuple[float | None, float]]) -> Path:
                  "data": {"text/plain": _banner(key, estimate).splitlines(keepends=True)}}]}]
         (run / "notebooks" / name).write_text(json.dumps({"cells": cells}))
         times[key] = {"notebook": name, "seconds": measured}
-    (run / "course_times.json").write_text(json.dumps({"notebooks": times}))
+    (run / "course_times.json").write_text(json.dumps({"notebooks": times,
+                                                       "forecast": {"notebooks": {"01": 500.0}}}))
     return run
 
 
@@ -46,7 +47,8 @@ def test_each_banner_is_read_back_as_the_range_its_rounding_covers(bvm, tmp_path
     rows = {r["notebook"]: r for r in bvm.compare(run)}
     assert rows["00"]["estimate_low_s"] is None and rows["00"]["measured_over_estimate"] is None
     assert (rows["01"]["estimate_low_s"], rows["01"]["estimate_high_s"]) == (390.0, 450.0)   # "about 7 min"
-    assert rows["01"]["measured_over_estimate"] == 1.1
+    assert rows["01"]["measured_over_estimate"] == 1.1 and rows["01"]["forecast_s"] == 500.0
+    assert rows["02"]["forecast_s"] is None
     assert (rows["02"]["estimate_low_s"], rows["02"]["estimate_high_s"]) == (44.5, 45.5)     # "about 45 s"
     assert (rows["03"]["estimate_low_s"], rows["03"]["estimate_high_s"]) == (3870.0, 3930.0)  # "about 1 h 05 min"
 
