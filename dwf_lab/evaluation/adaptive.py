@@ -269,12 +269,22 @@ def evaluate_adaptive(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
 def evaluate_any(model: nn.Module, x, y, s: AdaptiveSettings, seed: int, dev, progress: bool,
                   skip: Sequence[str], desc: str):
     """:func:`_evaluate`, and for models with a hard selection (SoE) once per gradient mode --
-    its own gradient and the BPDA relaxation's -- keeping, per example, the worse outcome."""
+    its own gradient and the BPDA relaxation's -- keeping, per example, the worse outcome. An attack
+    whose result does not depend on the mode (``AdaptiveAttack.mode_free``) runs in the first mode
+    only; the others take its result."""
     if not getattr(model, "gradient_modes", None):
         return _evaluate(model, x, y, s, seed, dev, progress, skip, desc)
+    free = [a.key(s) for a in planned(s, model_kind(model)) if a.mode_free]
+    first: dict[str, torch.Tensor] = {}
 
     def one(mode):
-        _, c, info = _evaluate(model, x, y, s, seed, dev, progress, skip, f"{desc} ({mode})")
+        later = bool(first)
+        _, c, info = _evaluate(model, x, y, s, seed, dev, progress, [*skip, *free] if later else skip,
+                               f"{desc} ({mode})")
+        if later:
+            c = {**c, **first}
+        else:
+            first.update({k: c[k] for k in free if k in c})
         return c, info
     combined, per_mode = over_gradient_modes(model, one)
     info: dict = {"elapsed_s": {f"{k} ({mode})": v for mode, i in per_mode.items()

@@ -72,7 +72,9 @@ class AdaptiveAttack:
     model of ``m`` networks, ``robust`` the share a cascade still attacks after its first stage;
     ``enabled(s)``: whether the settings ask for it; ``models``: the model kinds it runs on
     (:data:`~dwf_lab.attacks.mixture_aware.MODEL_KINDS`; empty: every kind, or only mixtures when
-    ``mixtures_only``); ``family``: what it is built to see (:data:`FAMILIES`)."""
+    ``mixtures_only``); ``family``: what it is built to see (:data:`FAMILIES`); ``mode_free``: its
+    result does not depend on the gradient mode a model with a hard selection is attacked in (it sets
+    its own), so such a model runs it once, not once per mode (:func:`dwf_lab.evaluation.adaptive.evaluate_any`)."""
     name: str
     label: str
     describe: str
@@ -88,6 +90,7 @@ class AdaptiveAttack:
     family: str = "generic"      # "generic", "router-aware", "expert-aware"
     claims: Callable[[str], bool] | None = field(default=None, compare=False)
     models: tuple[str, ...] = ()
+    mode_free: bool = False
 
     def applies_to(self, kind: str) -> bool:
         """Whether this attack runs on a model of ``kind`` (:func:`kind_of`)."""
@@ -308,7 +311,7 @@ register_attack(AdaptiveAttack(
                               "(dwf_lab.attacks.mixture_aware)", **_pgd_settings(s)},
     run=lambda b: soe_transfer(b.model, b.x, b.y, b.s.eps, b.s.alpha, b.s.pgd_steps, generator=b.gen(430)),
     work=lambda s, m, robust: s.pgd_steps * (2 * m * ATTACK_STEP + (m + 1) * m * FORWARD) + 2 * m * FORWARD,
-    enabled=lambda s: s.mixture_aware, models=("soe",), iterate="any", family="expert-aware"))
+    enabled=lambda s: s.mixture_aware, models=("soe",), iterate="any", family="expert-aware", mode_free=True))
 register_attack(AdaptiveAttack(
     "route-fixed", "route fixed", "PGD on ADVMoE with its route frozen at the clean image's selection, and with "
     "the router detached (per example the worst); any iterate", key=lambda s: "route-fixed",

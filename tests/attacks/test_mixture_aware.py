@@ -139,3 +139,24 @@ def test_soe_transfer_and_route_fixed_run_on_their_models(images):
     assert not (ok & ~clean).any() and not adv._detach_router
     with pytest.raises(TypeError):
         ma.route_fixed_pgd(soe, images, y, EPS, ALPHA, 1)
+
+
+def test_an_attack_that_sets_its_own_gradient_mode_runs_once_on_a_model_with_two(images, monkeypatch):
+    """SoE is attacked once per gradient mode (its own, BPDA's); soe-transfer sets the hard mode
+    itself, so it runs in the first mode only and the second takes its result."""
+    from dwf_lab.evaluation import suite
+    torch.manual_seed(0)
+    soe = build_model("soe", n_experts=2, **KW).eval()
+    with torch.no_grad():
+        y = soe(images).argmax(1)                   # every image classified right: every attack runs
+    calls = []
+    real = suite.soe_transfer
+    monkeypatch.setattr(suite, "soe_transfer", lambda m, *a, **k: (calls.append(m.selection), real(m, *a, **k))[1])
+    s = AdaptiveSettings(eps=EPS, alpha=ALPHA, pgd_steps=2, long_steps=0, n_examples=8, batch_size=8,
+                         autoattack=False, dlr=False, routing_restarts=0)
+    metrics, correct = evaluate_adaptive(soe, images, y, s, progress=False)
+    assert calls == ["hard"]                                  # once, not once per mode
+    assert len(soe.gradient_modes) == 2 and "soe-transfer" in correct
+    alone = ma.soe_transfer(soe, images, y, EPS, ALPHA, 2, generator=torch.Generator().manual_seed(0))
+    assert correct["soe-transfer"].shape == alone.shape
+    assert not (correct[WORST] & ~correct["soe-transfer"]).any()   # the worst case counts it
