@@ -27,7 +27,7 @@ from dwf_lab.core.runtime import Runtime
 from dwf_lab.course.display import STATIC_ENV
 from dwf_lab.course.forecast import course_forecast, forecast_line
 from dwf_lab.course.plan import inventory
-from dwf_lab.course.setup import SCOPE_ENV, course_scope
+from dwf_lab.course.setup import SCOPE_ENV, configure_threads, course_scope
 from dwf_lab.course.site import TIMES_FILE, build_site, read_times
 from dwf_lab.store.runs import Run
 from dwf_lab.training.builders import load_data
@@ -156,7 +156,7 @@ def _forecast(run: Run, scope: str, nbs: list[Path], say) -> None:
     try:
         p = run.profile
         forecast = course_forecast(p, load_data(p), run, scope, [nb.name[:2] for nb in nbs],
-                                   Runtime.from_profile(p).device)
+                                   Runtime.from_profile(p).device, configure_threads(p))   # as a kernel will
         if not forecast:
             return   # none of these notebooks is in the course's plan: nothing to price
         line = forecast_line(forecast, p)
