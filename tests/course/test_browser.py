@@ -20,7 +20,9 @@ The static site (:mod:`dwf_lab.course.site`) of the whole course run headlessly 
 profile (the session's ``smoke_course``, tests/course/conftest.py: ``run_course``, which then
 builds ``runs/<run>/site/``): Chromium opens the index and each page from ``file://`` with every
 http(s) request aborted, and checks that none was made, that every figure the executed notebook
-holds is on its page and drew its SVG (``.main-svg``), widgets as their static twins, that every
+holds is on its page and drew its SVG (``.main-svg``), widgets as their static twins (each
+moved to another stop of its slider, which must show another state, and so is every figure's own
+slider, e.g. notebook 06's λ), that every
 image decoded (``naturalWidth > 0``), that every equation is typeset (MathML, no raw ``$$``) and
 that each notebook page shows its cost banner; then it moves the ε slider of notebook 00's twin
 stop by stop until the displayed prediction names another class. It prints each page's open
@@ -41,6 +43,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -370,22 +373,73 @@ _FIRST_SCREEN_JS = ("() => [...document.querySelectorAll('.plotly-graph-div')]"
                     ".every(d => d.querySelector('.main-svg'))")
 
 
+def _click_tick(page, twin, k: int) -> float:
+    """Click stop ``k`` of the twin's ε slider and wait for the state it shows; the move's time in
+    the page (``data-ms``: the slider event to the frame drawn)."""
+    rail = twin.locator(".slider-rail-touch-rect").first
+    before = int(twin.get_attribute("data-moves") or 0)
+    box, tick = rail.bounding_box(), twin.locator(".slider-tick-rect").nth(k).bounding_box()
+    page.mouse.click(tick["x"] + tick["width"] / 2, box["y"] + box["height"] / 2)
+    page.wait_for_function("([el, n]) => +(el.getAttribute('data-moves') || 0) > n",
+                           arg=[twin.element_handle(), before], timeout=MOVE_TIMEOUT)
+    return float(twin.get_attribute("data-ms"))
+
+
+def _every_twin_answers(page) -> int:
+    """Move the slider of every widget twin on the page to another stop (its last, or its first when
+    it already shows the last): each must then show another state. Returns how many twins moved."""
+    twins = page.locator(".dwf-twin")
+    for i in range(twins.count()):
+        twin = twins.nth(i)
+        twin.scroll_into_view_if_needed()
+        before, ticks = twin.get_attribute("data-shown"), twin.locator(".slider-tick-rect").count()
+        assert ticks > 1, f"widget twin {i} has no slider with two stops"
+        _click_tick(page, twin, ticks - 1)
+        if twin.get_attribute("data-shown") == before:
+            _click_tick(page, twin, 0)
+        assert twin.get_attribute("data-shown") != before, f"widget twin {i}: its slider changed nothing ({before})"
+    return twins.count()
+
+
+_SLIDER_STATE_JS = "d => d.layout && (d.layout.sliders || []).length ? {active: d.layout.sliders[0].active || 0, " \
+                   "steps: d.layout.sliders[0].steps.length} : null"
+_SHOWN_JS = "d => JSON.stringify([d.data.map(t => [t.x, t.y, t.z, t.text]), d.layout.annotations, d.layout.title])"
+
+
+def _every_plotly_slider_answers(page) -> int:
+    """Move every plotly figure's own slider (a figure the notebook made with layout.sliders, e.g.
+    notebook 06's λ slider; not a widget's twin) to another step: what the figure shows must change.
+    Returns how many sliders moved."""
+    divs = page.locator(".plotly-graph-div:not(.dwf-twin-plot)")
+    moved = 0
+    for i in range(divs.count()):
+        div = divs.nth(i)
+        info = div.evaluate(_SLIDER_STATE_JS)
+        if not info or info["steps"] < 2:
+            continue
+        div.scroll_into_view_if_needed()
+        target = info["steps"] - 1 if info["active"] != info["steps"] - 1 else 0
+        before = div.evaluate(_SHOWN_JS)
+        rail = div.locator(".slider-rail-touch-rect").first
+        box, tick = rail.bounding_box(), div.locator(".slider-tick-rect").nth(target).bounding_box()
+        page.mouse.click(tick["x"] + tick["width"] / 2, box["y"] + box["height"] / 2)
+        page.wait_for_function("([d, k]) => (d.layout.sliders[0].active || 0) === k",
+                               arg=[div.element_handle(), target], timeout=MOVE_TIMEOUT)
+        assert div.evaluate(_SHOWN_JS) != before, f"figure {i}: its slider moved to step {target} and nothing changed"
+        moved += 1
+    return moved
+
+
 def _slide_until_the_prediction_changes(page, twin) -> dict:
     """Click the ε slider of the ε explorer's twin at each stop, from 0 up, until the prediction line
     names another class (FGSM, then PGD if FGSM never flips it); returns the lines before and after,
     the ε shown and each move's time in the page (``data-ms``: the slider event to the frame drawn)."""
     prediction = twin.locator(".dwf-prediction")
-    rail = twin.locator(".slider-rail-touch-rect").first
     ticks = twin.locator(".slider-tick-rect")
     moves_ms: list[float] = []
 
     def click_stop(k: int) -> str:
-        before = int(twin.get_attribute("data-moves") or 0)
-        box, tick = rail.bounding_box(), ticks.nth(k).bounding_box()
-        page.mouse.click(tick["x"] + tick["width"] / 2, box["y"] + box["height"] / 2)
-        page.wait_for_function("([el, n]) => +(el.getAttribute('data-moves') || 0) > n",
-                               arg=[twin.element_handle(), before], timeout=MOVE_TIMEOUT)
-        moves_ms.append(float(twin.get_attribute("data-ms")))
+        moves_ms.append(_click_tick(page, twin, k))
         return prediction.inner_text().strip()
 
     for button in (None, "PGD"):
@@ -403,16 +457,35 @@ def _slide_until_the_prediction_changes(page, twin) -> dict:
     raise AssertionError(f"no ε stop of the site's ε slider changed the prediction ({at_zero!r})")
 
 
-def test_static_site_opens_offline_with_its_figures(browser_deps, smoke_course, tmp_path):
-    """The smoke course's site from file://, every http(s) request aborted and recorded: every page
+COURSE_RUN_ENV = "DWF_COURSE_RUN"
+
+
+@pytest.fixture
+def course_run(request) -> SimpleNamespace:
+    """The course run whose site the test opens: the session's smoke course, or, with
+    ``$DWF_COURSE_RUN`` set to a finished course run's folder (``runs/laptop``), that one, e.g. the
+    laptop run's site: ``DWF_COURSE_RUN=runs/laptop pytest tests/course/test_browser.py -k static``."""
+    given = os.environ.get(COURSE_RUN_ENV)
+    if not given:
+        return request.getfixturevalue("smoke_course")
+    root = Path(given).resolve()
+    done = sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    if not done or not (root / "site" / "index.html").is_file():
+        raise pytest.UsageError(f"${COURSE_RUN_ENV}={given}: no finished course run there (its notebooks/ and "
+                                "site/index.html); run `python -m dwf_lab course` first")
+    return SimpleNamespace(done=done, root=root)
+
+
+def test_static_site_opens_offline_with_its_figures(browser_deps, course_run, tmp_path):
+    """The course's site (the smoke course's, or ``$DWF_COURSE_RUN``'s) from file://, every http(s) request aborted and recorded: every page
     draws its figures and its widgets' twins, typesets its equations (MathML, no raw TeX), and on
     notebook 00's page the ε slider, moved stop by stop, changes the displayed prediction."""
     chromium, sync_playwright = browser_deps
     t0 = time.monotonic()
-    site = smoke_course.root / "site"
-    pages = [site / f"{p.stem}.html" for p in smoke_course.done]
+    site = course_run.root / "site"
+    pages = [site / f"{p.stem}.html" for p in course_run.done]
     assert all(p.exists() for p in pages) and (site / "index.html").exists()
-    figures = {p.stem: _figures_on_page(p) for p in smoke_course.done}
+    figures = {p.stem: _figures_on_page(p) for p in course_run.done}
     assert sum(figures.values()) > 0
     size = sum(f.stat().st_size for f in site.rglob("*") if f.is_file())
     print(f"\n[site] {site}: {size / 1e6:.1f} MB in {sum(1 for f in site.rglob('*') if f.is_file())} files")
@@ -441,11 +514,15 @@ def test_static_site_opens_offline_with_its_figures(browser_deps, smoke_course, 
                 page.wait_for_function(_DRAWN_JS, timeout=FIGURE_TIMEOUT)
                 every = time.monotonic() - start
                 state = page.evaluate(_FIGURES_JS)
+                moved = _every_twin_answers(page)                   # every widget of the course is interactive,
+                sliders = _every_plotly_slider_answers(page)        # and every figure's own slider
                 measured["pages"][path.name] = {"first_screen_s": round(opened, 3), "every_figure_s": round(every, 3),
-                                                "figures": state["figures"], "twins": state["twins"]}
+                                                "figures": state["figures"], "twins": state["twins"],
+                                                "twins_moved": moved, "figure_sliders_moved": sliders}
                 print(f"[site] {path.name}: opened (first screen drawn) in {opened:.2f} s, every figure drawn "
                       f"in {every:.2f} s; {state['figures']} figures "
-                      f"({state['twins']} widget twins), {state['images']} images, {state['maths']} equations, "
+                      f"({state['twins']} widget twins and {sliders} figure sliders, each moved to another "
+                      f"state), {state['images']} images, {state['maths']} equations, "
                       f"{state['banners']} banner")
                 # every figure the executed notebook holds is on its page, and drawn; every widget's twin too
                 assert state["figures"] == figures[path.stem] and state["drawn"] == state["figures"], \
