@@ -54,6 +54,11 @@ def duration(seconds: float) -> str:
     return f"{h} h {m:02d} min"
 
 
+def _row(label: str, value: str) -> str:
+    """One row of the text banner: the label in its column, or, when longer, followed by a space."""
+    return f"  {label:<{W}}{value}" if len(label) < W else f"  {label} {value}"
+
+
 def about(seconds: float | None) -> str:
     """'about 7 min', 'under a second', or 'no estimate' (None: a step without a cost model)."""
     if seconds is None:
@@ -151,7 +156,7 @@ class Banner:
 
     def text(self) -> str:
         """The headline, then the details indented below it (plain text: nothing collapses)."""
-        return "\n".join(self.headline() + [f"  {label:<{W}}{value}" for label, value in self.details()])
+        return "\n".join(self.headline() + [_row(label, value) for label, value in self.details()])
 
     def total_line(self) -> str:
         if not self.todo:
@@ -201,7 +206,7 @@ class AboutBlock:
     rows: list[tuple[str, str]]
 
     def text(self) -> str:
-        return "\n".join([ABOUT_SUMMARY] + [f"  {label:<{W}}{value}" for label, value in self.rows])
+        return "\n".join([ABOUT_SUMMARY] + [_row(label, value) for label, value in self.rows])
 
     def html(self) -> str:
         return details_html(self.rows, ABOUT_SUMMARY)

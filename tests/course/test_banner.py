@@ -211,5 +211,7 @@ def test_06_plans_and_prices_the_convergence_check_until_the_run_has_it(smoke):
     costs = {(c.step.action, c.step.name): c for c in cost.estimate(steps, p, data, inv)}
     doubled, once = costs[("converge", "mixture")], costs[("attack", "mixture")]
     assert doubled.seconds > once.seconds > 0 and "twice the budget" in doubled.detail
+    row = next(ln for ln in notebook_banner("06", p, run, data).text().splitlines() if ln.startswith("  will attack again"))
+    assert row.startswith("  will attack again at twice the budget mixture: about ")   # a long label, then a space
     inv.convergences = {(p.seeds[0], "mixture")}
     assert [s.done for s in notebook_steps("06", p, inv) if s.action == "converge"] == [True]
