@@ -280,7 +280,7 @@ def _dispatch(args) -> int:
             print(json.dumps({k: str(v) for k, v in paths.items()}, indent=1))
             return 0
     data = load_data(p)
-    from dwf_lab.store.runs import PROBE_WAIT_S, check_not_busy, runs_dir
+    from dwf_lab.store.runs import check_not_busy, runs_dir
     from dwf_lab.training.preflight import preflight
     preflight(p, data, args.command, getattr(args, "stage", None), runs_dir() / name)   # device, batches, memory
     if args.command == "bundle":
@@ -298,8 +298,7 @@ def _dispatch(args) -> int:
             check_not_busy(name, runs_dir() / name)   # a held run is refused before config.json is touched
         run = Run(name, p)
     if args.command in ("train", "evaluate") and distributed.env_world_size() == 1:
-        with run.lock(args.command, wait=PROBE_WAIT_S):   # not while a command holds the whole run (pack, ...);
-            pass                                           # a peer's check of it takes milliseconds
+        check_not_busy(name, run.root)   # not while a command holds the whole run (pack, adaptive, ...)
         return _work(args, p, run, data, progress)   # each stage / model is locked on its own: processes share a run
     with run.lock(args.command):
         return _work(args, p, run, data, progress)

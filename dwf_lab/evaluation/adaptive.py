@@ -275,17 +275,15 @@ def evaluate_any(model: nn.Module, x, y, s: AdaptiveSettings, seed: int, dev, pr
     if not getattr(model, "gradient_modes", None):
         return _evaluate(model, x, y, s, seed, dev, progress, skip, desc)
     free = [a.key(s) for a in planned(s, model_kind(model)) if a.mode_free]
-    first: dict[str, torch.Tensor] = {}
+    first: dict[str, torch.Tensor] = {}   # the mode-free attacks' results, from the first mode
 
     def one(mode):
-        later = bool(first)
+        later = mode != model.gradient_modes[0]
         _, c, info = _evaluate(model, x, y, s, seed, dev, progress, [*skip, *free] if later else skip,
                                f"{desc} ({mode})")
-        if later:
-            c = {**c, **first}
-        else:
+        if not later:
             first.update({k: c[k] for k in free if k in c})
-        return c, info
+        return {**c, **first}, info
     combined, per_mode = over_gradient_modes(model, one)
     info: dict = {"elapsed_s": {f"{k} ({mode})": v for mode, i in per_mode.items()
                                 for k, v in i["elapsed_s"].items()}}
